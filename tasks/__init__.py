@@ -1,0 +1,1 @@
+"""llmfleet tasks: facts, operations and @deploy functions, one capability per module."""
