@@ -1,0 +1,116 @@
+"""Docker engine: installed from the distribution (default) or Docker CE's repository, with
+/etc/docker/daemon.json managed as data and the daemon restarted only when that file changed.
+
+DEFAULTS (host/group data overrides each key):
+
+| key | default | meaning |
+|---|---|---|
+| docker_source | "distro" | "distro" (Debian/Ubuntu docker.io) or "docker-ce" (Docker's own repository) |
+| docker_ce_repo_url | "https://download.docker.com/linux" | Docker CE repository base (an internal mirror may replace it) |
+| docker_ce_version | None | pin for docker-ce packages (e.g. "5:27.3.1-1~debian.12~bookworm"); None = newest |
+| docker_registry_mirrors | [] | Docker Hub mirrors ("registry-mirrors" in daemon.json) |
+| docker_insecure_registries | [] | registries reached over plain HTTP |
+| docker_log_max_size | "100m" | json-file log rotation: size of one file |
+| docker_log_max_file | 3 | json-file log rotation: files kept |
+| docker_nvidia_runtime | False | add the "nvidia" runtime (nvidia-container-runtime) to daemon.json |
+| docker_daemon_extra | {} | further daemon.json keys, merged last |
+"""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations import apt, files, systemd
+
+DEFAULTS = {
+    "docker_source": "distro",
+    "docker_ce_repo_url": "https://download.docker.com/linux",
+    "docker_ce_version": None,
+    "docker_registry_mirrors": [],
+    "docker_insecure_registries": [],
+    "docker_log_max_size": "100m",
+    "docker_log_max_file": 3,
+    "docker_nvidia_runtime": False,
+    "docker_daemon_extra": {},
+}
+SOURCES = ("distro", "docker-ce")
+NVIDIA_RUNTIME = {"args": [], "path": "nvidia-container-runtime"}
+
+
+def daemon_config(data) -> dict:
+    """daemon.json as data. The nvidia runtime entry is exactly what `nvidia-ctk runtime
+    configure --runtime=docker` writes, so the two never fight over the file."""
+    config: dict = {
+        "log-driver": "json-file",
+        "log-opts": {"max-size": str(data.docker_log_max_size), "max-file": str(data.docker_log_max_file)},
+    }
+    if data.docker_registry_mirrors:
+        config["registry-mirrors"] = list(data.docker_registry_mirrors)
+    if data.docker_insecure_registries:
+        config["insecure-registries"] = list(data.docker_insecure_registries)
+    if data.docker_nvidia_runtime:
+        config["runtimes"] = {"nvidia": dict(NVIDIA_RUNTIME)}
+    config.update(data.docker_daemon_extra or {})
+    return config
+
+
+def render_daemon_json(data) -> str:
+    return json.dumps(daemon_config(data), indent=2, sort_keys=True) + "\n"
+
+
+def validate(data) -> None:
+    """Fail before any host is touched on data that cannot work."""
+    if data.docker_source not in SOURCES:
+        raise ValueError(f"docker_source={data.docker_source!r}: allowed {', '.join(SOURCES)}")
+    for key in ("docker_registry_mirrors", "docker_insecure_registries"):
+        value = data.get(key)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key}: must be a list of strings, got {value!r}")
+    for url in data.docker_registry_mirrors:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"docker_registry_mirrors: {url!r} must start with http:// or https://")
+    if not isinstance(data.docker_daemon_extra or {}, dict):
+        raise ValueError("docker_daemon_extra: must be a mapping of daemon.json keys")
+
+
+@deploy("Docker engine", data_defaults=DEFAULTS)
+def install_docker() -> None:
+    """
+    Install Docker and manage ``/etc/docker/daemon.json``; restart dockerd only when it changed.
+
+    Example:
+
+    .. code:: python
+
+        from tasks.docker import install_docker
+        install_docker()
+    """
+    validate(host.data)
+    if host.data.docker_source == "distro":
+        apt.packages(name="Install docker.io", packages=["docker.io"], update=True, cache_time=86400)
+    else:
+        distro = host.get_fact(LinuxDistribution)
+        os_id = (distro.get("name") or "debian").lower()
+        codename = distro.get("release_meta", {}).get("VERSION_CODENAME") or distro.get("release_meta", {}).get(
+            "CODENAME", "bookworm")
+        base = f"{host.data.docker_ce_repo_url}/{os_id}"
+        files.download(name="Docker CE repository key", src=f"{base}/gpg",
+                       dest="/etc/apt/keyrings/docker.asc", mode="644")
+        apt.repo(name="Docker CE repository",
+                 src=f"deb [signed-by=/etc/apt/keyrings/docker.asc] {base} {codename} stable",
+                 filename="docker")
+        version = host.data.docker_ce_version
+        pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
+        if version:
+            pkgs = [f"docker-ce={version}", f"docker-ce-cli={version}", "containerd.io"]
+        apt.packages(name="Install docker-ce", packages=pkgs, update=True)
+    files.directory(name="/etc/docker", path="/etc/docker", mode="755")
+    daemon = files.put(name="daemon.json", src=StringIO(render_daemon_json(host.data)),
+                       dest="/etc/docker/daemon.json", mode="644")
+    systemd.service(name="Restart dockerd (daemon.json changed)", service="docker", running=True,
+                    restarted=True, enabled=True, _if=daemon.did_change)
+    systemd.service(name="dockerd running", service="docker", running=True, enabled=True)

@@ -1,0 +1,52 @@
+"""`python -m tasks.lab up N [--profiles P ...] | status | down` — the lab of real hosts.
+
+The lab is a fleet of Debian 12 hosts (systemd-nspawn, systemd as PID 1, sshd, Docker
+installable) on one machine, with a registry, a signed apt repository and hub stand-ins on
+its bridge. It needs root. See README.md, "The lab".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import lab
+from .config import LabConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="lab", help="lab name (several labs may coexist); default 'lab'")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="boot N hosts and write inventories/lab.py")
+    p_up.add_argument("n", type=int)
+    p_up.add_argument("--profiles", nargs="+", metavar="PROFILE",
+                      help="accelerator profiles, assigned to hosts in turn (default: cpu)")
+    p_status = sub.add_parser("status", help="hosts and their systemd state")
+    p_status.add_argument("--json", action="store_true")
+    sub.add_parser("down", help="remove everything the lab made")
+    sub.add_parser("profiles", help="list the accelerator profiles")
+    args = parser.parse_args(argv)
+    cfg = LabConfig(args.name)
+    if args.command == "up":
+        lab.up(cfg, args.n, args.profiles)
+    elif args.command == "down":
+        lab.down(cfg)
+    elif args.command == "profiles":
+        for name, profile in sorted(lab._profiles().PROFILES.items()):
+            print(f"{name:18} {profile.get('description', '')}")
+    else:
+        rows = lab.status(cfg)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"lab {cfg.name}: not up")
+        else:
+            for row in rows:
+                print(f"{row['host']:12} {row['ip']:14} {row['profile']:16} {row['systemd']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Lab hosts: systemd-nspawn containers with systemd as PID 1, one network namespace each.
+
+Each host is an overlay over the shared host rootfs (its own upper dir), booted with the
+flags Docker needs inside (see LAB-NOTES: unified cgroup hierarchy, all capabilities, the
+keyring/bpf syscalls, /var/lib/docker on a plain directory because overlay2 cannot sit on
+the overlay root). Each host runs in its own cgroups so that ``down`` can find every
+process it left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import LabConfig
+
+CGROUP_ROOTS = ("systemd", "unified", "memory")
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class Host:
+    index: int
+    name: str
+    ip: str
+    profile: str
+    dir: str
+    pid: int = 0
+    binds: list[str] = field(default_factory=list)
+
+    @property
+    def merged(self) -> Path:
+        return Path(self.dir) / "merged"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def cgroup_dirs(cfg: LabConfig, host: str | None = None) -> list[Path]:
+    return [CGROUP_FS / root / cfg.cgroup / (host or "") for root in CGROUP_ROOTS]
+
+
+def prepare(cfg: LabConfig, host: Host, lower: Path, files: dict[str, tuple[bytes, int]],
+            authorized_key: str) -> None:
+    """Mount the host's overlay and write its identity and per-host files before boot."""
+    base = Path(host.dir)
+    for sub in ("upper", "work", "merged", "docker"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(host.merged):
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}", str(host.merged)],
+            check=True,
+        )
+    root = host.merged
+    (root / "etc/hostname").write_text(host.name + "\n")
+    (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{host.ip} {host.name}\n")
+    ssh = root / "root/.ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh / "authorized_keys").write_text(authorized_key)
+    os.chmod(ssh / "authorized_keys", 0o600)
+    for path, (content, mode) in files.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        os.chmod(target, mode)
+
+
+def boot(cfg: LabConfig, host: Host) -> None:
+    for d in cgroup_dirs(cfg, host.name):
+        d.mkdir(parents=True, exist_ok=True)
+
+    def into_cgroups() -> None:
+        for d in cgroup_dirs(cfg, host.name):
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+
+    env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1", SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
+    cmd = [
+        "systemd-nspawn", "-q", "-D", str(host.merged), "-M", host.name, "-b",
+        "--register=no", "--keep-unit", "--console=read-only",
+        f"--network-namespace-path=/run/netns/{cfg.netns(host.index)}",
+        "--resolv-conf=copy-host", "--timezone=off",
+        "--capability=all", "--system-call-filter=add_key keyctl bpf",
+        f"--bind={Path(host.dir) / 'docker'}:/var/lib/docker",
+    ]
+    # Stand-in device nodes (character devices, so Docker's --device accepts them).
+    cmd += [f"--bind=/dev/null:{dev}" for dev in host.binds]
+    log = open(Path(host.dir) / "console.log", "ab")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                            preexec_fn=into_cgroups, start_new_session=True)
+    host.pid = proc.pid
+
+
+def _init_pid(nspawn_pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def wait_ready(cfg: LabConfig, host: Host, timeout: float = 120) -> None:
+    """Wait until the host's systemd reports running (or degraded) and sshd answers."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        init = _init_pid(host.pid)
+        if init is None and not Path(f"/proc/{host.pid}").exists():
+            raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host.dir}/console.log")
+        if init:
+            res = subprocess.run(
+                ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p",
+                 "systemctl", "is-system-running", "--wait"],
+                capture_output=True, text=True, timeout=max(1, deadline - time.monotonic()),
+            )
+            state = res.stdout.strip()
+            if state in ("running", "degraded"):
+                break
+        time.sleep(0.3)
+    else:
+        raise RuntimeError(f"{host.name}: not ready after {timeout}s (state {state!r})")
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host.ip, 22), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{host.name}: sshd did not answer on {host.ip}:22")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def stop(cfg: LabConfig, host: Host, grace: float = 30) -> None:
+    """Power the host off (SIGTERM to nspawn), kill what is left, unmount, remove its cgroups."""
+    if host.pid and _alive(host.pid):
+        init = _init_pid(host.pid)
+        os.kill(host.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _alive(host.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(host.pid):
+            for pid in (init, host.pid):
+                if pid:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+    kill_cgroup(cfg, host.name)
+    subprocess.run(["umount", "-R", str(host.merged)], capture_output=True)
+    remove_cgroups(cfg, host.name)
+
+
+def _procs(d: Path) -> list[int]:
+    pids = []
+    for f in d.rglob("cgroup.procs"):
+        try:
+            pids += [int(p) for p in f.read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def kill_cgroup(cfg: LabConfig, host: str) -> None:
+    """SIGKILL every process still in the host's cgroups (bounded)."""
+    for _ in range(50):
+        pids = {p for d in cgroup_dirs(cfg, host) if d.exists() for p in _procs(d)}
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def remove_cgroups(cfg: LabConfig, host: str | None = None) -> None:
+    for d in cgroup_dirs(cfg, host):
+        if not d.exists():
+            continue
+        # Depth first: systemd inside the host made its own sub-cgroups.
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
+def remove_dir(host: Host) -> None:
+    shutil.rmtree(host.dir, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Stand-in images pushed into the lab registry under the real names the deploys use.
+
+Every image is the same small Debian base (python3 + pip) plus one layer holding the
+stand-in vLLM server (standins/vllm_server.py) and the flag table; the tag's version goes
+into VLLM_STANDIN_VERSION so the stand-in parses the command line of that version.
+Labels and the layer path say "standin" so no one mistakes them for vLLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import rootfs
+from .config import LabConfig
+from .registry import Layer, Pusher, layer_from_dir, layer_from_files
+
+STANDINS = Path(__file__).parent / "standins"
+FLAGS_TSV = Path(__file__).resolve().parents[1] / "data" / "vllm-flags-by-version.tsv"
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# (repository, tag, stand-in version, extra env). Repositories are named as on their real
+# registry, without the registry host: quay.io images reach hosts through image mirrors.
+VLLM_TAGS = ("v0.8.5", "v0.8.5.post1", "v0.9.2", "v0.10.1.1", "v0.11.0", "v0.12.0", "v0.16.0",
+             "v0.18.0", "v0.19.0")
+ASCEND_TAGS = ("v0.11.0",)
+# An image that starts but never turns healthy: for rollback tests.
+UNHEALTHY = ("vllm/vllm-openai", "v0.19.0-standin-unhealthy", "0.19.0", {"LLMFLEET_STANDIN_FAIL_HEALTH": "1"})
+
+
+def catalogue() -> list[tuple[str, str, str, dict[str, str]]]:
+    images = [("vllm/vllm-openai", tag, tag.lstrip("v"), {}) for tag in VLLM_TAGS]
+    images += [("ascend/vllm-ascend", tag, tag.lstrip("v"), {"LLMFLEET_STANDIN_ASCEND": "1"})
+               for tag in ASCEND_TAGS]
+    images.append(UNHEALTHY)
+    return images
+
+
+def base_layer() -> Layer:
+    tree = rootfs.ensure("image")
+    key = f"image-base-{int(rootfs.tarball('image').stat().st_mtime)}"
+    return layer_from_dir(tree, key)
+
+
+def standin_layer() -> Layer:
+    server = STANDINS / "vllm_server.py"
+    files = {"/opt/vllm-standin/vllm_server.py": (server.read_bytes(), 0o755),
+             "/opt/vllm-standin/vllm-flags-by-version.tsv": (FLAGS_TSV.read_bytes(), 0o644),
+             "/opt/vllm-standin/README": (b"llmfleet lab stand-in for the vLLM server. Not vLLM.\n", 0o644)}
+    return layer_from_files(files)
+
+
+def push_all(cfg: LabConfig, log=print) -> list[str]:
+    pusher = Pusher(cfg.registry)
+    pusher.wait()
+    base = base_layer()
+    pushed = []
+    # A plain image for the smoke deploy: Debian + python3, serving HTTP.
+    pusher.push("llmfleet-lab/smoke", "1", [base], {
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": [PATH_ENV], "Cmd": ["python3", "-m", "http.server", "8000"],
+                   "Labels": {"org.llmfleet.standin": "smoke"}},
+    })
+    pushed.append("llmfleet-lab/smoke:1")
+    if not (STANDINS / "vllm_server.py").exists():
+        log("lab: no stand-in vLLM server yet; pushed the smoke image only")
+        return pushed
+    layers = [base, standin_layer()]
+    for repo, tag, version, env in catalogue():
+        envs = [PATH_ENV, f"VLLM_STANDIN_VERSION={version}",
+                "VLLM_STANDIN_FLAGS=/opt/vllm-standin/vllm-flags-by-version.tsv"]
+        envs += [f"{k}={v}" for k, v in env.items()]
+        pusher.push(repo, tag, layers, {
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": envs, "Entrypoint": ["python3", "/opt/vllm-standin/vllm_server.py"],
+                       "Cmd": [], "ExposedPorts": {"8000/tcp": {}},
+                       "Labels": {"org.llmfleet.standin": "vllm", "org.llmfleet.standin.version": version}},
+        })
+        pushed.append(f"{repo}:{tag}")
+    return pushed

@@ -1,0 +1,54 @@
+"""Writes the pyinfra inventory of a lab: every host, a group per profile, SSH settings and the
+lab's service addresses as data (registry mirror, apt repository, hub and PyPI stand-ins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from pprint import pformat
+
+from .config import REPO_ROOT, LabConfig
+
+
+def lab_data(cfg: LabConfig) -> dict:
+    """Data every lab host gets: where the lab's stand-ins for the outside world live."""
+    return {
+        "lab_name": cfg.name,
+        "docker_registry_mirrors": [f"http://{cfg.registry}"],
+        "docker_insecure_registries": [cfg.registry],
+        "image_mirrors": {"quay.io": cfg.registry},
+        "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
+        "weights_hf_endpoint": cfg.hub_url,
+        "weights_modelscope_endpoint": cfg.hub_url,
+        "pip_index_url": cfg.pypi_url,
+    }
+
+
+def path_for(cfg: LabConfig) -> Path:
+    name = "lab.py" if cfg.name == "lab" else f"lab_{cfg.name}.py"
+    return REPO_ROOT / "inventories" / name
+
+
+def write(cfg: LabConfig, state: dict, key: Path) -> Path:
+    ssh = {
+        "ssh_user": "root",
+        "ssh_key": str(key),
+        "ssh_strict_host_key_checking": "no",
+        "ssh_known_hosts_file": "/dev/null",
+    }
+    groups: dict[str, list] = {}
+    for h in state["hosts"]:
+        data = {"ssh_hostname": h["ip"], "lab_profile": h["profile"], **ssh}
+        groups.setdefault(h["profile"], []).append((h["name"], data))
+    lines = [
+        f'"""pyinfra inventory of lab {cfg.name!r}, written by `python -m tasks.lab up`; do not edit."""',
+        "",
+        f"_LAB = {pformat(lab_data(cfg), width=100)}",
+        "",
+    ]
+    for profile, members in groups.items():
+        body = ",\n    ".join(f"({name!r}, {{**_LAB, **{pformat(data, width=200)}}})" for name, data in members)
+        lines.append(f"{profile.replace('-', '_')} = [\n    {body},\n]\n")
+    path = path_for(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,182 @@
+"""Bring a lab up, report on it, tear it down. Everything it creates is recorded in its state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import aptrepo, hosts, images, inventory, net, rootfs
+from .config import APT_PORT, CACHE_DIR, HUB_PORT, REPO_ROOT, LabConfig
+from .hosts import Host
+from .registry import registry_command
+
+DEFAULT_PROFILE = "cpu"
+
+
+def _profiles():
+    from . import profiles  # the accelerator stand-ins' data
+
+    return profiles
+
+
+def ssh_keypair() -> tuple[Path, str]:
+    key = CACHE_DIR / "id_ed25519"
+    if not key.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmfleet-lab", "-f", str(key)],
+                       check=True)
+    return key, (key.with_suffix(".pub")).read_text()
+
+
+def load_state(cfg: LabConfig) -> dict | None:
+    if not cfg.state_file.exists():
+        return None
+    return json.loads(cfg.state_file.read_text())
+
+
+def save_state(cfg: LabConfig, state: dict) -> None:
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(cfg.state_file)
+
+
+def _spawn(cfg: LabConfig, name: str, cmd: list[str], cwd: Path | None = None) -> int:
+    log = open(cfg.run_dir / f"{name}.log", "ab")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc.pid
+
+
+def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
+    """N hosts cycling through the given profiles (default: plain hosts without accelerators)."""
+    names = profiles or [DEFAULT_PROFILE]
+    known = set(_profiles().PROFILES)
+    for name in names:
+        if name not in known:
+            raise SystemExit(f"lab: unknown profile {name!r}; known: {', '.join(sorted(known))}")
+    return [names[i % len(names)] for i in range(n)]
+
+
+def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> dict:
+    if n < 1 or n > 64:
+        raise SystemExit("lab up: N must be between 1 and 64")
+    if load_state(cfg):
+        raise SystemExit(f"lab {cfg.name!r} is already up; run `python -m tasks.lab down` first")
+    started = time.monotonic()
+    plan = expand_profiles(n, profiles)
+    lower = rootfs.ensure("host", log)
+    key, pub = ssh_keypair()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    state: dict = {"name": cfg.name, "hosts": [], "services": {}, "bridge": cfg.bridge}
+    save_state(cfg, state)  # from here on, `down` can clean up whatever follows
+    net.raise_sysctls()
+    net.bridge_up(cfg)
+
+    services = state["services"]
+    services["registry"] = _spawn(cfg, "registry", registry_command(cfg))
+    repo_root = aptrepo.build(cfg.run_dir / "apt")
+    services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
+                                          "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
+    hub_root = cfg.run_dir / "hub"
+    hub_root.mkdir(exist_ok=True)
+    if (Path(__file__).parent / "standins" / "hub.py").exists():
+        services["hub"] = _spawn(cfg, "hub", [sys.executable, "-m", "tasks.lab.standins.hub", "--bind",
+                                              cfg.bridge_ip, "--port", str(HUB_PORT), "--root", str(hub_root)],
+                                 cwd=REPO_ROOT)
+    save_state(cfg, state)
+
+    profiles_mod = _profiles()
+    for i, profile in enumerate(plan, start=1):
+        host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
+                    dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
+                    binds=profiles_mod.device_binds(profile))
+        net.host_net_up(cfg, i)
+        hosts.prepare(cfg, host, lower, profiles_mod.host_files(profile), pub)
+        hosts.boot(cfg, host)
+        state["hosts"].append(host.to_json())
+        save_state(cfg, state)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
+    pushed = images.push_all(cfg, log)
+    state["images"] = pushed
+    state["inventory"] = str(inventory.write(cfg, state, key))
+    state["up_seconds"] = round(time.monotonic() - started, 1)
+    save_state(cfg, state)
+    log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
+    return state
+
+
+def down(cfg: LabConfig, log=print) -> None:
+    state = load_state(cfg)
+    if state is None:
+        log(f"lab {cfg.name}: not up")
+    else:
+        all_hosts = [Host(**h) for h in state.get("hosts", [])]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda h: hosts.stop(cfg, h), all_hosts))
+        for pid in state.get("services", {}).values():
+            _terminate(pid)
+        for h in all_hosts:
+            net.host_net_down(cfg, h.index)
+            hosts.remove_dir(h)
+        inv = state.get("inventory")
+        if inv:
+            Path(inv).unlink(missing_ok=True)
+    # Whatever the state file knew or not, remove everything named after this lab.
+    hosts.remove_cgroups(cfg)
+    for ns in _lab_netns(cfg):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    net.bridge_down(cfg)
+    subprocess.run(["rm", "-rf", str(cfg.run_dir)], check=False)
+    net.restore_sysctls()
+    log(f"lab {cfg.name}: down")
+
+
+def _lab_netns(cfg: LabConfig) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{cfg.name}-h")]
+
+
+def _terminate(pid: int, grace: float = 5) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def status(cfg: LabConfig) -> list[dict]:
+    state = load_state(cfg)
+    if state is None:
+        return []
+    rows = []
+    for h in state["hosts"]:
+        host = Host(**h)
+        alive = hosts._alive(host.pid)
+        init = hosts._init_pid(host.pid) if alive else None
+        sys_state = "stopped"
+        if init:
+            sys_state = subprocess.run(
+                ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "systemctl", "is-system-running"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip() or "unknown"
+        rows.append({"host": host.name, "ip": host.ip, "profile": host.profile, "pid": host.pid,
+                     "systemd": sys_state})
+    return rows
