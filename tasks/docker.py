@@ -58,6 +58,19 @@ def daemon_config(data) -> dict:
     return config
 
 
+class _Override:
+    """host.data with some keys replaced (host.data itself is read-only)."""
+
+    def __init__(self, data, **values) -> None:
+        self._data, self._values = data, values
+
+    def __getattr__(self, key):
+        return self._values[key] if key in self._values else getattr(self._data, key)
+
+    def get(self, key, default=None):
+        return self._values[key] if key in self._values else self._data.get(key, default)
+
+
 def render_daemon_json(data) -> str:
     return json.dumps(daemon_config(data), indent=2, sort_keys=True) + "\n"
 
@@ -78,9 +91,13 @@ def validate(data) -> None:
 
 
 @deploy("Docker engine", data_defaults=DEFAULTS)
-def install_docker() -> None:
+def install_docker(nvidia_runtime: bool | None = None, restart_if=None) -> None:
     """
     Install Docker and manage ``/etc/docker/daemon.json``; restart dockerd only when it changed.
+
+    + nvidia_runtime: add the ``nvidia`` runtime (overrides ``docker_nvidia_runtime``)
+    + restart_if: a further condition (callable) to restart dockerd on, e.g. the toolkit changed:
+      Docker looks for the toolkit's hook only when it starts
 
     Example:
 
@@ -109,8 +126,12 @@ def install_docker() -> None:
             pkgs = [f"docker-ce={version}", f"docker-ce-cli={version}", "containerd.io"]
         apt.packages(name="Install docker-ce", packages=pkgs, update=True)
     files.directory(name="/etc/docker", path="/etc/docker", mode="755")
-    daemon = files.put(name="daemon.json", src=StringIO(render_daemon_json(host.data)),
+    data = host.data
+    if nvidia_runtime is not None:
+        data = _Override(host.data, docker_nvidia_runtime=nvidia_runtime)
+    daemon = files.put(name="daemon.json", src=StringIO(render_daemon_json(data)),
                        dest="/etc/docker/daemon.json", mode="644")
     systemd.service(name="Restart dockerd (daemon.json changed)", service="docker", running=True,
-                    restarted=True, enabled=True, _if=daemon.did_change)
+                    restarted=True, enabled=True,
+                    _if=lambda: daemon.did_change() or bool(restart_if and restart_if()))
     systemd.service(name="dockerd running", service="docker", running=True, enabled=True)

@@ -1,0 +1,98 @@
+"""NVIDIA Container Toolkit from NVIDIA's signed repository (or an internal mirror), pinned.
+
+The Docker side (the ``nvidia`` runtime in daemon.json) is written by tasks/docker.py from
+data, byte-for-byte what ``nvidia-ctk runtime configure --runtime=docker`` would add, so the
+toolkit's configure command is not needed on a managed host and the two never fight over
+the file. A CDI spec is generated when missing or when the toolkit changed.
+
+DEFAULTS:
+
+| key | default | meaning |
+|---|---|---|
+| nvidia_toolkit_repo_url | "https://nvidia.github.io/libnvidia-container" | repository base; the key is `<base>/gpgkey`, packages `<base>/stable/deb/$(ARCH)` (apt) or `<base>/stable/rpm/nvidia-container-toolkit.repo` (dnf) |
+| nvidia_toolkit_key_url | None | key URL when it is not `<repo>/gpgkey` (internal mirrors) |
+| nvidia_toolkit_version | "1.17.8-1" | pinned version of the four toolkit packages (apt form; dnf drops the "-1") |
+| nvidia_toolkit_cdi_spec | "/etc/cdi/nvidia.yaml" | where the CDI spec is written (kept across reboots, unlike /var/run/cdi) |
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.facts.server import Which
+from pyinfra.operations import apt, dnf, files, server
+
+DEFAULTS = {
+    "nvidia_toolkit_repo_url": "https://nvidia.github.io/libnvidia-container",
+    "nvidia_toolkit_key_url": None,
+    "nvidia_toolkit_version": "1.17.8-1",
+    "nvidia_toolkit_cdi_spec": "/etc/cdi/nvidia.yaml",
+}
+PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
+            "libnvidia-container1")
+KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+_VERSION = re.compile(r"^\d+\.\d+\.\d+(-\d+)?$")
+
+
+def validate(data) -> None:
+    version = str(data.nvidia_toolkit_version)
+    if not _VERSION.match(version):
+        raise ValueError(f"nvidia_toolkit_version={version!r}: expected a pinned version like 1.17.8-1")
+    url = str(data.nvidia_toolkit_repo_url)
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"nvidia_toolkit_repo_url={url!r}: must be an http(s) URL")
+
+
+def apt_source(repo_url: str) -> str:
+    return f"deb [signed-by={KEYRING}] {repo_url.rstrip('/')}/stable/deb/$(ARCH) /"
+
+
+@deploy("NVIDIA Container Toolkit", data_defaults=DEFAULTS)
+def install_nvidia_toolkit():
+    """
+    Add NVIDIA's signed repository, install the pinned toolkit, generate the CDI spec.
+    Returns the package operation, so that dockerd can be restarted when the toolkit changed.
+
+    Example:
+
+    .. code:: python
+
+        from tasks.nvidia_toolkit import install_nvidia_toolkit
+        install_nvidia_toolkit()
+    """
+    validate(host.data)
+    repo = str(host.data.nvidia_toolkit_repo_url).rstrip("/")
+    key_url = host.data.nvidia_toolkit_key_url or f"{repo}/gpgkey"
+    version = str(host.data.nvidia_toolkit_version)
+    if host.get_fact(Which, command="apt-get"):
+        armored = files.download(name="Toolkit repository key", src=key_url,
+                                 dest=KEYRING.replace(".gpg", ".asc"), mode="644")
+        keyring_missing = not host.get_fact(File, path=KEYRING)
+        server.shell(
+            name="Dearmor the key into the keyring",
+            commands=[f"gpg --batch --yes --dearmor -o {KEYRING} {KEYRING.replace('.gpg', '.asc')}"
+                      f" && chmod 644 {KEYRING}"],
+            _if=lambda: armored.did_change() or keyring_missing,
+        )
+        source = apt.repo(name="Toolkit repository", src=apt_source(repo), filename="nvidia-container-toolkit")
+        apt.update(name="Refresh package lists (repository added)", _if=source.did_change)
+        toolkit = apt.packages(name=f"Toolkit {version}", packages=[f"{p}={version}" for p in PACKAGES],
+                               update=True, cache_time=86400)
+    else:
+        rpm_version = version.split("-")[0]
+        files.download(name="Toolkit repository", src=f"{repo}/stable/rpm/nvidia-container-toolkit.repo",
+                       dest="/etc/yum.repos.d/nvidia-container-toolkit.repo", mode="644")
+        toolkit = dnf.packages(name=f"Toolkit {rpm_version}",
+                               packages=[f"{p}-{rpm_version}" for p in PACKAGES])
+    spec = str(host.data.nvidia_toolkit_cdi_spec)
+    spec_missing = not host.get_fact(File, path=spec)
+    server.shell(
+        name="CDI spec",
+        commands=[f"nvidia-ctk cdi generate --output={shlex.quote(spec)}"],
+        _if=lambda: toolkit.did_change() or spec_missing,
+    )
+    return toolkit

@@ -1,0 +1,81 @@
+"""Run pyinfra the way users do (the CLI) and read its results as data (`--json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+@dataclass
+class Run:
+    returncode: int
+    payload: dict | None
+    stdout: str
+    stderr: str
+
+    @property
+    def operations(self) -> list[dict]:
+        results = (self.payload or {}).get("results") or {}
+        return results.get("operations", [])
+
+    @property
+    def plan(self) -> list[dict]:
+        return (self.payload or {}).get("plan", [])
+
+    def changed(self) -> dict[str, list[str]]:
+        """operation name -> hosts it changed (executed runs)."""
+        return {op["name"]: op["success"] for op in self.operations if op["success"]}
+
+    def errors(self) -> dict[str, list[str]]:
+        return {op["name"]: op["error"] for op in self.operations if op["error"]}
+
+    def planned_changes(self) -> dict[str, list[str]]:
+        """operation name -> hosts that would change (dry runs). Operations behind `_if`
+        (restart when a file changed, ...) are left out: pyinfra cannot know their condition
+        before the run and lists them apart, as conditional."""
+        return {op["name"]: op["hosts_with_change"] for op in self.plan if op["hosts_with_change"]}
+
+
+def pyinfra(inventory: str | Path, deploy: str, *args: str, data: dict | None = None,
+            timeout: float = 900, check: bool = True) -> Run:
+    cmd = [PYINFRA, str(inventory), deploy, "--json"]
+    if "--dry" not in args:
+        cmd.append("-y")
+    for key, value in (data or {}).items():
+        cmd += ["--data", f"{key}={value}"]
+    cmd += list(args)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    payload = None
+    start = proc.stdout.find("{")
+    if start >= 0:
+        try:
+            payload = json.loads(proc.stdout[start:])
+        except json.JSONDecodeError:
+            payload = None
+    run = Run(proc.returncode, payload, proc.stdout, proc.stderr)
+    if check and (proc.returncode != 0 or run.errors()):
+        raise AssertionError(f"pyinfra failed rc={proc.returncode} errors={run.errors()}\n"
+                             f"{proc.stderr[-4000:]}")
+    return run
+
+
+def ssh(ip: str, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    from tasks.lab.config import CACHE_DIR
+
+    proc = subprocess.run(
+        ["ssh", "-i", str(CACHE_DIR / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error", "-o", "BatchMode=yes",
+         f"root@{ip}", command],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ssh {ip} {command!r} rc={proc.returncode}: {proc.stderr[-2000:]}")
+    return proc

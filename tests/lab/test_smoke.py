@@ -1,0 +1,25 @@
+"""First end-to-end proof: the smoke deploy converges lab hosts, and a second run changes nothing."""
+
+from __future__ import annotations
+
+from .helpers import pyinfra, ssh
+
+
+def test_smoke_converges_then_no_changes(lab, inventory):
+    first = pyinfra(inventory, "deploys/smoke.py")
+    hosts = sorted(h["name"] for h in lab["hosts"])
+    changed = first.changed()
+    assert changed["Docker engine | Install docker.io"] == hosts
+    assert changed["Smoke container | Smoke unit"] == hosts
+    assert changed["Smoke container | Smoke answers"] == hosts
+    for h in lab["hosts"]:
+        assert ssh(h["ip"], "systemctl is-enabled llmfleet-smoke").stdout.strip() == "enabled"
+        assert "Directory listing" in ssh(h["ip"], "curl -fsS http://127.0.0.1:18000/").stdout
+
+    second = pyinfra(inventory, "deploys/smoke.py")
+    assert second.operations, "the second run executed no operations at all"
+    assert second.changed() == {}
+    assert all(set(op["no_change"]) == set(hosts) for op in second.operations)
+
+    dry = pyinfra(inventory, "deploys/smoke.py", "--dry")
+    assert dry.planned_changes() == {}
