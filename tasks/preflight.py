@@ -55,6 +55,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pyinfra.api import deploy
+
 from tasks import cuda as cudatab
 from tasks.plan import GIB, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config, text_config
 
@@ -439,3 +441,67 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
                 verdict.add("memory plan", "fail", result.error or "does not fit")
     _check_host(verdict, facts, req, opts)
     return verdict
+
+
+# --- pyinfra deploy ---------------------------------------------------------------------------------------
+
+def gather_facts(host: Any, req: Requirement) -> dict:
+    """Gather the facts ``evaluate`` reads, once: 3 round trips on NVIDIA hosts, 2 on Ascend hosts."""
+    from tasks.facts.ascend import AscendNpus
+    from tasks.facts.host import HostResources
+    from tasks.facts.nvidia import NvidiaFabric, NvidiaGpus
+
+    facts: dict[str, Any] = {"host": host.get_fact(HostResources, path=req.model_dir)}
+    if req.accelerator == "nvidia":
+        facts["nvidia_gpus"] = host.get_fact(NvidiaGpus)
+        facts["nvidia_fabric"] = host.get_fact(NvidiaFabric)
+    else:
+        facts["ascend"] = host.get_fact(AscendNpus)
+    return facts
+
+
+def write_report(report_dir: str, host_name: str, facts: dict, verdict: Verdict) -> str:
+    """Write ``<report_dir>/<host>.json`` on the control machine (facts + verdict); return its path."""
+    from pathlib import Path
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in host_name)
+    path = Path(report_dir) / f"{safe}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"host": host_name, "verdict": json.loads(verdict.to_json()), "facts": facts}
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    return str(path)
+
+
+@deploy("Preflight", data_defaults=DEFAULTS)
+def preflight(requirement: Requirement) -> None:
+    """
+    Gather a host's facts once, evaluate them against a recipe's requirement, print the check table,
+    write ``<preflight_report_dir>/<host>.json`` on the control machine, and fail the host on no-go.
+
+    Runs at plan time (it only reads facts and writes the local report; no operation is added), so the
+    verdict also shows under ``--dry``. A failed host is dropped from the rest of the deploy.
+
+    + requirement: ``Requirement`` of the recipe to check
+
+    **Example:**
+
+    .. code:: python
+
+        from tasks.preflight import Requirement, preflight
+        preflight(Requirement(recipe="qwen3-30b-a3b", vllm_version="0.8.5", model_config=cfg,
+                              weights_bytes=61_100_000_000, model_dir="/srv/models/qwen3-30b-a3b", tp=4))
+    """
+    from pyinfra import logger
+    from pyinfra.context import ctx_host
+
+    host = ctx_host.get()  # the Host itself, not the context proxy: state.fail_hosts keys on it
+
+    options = {key: host.data.get(key, DEFAULTS[key]) for key in DEFAULTS}
+    facts = gather_facts(host, requirement)
+    verdict = evaluate(facts, requirement, options)
+    path = write_report(str(options["preflight_report_dir"]), host.name, facts, verdict)
+    text = "\n".join(f"{host.print_prefix}{line}" for line in verdict.table().splitlines())
+    logger.info(f"{text}\n{host.print_prefix}report: {path}")
+    if not verdict.go:
+        logger.error(f"{host.print_prefix}preflight refused {requirement.recipe}: " + "; ".join(verdict.reasons))
+        host.state.fail_hosts({host})
