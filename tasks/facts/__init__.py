@@ -1,0 +1,1 @@
+"""pyinfra facts of llmfleet: one module per subject (nvidia, ascend, host)."""

@@ -1,0 +1,131 @@
+"""Memory planner against vLLM's own numbers (seed 001 log) and published parameter counts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.unit.conftest import REPO
+
+from tasks.plan import GIB, PlanInputError, PlanParams, bundled_config, count_params, kv_bytes_per_token_per_gpu, plan
+
+# Seed 001 (vLLM 0.8.5, 4x 22 GB RTX 2080 Ti, Qwen3-30B-A3B, --dtype half --tp 4 --max-model-len 32768
+# --gpu-memory-utilization 0.93 --block-size 32 --max-num-batched-tokens 4096) logs:
+#   total_gpu_memory (21.66GiB) x gpu_memory_utilization (0.93) = 20.15GiB
+#   model weights take 14.25GiB; non_torch_memory takes 0.20GiB; PyTorch activation peak memory takes
+#   1.40GiB; the rest of the memory reserved for KV Cache is 4.30GiB.
+#   Maximum concurrency for 32768 tokens per request: 5.73x
+SEED_001 = PlanParams(gpu_mem_gib=21.66, tp=4, dtype="half", max_model_len=32768, gpu_memory_utilization=0.93,
+                      block_size=32, max_num_batched_tokens=4096)
+
+
+def test_seed_001_worked_check():
+    result = plan(bundled_config("Qwen3-30B-A3B"), SEED_001)
+    assert result.ok
+    assert result.kv_bytes_per_token_per_gpu == 24576
+    # tolerances: vLLM prints 2 decimals; weights are counted exactly (+ rotary cache), the overheads are estimates
+    assert result.weights_gib_per_gpu == pytest.approx(14.25, abs=0.01)
+    assert result.non_torch_gib == pytest.approx(0.20, abs=0.005)
+    assert result.activation_gib == pytest.approx(1.40, abs=0.05)
+    assert result.kv_cache_gib_per_gpu == pytest.approx(4.30, abs=0.05)
+    assert result.kv_cache_tokens == pytest.approx(187_840, rel=0.01)
+    assert result.kv_cache_tokens % 32 == 0
+    assert result.max_concurrency == pytest.approx(5.73, abs=0.05)
+
+
+@pytest.mark.parametrize("name, published_billions", [
+    ("Qwen3-30B-A3B", 30.5), ("Qwen3-235B-A22B", 235.1), ("Qwen3-32B", 32.8), ("GLM-5", 744),
+])
+def test_total_params_match_published_sizes(name, published_billions):
+    total = count_params(bundled_config(name))["total"] / 1e9
+    assert total == pytest.approx(published_billions, rel=0.01)
+
+
+def test_moe_weights_count_all_experts_design_check():
+    # DESIGN: 30.53 B params x 2 B / 4 = 14.2 GiB per GPU
+    counts = count_params(bundled_config("Qwen3-30B-A3B"), tp=4)
+    assert counts["total"] == pytest.approx(30.53e9, rel=0.001)
+    assert counts["gpu_total"] * 2 / GIB == pytest.approx(14.2, abs=0.1)
+
+
+def test_gqa_kv_heads_replicate_beyond_tp():
+    config = bundled_config("Qwen3-32B")  # 8 KV heads
+    assert kv_bytes_per_token_per_gpu(config, tp=8, pp=1, kv_bytes=2) == 2 * 64 * 1 * 128 * 2
+    assert kv_bytes_per_token_per_gpu(config, tp=16, pp=1, kv_bytes=2) == 2 * 64 * 1 * 128 * 2
+    assert kv_bytes_per_token_per_gpu(config, tp=2, pp=2, kv_bytes=1) == 2 * 32 * 4 * 128 * 1
+
+
+def test_mla_kv_is_latent_and_same_on_every_rank():
+    config = bundled_config("GLM-5")
+    one = kv_bytes_per_token_per_gpu(config, tp=1, pp=1, kv_bytes=2)
+    assert one == kv_bytes_per_token_per_gpu(config, tp=8, pp=1, kv_bytes=2)
+    assert one == 78 * ((512 + 64) * 2 + 128 + 4)
+
+
+def test_awq_four_bit_weights_are_about_a_quarter():
+    config = bundled_config("Qwen3-32B")
+    dense = plan(config, PlanParams(gpu_mem_gib=79.19, tp=1, max_model_len=8192))
+    awq = plan(config, PlanParams(gpu_mem_gib=79.19, tp=1, max_model_len=8192, quantization="awq"))
+    fp8 = plan(config, PlanParams(gpu_mem_gib=79.19, tp=1, max_model_len=8192, quantization="fp8"))
+    assert awq.bytes_per_param == pytest.approx(0.5 + 2.5 / 128, abs=1e-4)
+    assert 0.25 < awq.weights_gib_per_gpu / dense.weights_gib_per_gpu < 0.32  # embeddings stay 16-bit
+    assert 0.5 < fp8.weights_gib_per_gpu / dense.weights_gib_per_gpu < 0.55
+    assert awq.kv_cache_tokens > fp8.kv_cache_tokens > dense.kv_cache_tokens
+
+
+def test_fp8_kv_cache_doubles_tokens():
+    config = bundled_config("Qwen3-32B")
+    base = PlanParams(gpu_mem_gib=79.19, tp=2, max_model_len=32768)
+    auto = plan(config, base)
+    fp8 = plan(config, PlanParams(**{**base.__dict__, "kv_cache_dtype": "fp8"}))
+    assert fp8.kv_bytes_per_token_per_gpu * 2 == auto.kv_bytes_per_token_per_gpu
+    assert fp8.kv_cache_tokens == pytest.approx(2 * auto.kv_cache_tokens, rel=0.001)
+
+
+def test_not_fitting_says_how_many_gib_short():
+    result = plan(bundled_config("Qwen3-235B-A22B"), PlanParams(gpu_mem_gib=23.64, tp=8, max_model_len=32768))
+    assert not result.ok
+    assert result.short_gib_per_gpu > 30  # ~55 GiB of weights per GPU on 24 GB cards
+    assert f"{result.short_gib_per_gpu:.2f} GiB per GPU short" in result.error
+
+
+def test_barely_not_fitting_one_sequence():
+    config = bundled_config("Qwen3-30B-A3B")
+    # tight: KV for one 40960-token sequence on tp 4 needs 0.94 GiB; leave less
+    result = plan(config, PlanParams(gpu_mem_gib=17.0, tp=4, dtype="half", max_model_len=40960,
+                                     gpu_memory_utilization=0.93, max_num_batched_tokens=4096))
+    assert not result.ok and 0 < result.short_gib_per_gpu < 1.0
+    assert "40,960 tokens needs 0.94 GiB" in result.error
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tp", 0, "tp must be an integer >= 1"),
+    ("dtype", "fp8", "dtype must be one of"),
+    ("gpu_memory_utilization", 1.5, "gpu_memory_utilization must be in"),
+    ("kv_cache_dtype", "int8", "kv_cache_dtype must be one of"),
+])
+def test_bad_input_names_the_field(field, value, message):
+    params = PlanParams(**{**SEED_001.__dict__, field: value})
+    with pytest.raises(PlanInputError, match=message):
+        plan(bundled_config("Qwen3-30B-A3B"), params)
+
+
+def test_tp_must_divide_heads():
+    with pytest.raises(PlanInputError, match="tp=3 must divide num_attention_heads=32"):
+        plan(bundled_config("Qwen3-30B-A3B"), PlanParams(gpu_mem_gib=80, tp=3))
+
+
+def test_cli_json_keys_and_exit_status():
+    config = REPO / "tasks" / "data" / "configs" / "Qwen3-30B-A3B.json"
+    cmd = [sys.executable, "-m", "tasks.plan", "--config", str(config), "--gpu-mem-gib", "21.66", "--tp", "4",
+           "--dtype", "half", "--max-model-len", "32768", "--gpu-memory-utilization", "0.93",
+           "--block-size", "32", "--max-num-batched-tokens", "4096", "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    for key in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu", "kv_cache_tokens", "max_concurrency"):
+        assert key in data
+    assert data["kv_cache_tokens"] == pytest.approx(187_840, rel=0.01)
+    bad = subprocess.run(cmd[:-1] + ["--tp", "0"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2 and "tp must be an integer >= 1" in bad.stderr
