@@ -43,6 +43,7 @@ Output markers on stdout (one line each, ``key=value`` fields)::
     LLMFLEET_WEIGHTS progress bytes=<on disk in staging> total=<bytes>
     LLMFLEET_WEIGHTS verify bad=<n> [files=<comma list>]
     LLMFLEET_WEIGHTS current revision=<rev> commit=<sha|none> path=<dir>
+    LLMFLEET_WEIGHTS pruned revision=<revdir>
     LLMFLEET_WEIGHTS unchanged
     LLMFLEET_WEIGHTS changed
     LLMFLEET_WEIGHTS error exit=<code> reason=<word>
@@ -77,12 +78,11 @@ import os
 import shutil
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:  # imported as tasks.weights.fetch
     from . import manifest as mf
@@ -336,7 +336,16 @@ class MsRemote:
     def _api(self) -> Any:
         from modelscope_hub import HubApi
 
-        return HubApi(endpoint=self.endpoint, token=self.token)
+        api = HubApi(endpoint=self.endpoint, token=self.token)
+        if self.endpoint is None:
+            # Same choice as modelscope's snapshot_download (modelscope.cn vs .ai), so the
+            # listing and the download talk to the same site.
+            try:
+                self.endpoint = api.resolve_endpoint_for_read(self.repo, repo_type="model")
+                api = HubApi(endpoint=self.endpoint, token=self.token)
+            except Exception:  # noqa: BLE001 - keep the configured default
+                pass
+        return api
 
     def listing(self) -> Listing:
         api = self._api()
@@ -660,9 +669,8 @@ def download_verified(
     req: Request, remote: Any, listing: Listing, paths: list[str], staging: Path
 ) -> dict[str, str]:
     """Space check, client download into ``staging``, verification. Returns path -> sha256."""
-    prepare_staging(
-        staging, {"repo": req.repo, "revision": req.revision, "commit": listing.commit, "source": listing.source}
-    )
+    # Keyed on content, not source: switching hub -> mirror -> peer keeps partial downloads.
+    prepare_staging(staging, {"repo": req.repo, "revision": req.revision, "commit": listing.commit})
     total = sum(listing.files[p].size for p in paths)
     missing = total - bytes_present(staging, listing, paths)
     say(

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -133,7 +131,8 @@ def test_wrong_token_fails_clearly_and_keeps_current(hub_name, hub_tok, tmp_path
     bad.write_text("hf_wrong_Secret_token_value\n")
     good.chmod(0o600)
     bad.chmod(0o600)
-    ok = run_fetch(*hub_args(hub_name, hub_tok, dest), "--token-file", str(good))
+    debug = {"HF_HUB_VERBOSITY": "debug", "MODELSCOPE_LOG_LEVEL": "10"}
+    ok = run_fetch(*hub_args(hub_name, hub_tok, dest), "--token-file", str(good), env=debug)
     assert ok.returncode == 0, ok.stderr
     link_before = os.readlink(dest / "current")
     manifest_before = (dest / "current" / mf.MANIFEST_NAME).read_bytes()
@@ -289,3 +288,50 @@ def test_bad_arguments_name_the_field(tmp_path):
     assert res.returncode == 2 and "--repo" in res.stderr
     res = run_fetch("--hub", "huggingface", "--repo", REPO_ID, "--revision", "../x", "--dest", str(tmp_path))
     assert res.returncode == 2 and "--revision" in res.stderr
+
+
+def test_second_fetch_on_same_dest_is_refused_while_locked(hub, tmp_path):
+    import fcntl
+
+    dest = tmp_path / "m"
+    dest.mkdir()
+    with open(dest / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        res = run_fetch(*hub_args("huggingface", hub, dest))
+    assert res.returncode == fetch_mod.EXIT_LOCKED, res.stdout + res.stderr
+    assert "LLMFLEET_WEIGHTS error exit=10 reason=locked" in res.stdout
+    assert stats(hub)["requests"] == 0
+
+
+def test_redacting_stream_covers_log_handlers_created_after_it(capsys):
+    import logging
+
+    saved = sys.stdout, sys.stderr
+    try:
+        fetch_mod.install_redaction("tok-XYZ-123")
+        logger = logging.getLogger("huggingface_hub.redaction-test")
+        handler = logging.StreamHandler()  # binds the (redacting) sys.stderr, as client handlers do
+        logger.addHandler(handler)
+        logger.error("GET with Authorization: Bearer tok-XYZ-123")
+        print("token=tok-XYZ-123")
+        logger.removeHandler(handler)
+    finally:
+        sys.stdout, sys.stderr = saved
+    out = capsys.readouterr()
+    assert "tok-XYZ-123" not in out.out + out.err
+    assert "Bearer ***" in out.err and "token=***" in out.out
+
+
+def test_uploaded_directory_runs_without_the_tasks_package(hub, hub_root, tmp_path):
+    """What gets uploaded to a host is tasks/weights/ alone: the scripts must run from a copy."""
+    upload = tmp_path / "opt-llmfleet-weights"
+    shutil.copytree(Path(fetch_mod.__file__).parent, upload, ignore=shutil.ignore_patterns("__pycache__"))
+    dest = tmp_path / "m"
+    res = subprocess.run(
+        [sys.executable, str(upload / "fetch.py"), *hub_args("huggingface", hub, dest)],
+        capture_output=True, text=True, timeout=90, cwd=tmp_path,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert marker_lines(res.stdout)[-1] == "LLMFLEET_WEIGHTS changed"
+    assert_same_tree(dest / "current", hub_root["src"])
