@@ -70,6 +70,7 @@ DEFAULTS (prefix ``weights_fetch_``):
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import io
 import json
@@ -429,7 +430,10 @@ class PeerRemote:
         commit = man.get("commit")
         self._hf = HfRemote(self.url, None, self.repo, commit or man["revision"])
         served = self._hf.listing()  # through the real client: must agree with the manifest
-        files = {e["path"]: RemoteFile(e["path"], int(e["size"]), e["sha256"]) for e in man["files"]}
+        try:
+            files = {e["path"]: RemoteFile(e["path"], int(e["size"]), e["sha256"]) for e in man["files"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FetchError(EXIT_VERIFY, f"peer {self.url}: malformed manifest ({exc!r})") from None
         if {p: (f.size, f.sha256) for p, f in served.files.items()} != {
             p: (f.size, f.sha256) for p, f in files.items()
         }:
@@ -524,9 +528,13 @@ class Progress(threading.Thread):
         self.stopped = threading.Event()
 
     def on_disk(self) -> int:
+        """Bytes of downloaded and partial files (client metadata under .cache is not counted)."""
         n = 0
         for root, _dirs, files in os.walk(self.staging):
+            in_cache = os.path.relpath(root, self.staging).split(os.sep)[0] == ".cache"
             for f in files:
+                if f == STAGING_MARKER or (in_cache and not f.endswith(".incomplete")):
+                    continue
                 try:
                     n += os.lstat(os.path.join(root, f)).st_size
                 except OSError:
@@ -885,9 +893,13 @@ def _main(argv: list[str] | None) -> int:
         return exc.code
     except OSError as exc:
         print(f"fetch.py: error: {exc}", file=sys.stderr, flush=True)
-        code = EXIT_NO_SPACE if exc.errno == 28 else EXIT_ERROR
+        code = EXIT_NO_SPACE if exc.errno == errno.ENOSPC else EXIT_ERROR
         say("error", f"exit={code}", f"reason={REASONS[code]}")
         return code
+    except Exception as exc:  # noqa: BLE001 - still one marker line for the caller to parse
+        print(f"fetch.py: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        say("error", f"exit={EXIT_ERROR}", f"reason={REASONS[EXIT_ERROR]}")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -74,10 +77,14 @@ def add_fault(hub: StandinHub, fault: dict[str, Any]) -> None:
         assert json.loads(r.read())["ok"] is True
 
 
+FETCH_HOME = Path(tempfile.mkdtemp(prefix="llmfleet-fetch-home-"))
+atexit.register(shutil.rmtree, FETCH_HOME, True)
+
+
 def run_fetch(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run fetch.py as the host would: a fresh interpreter on the uploaded file."""
+    """Run fetch.py as the host would: a fresh interpreter on the uploaded file, a scratch HOME."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELSCOPE_"))}
-    full_env.update({"HOME": os.environ.get("HOME", "/tmp"), "NO_PROXY": "127.0.0.1,localhost", **(env or {})})
+    full_env.update({"HOME": str(FETCH_HOME), "NO_PROXY": "127.0.0.1,localhost", **(env or {})})
     return subprocess.run(
         [sys.executable, str(FETCH), *args], capture_output=True, text=True, timeout=timeout, env=full_env,
     )

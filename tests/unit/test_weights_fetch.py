@@ -15,7 +15,7 @@ from tasks.lab.standins.hub import StandinHub
 from tasks.weights import fetch as fetch_mod
 from tasks.weights import manifest as mf
 
-from .conftest import DEFAULT_REV, PEER, REPO_ID, TOKEN, add_fault, marker_lines, run_fetch, stats
+from .conftest import DEFAULT_REV, FETCH_HOME, PEER, REPO_ID, TOKEN, add_fault, marker_lines, run_fetch, stats
 
 HUBS = ["huggingface", "modelscope"]
 SHARD2 = "model-00002-of-00003.safetensors"
@@ -45,7 +45,9 @@ def test_fresh_download_then_unchanged_without_network(hub_name, hub, hub_root, 
     first = run_fetch(*hub_args(hub_name, hub, dest))
     assert first.returncode == 0, first.stderr
     assert marker_lines(first.stdout)[-1] == "LLMFLEET_WEIGHTS changed"
-    assert any(line.startswith("LLMFLEET_WEIGHTS plan files=11 ") for line in marker_lines(first.stdout))
+    total = sum(hub_root["sizes"].values())
+    assert f"LLMFLEET_WEIGHTS plan files=11 bytes={total} missing_bytes={total}" in first.stdout
+    assert f"LLMFLEET_WEIGHTS progress bytes={total} total={total}" in marker_lines(first.stdout)
     rev = DEFAULT_REV[hub_name]
     assert os.readlink(dest / "current") == f"revisions/{rev}"
     assert_same_tree(dest / "current", hub_root["src"])
@@ -145,6 +147,10 @@ def test_wrong_token_fails_clearly_and_keeps_current(hub_name, hub_tok, tmp_path
     assert (dest / "current" / mf.MANIFEST_NAME).read_bytes() == manifest_before
     for out in (ok.stdout, ok.stderr, res.stdout, res.stderr):
         assert TOKEN not in out and "hf_wrong_Secret_token_value" not in out
+    for where in (FETCH_HOME, dest):  # nothing (client caches, manifests) persisted the token
+        for f in where.rglob("*"):
+            if f.is_file() and f.stat().st_size < 10**6:
+                assert TOKEN.encode() not in f.read_bytes(), f
 
     missing = run_fetch(*hub_args(hub_name, hub_tok, tmp_path / "other"))
     assert missing.returncode == fetch_mod.EXIT_AUTH, missing.stdout + missing.stderr
