@@ -473,7 +473,7 @@ def write_report(report_dir: str, host_name: str, facts: dict, verdict: Verdict)
 
 
 @deploy("Preflight", data_defaults=DEFAULTS)
-def preflight(requirement: Requirement) -> None:
+def preflight(requirement: Requirement) -> bool:
     """
     Gather a host's facts once, evaluate them against a recipe's requirement, print the check table,
     write ``<preflight_report_dir>/<host>.json`` on the control machine, and fail the host on no-go.
@@ -482,6 +482,8 @@ def preflight(requirement: Requirement) -> None:
     verdict also shows under ``--dry``. A failed host is dropped from the rest of the deploy.
 
     + requirement: ``Requirement`` of the recipe to check
+
+    Returns whether the host may go on (callers add no further operations for a refused host).
 
     **Example:**
 
@@ -505,3 +507,4 @@ def preflight(requirement: Requirement) -> None:
     if not verdict.go:
         logger.error(f"{host.print_prefix}preflight refused {requirement.recipe}: " + "; ".join(verdict.reasons))
         host.state.fail_hosts({host})
+    return verdict.go

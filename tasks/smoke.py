@@ -50,7 +50,7 @@ def smoke_service() -> None:
     # Bounded wait for the answer: 30 tries, 1 s apart; a change only on the run that started it.
     server.shell(
         name="Smoke answers",
-        commands=[f"curl -fsS -o /dev/null --retry 30 --retry-delay 1 --retry-connrefused "
+        commands=[f"curl -fsS -o /dev/null --retry 30 --retry-delay 1 --retry-all-errors "
                   f"--max-time 60 http://127.0.0.1:{int(host.data.smoke_port)}/"],
         _if=unit.did_change,
     )

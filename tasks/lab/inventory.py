@@ -30,7 +30,9 @@ def path_for(cfg: LabConfig) -> Path:
     return REPO_ROOT / "inventories" / name
 
 
-def write(cfg: LabConfig, state: dict, key: Path) -> Path:
+def write(cfg: LabConfig, state: dict, key: Path, path: Path | None = None,
+          extra: dict[str, dict] | None = None) -> Path:
+    """Write the inventory (to ``path``, default inventories/lab*.py); ``extra`` adds host data per profile."""
     ssh = {
         "ssh_user": "root",
         "ssh_key": str(key),
@@ -41,7 +43,8 @@ def write(cfg: LabConfig, state: dict, key: Path) -> Path:
     for h in state["hosts"]:
         kind = profiles.profile(h["profile"])["kind"]
         data = {"ssh_hostname": h["ip"], "lab_profile": h["profile"],
-                "runtime_accelerator": kind if kind in ("nvidia", "ascend") else "none", **ssh}
+                "runtime_accelerator": kind if kind in ("nvidia", "ascend") else "none", **ssh,
+                **(extra or {}).get(h["profile"], {})}
         groups.setdefault(h["profile"], []).append((h["name"], data))
     lines = [
         f'"""pyinfra inventory of lab {cfg.name!r}, written by `python -m tasks.lab up`; do not edit."""',
@@ -52,7 +55,7 @@ def write(cfg: LabConfig, state: dict, key: Path) -> Path:
     for profile, members in groups.items():
         body = ",\n    ".join(f"({name!r}, {{**_LAB, **{pformat(data, width=200)}}})" for name, data in members)
         lines.append(f"{profile.replace('-', '_')} = [\n    {body},\n]\n")
-    path = path_for(cfg)
+    path = path or path_for(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path

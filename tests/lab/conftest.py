@@ -15,7 +15,7 @@ from tasks.lab import lab as lablib
 from tasks.lab.config import LabConfig
 
 # index -> profile of the session lab; tests pick hosts by group (profile) with --limit.
-SESSION_PROFILES = ["cpu", "cpu", "cpu"]
+SESSION_PROFILES = ["rtx4090x8", "ascend910b", "rtx4090-drv530", "h100x8"]
 
 
 def _lab_possible() -> str | None:

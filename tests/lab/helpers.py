@@ -79,3 +79,26 @@ def ssh(ip: str, command: str, timeout: float = 60, check: bool = True) -> subpr
     if check and proc.returncode != 0:
         raise AssertionError(f"ssh {ip} {command!r} rc={proc.returncode}: {proc.stderr[-2000:]}")
     return proc
+
+
+def put_dir(ip: str, local: Path, remote: str) -> None:
+    """Copy a local directory's contents to ``remote`` on a lab host (tar over ssh)."""
+    from tasks.lab.config import CACHE_DIR
+
+    tar = subprocess.Popen(["tar", "-C", str(local), "-cf", "-", "."], stdout=subprocess.PIPE)
+    subprocess.run(
+        ["ssh", "-i", str(CACHE_DIR / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error", "-o", "BatchMode=yes",
+         f"root@{ip}", f"mkdir -p {remote} && tar -C {remote} -xf -"],
+        stdin=tar.stdout, check=True, capture_output=True, timeout=120,
+    )
+    tar.wait(timeout=120)
+
+
+def inventory_with(lab_state: dict, path: Path, extra: dict[str, dict]) -> Path:
+    """The lab's inventory written to ``path`` with extra host data per profile (what an operator's
+    group data would add)."""
+    from tasks.lab import inventory
+    from tasks.lab.config import CACHE_DIR, LabConfig
+
+    return inventory.write(LabConfig(lab_state["name"]), lab_state, CACHE_DIR / "id_ed25519", path, extra)
