@@ -19,7 +19,7 @@ def lab_data(cfg: LabConfig) -> dict:
         "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
-        "pip_index_url": cfg.pypi_url,
+        "image_pip_index_url": cfg.pypi_url,
     }
 
 
