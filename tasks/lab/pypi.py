@@ -7,7 +7,8 @@ inside ``docker build``; lab hosts have no Internet, so the index the lab invent
 The wheels are tiny but valid (METADATA, WHEEL, RECORD with hashes): pip installs them the
 way it installs the real ones, and ``importlib.metadata.version("transformers")`` reports the
 version, which is what the stand-in vLLM server checks for GLM-5 models. Their module says
-it is a llmfleet lab stand-in. 5.4.0 is what the GLM-5 recipe pins; 4.57.1 is there so a
+it is a llmfleet lab stand-in. 5.4.0 is what the GLM-5 recipe pins, 5.2.0 the oldest GLM-5 accepts
+(a pin change to show a rebuild); 4.57.1 is there so a
 too-old pin can be shown failing.
 """
 
@@ -21,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 #: project -> versions offered by the index.
-PACKAGES: dict[str, tuple[str, ...]] = {"transformers": ("4.57.1", "5.4.0")}
+PACKAGES: dict[str, tuple[str, ...]] = {"transformers": ("4.57.1", "5.2.0", "5.4.0")}
 _EPOCH = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same wheel bytes on every build
 
 
