@@ -8,8 +8,7 @@ The wheels are tiny but valid (METADATA, WHEEL, RECORD with hashes): pip install
 way it installs the real ones, and ``importlib.metadata.version("transformers")`` reports the
 version, which is what the stand-in vLLM server checks for GLM-5 models. Their module says
 it is a llmfleet lab stand-in. 5.4.0 is what the GLM-5 recipe pins, 5.2.0 the oldest GLM-5 accepts
-(a pin change to show a rebuild); 4.57.1 is there so a
-too-old pin can be shown failing.
+(a pin change to show a rebuild); 4.57.1 is there so a too-old pin can be shown failing.
 """
 
 from __future__ import annotations
