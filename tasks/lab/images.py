@@ -3,7 +3,8 @@
 Every image is the same small Debian base (python3 + pip) plus one layer holding the
 stand-in vLLM server (standins/vllm_server.py) and the flag table; the tag's version goes
 into VLLM_STANDIN_VERSION so the stand-in parses the command line of that version.
-Labels and the layer path say "standin" so no one mistakes them for vLLM.
+Labels and the layer path say "standin" so no one mistakes them for vLLM. The layer also puts
+a ``vllm`` launcher on PATH (``vllm serve``, ``vllm bench serve`` via standins/vllm_bench.py).
 """
 
 from __future__ import annotations
