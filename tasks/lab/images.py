@@ -3,7 +3,8 @@
 Every image is the same small Debian base (python3 + pip) plus one layer holding the
 stand-in vLLM server (standins/vllm_server.py) and the flag table; the tag's version goes
 into VLLM_STANDIN_VERSION so the stand-in parses the command line of that version.
-Labels and the layer path say "standin" so no one mistakes them for vLLM.
+Labels and the layer path say "standin" so no one mistakes them for vLLM. The layer also puts
+a ``vllm`` launcher on PATH (``vllm serve``, ``vllm bench serve`` via standins/vllm_bench.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ def base_layer() -> Layer:
 
 def standin_layer() -> Layer:
     server = STANDINS / "vllm_server.py"
+    # `vllm` on PATH as in the real images (`docker exec C vllm bench serve ...`); the server
+    # script dispatches on the argv it is given, so "vllm" goes first.
+    launcher = b'#!/bin/sh\n# llmfleet lab stand-in launcher. Not vLLM.\nexec python3 /opt/vllm-standin/vllm_server.py vllm "$@"\n'
     files = {"/opt/vllm-standin/vllm_server.py": (server.read_bytes(), 0o755),
+             "/opt/vllm-standin/vllm_bench.py": ((STANDINS / "vllm_bench.py").read_bytes(), 0o644),
+             "/usr/local/bin/vllm": (launcher, 0o755),
              "/opt/vllm-standin/vllm-flags-by-version.tsv": (FLAGS_TSV.read_bytes(), 0o644),
              "/opt/vllm-standin/README": (b"llmfleet lab stand-in for the vLLM server. Not vLLM.\n", 0o644)}
     return layer_from_files(files)

@@ -21,7 +21,7 @@ def lab_data(cfg: LabConfig) -> dict:
         "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
-        "pip_index_url": cfg.pypi_url,
+        "image_pip_index_url": cfg.pypi_url,
     }
 
 

@@ -11,9 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import aptrepo, hosts, images, inventory, net, rootfs
+from . import aptrepo, hosts, images, inventory, net, pypi, rootfs
+from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig
 from .standins import cann_run
-from .config import APT_PORT, CACHE_DIR, HUB_PORT, REPO_ROOT, LabConfig
 from .hosts import Host
 from .registry import registry_command
 
@@ -86,6 +86,9 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
     cann_run.publish(cfg.run_dir / "apt" / "ascend" / "cann")
     services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
                                           "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
+    pypi_root = pypi.build(cfg.run_dir / "pypi")
+    services["pypi"] = _spawn(cfg, "pypi", [sys.executable, "-m", "http.server", str(PYPI_PORT),
+                                            "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
     if (Path(__file__).parent / "standins" / "hub.py").exists():

@@ -15,6 +15,10 @@ depends on it:
   header; a shard listed in ``model.safetensors.index.json`` but missing, or a truncated file,
   stops the server with exit 1. ``--max-model-len`` beyond the model's config is refused as
   vLLM does.
+* ``vllm bench serve`` (argv starting with ``vllm bench serve``, as the image's ``vllm``
+  launcher passes it): the stand-in benchmark client in vllm_bench.py.
+* GLM-5 (config.json ``model_type: glm_moe_dsa``): refused unless the image's transformers is
+  >= 5.2 (``importlib.metadata``), with transformers' "does not recognize this architecture".
 * serving: ``/health``, ``/version``, ``/v1/models``, ``/v1/chat/completions`` (stream and not),
   ``/v1/completions``, ``/metrics`` (vLLM metric names, ``model_name`` label); ``--api-key`` or
   ``VLLM_API_KEY`` guard ``/v1`` with vLLM's 401 body. Replies are tiny and deterministic;
@@ -78,6 +82,10 @@ TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]
 ANSWER = "Hello! This is the llmfleet vLLM stand-in answering."
 REASONING = "The user wants a short reply. I will answer briefly."
+MAX_GENERATED = 8192  # bound on tokens one request generates (ignore_eos)
+#: model_type of GLM-5 checkpoints and the transformers release that first knows it.
+GLM5_MODEL_TYPES = ("glm_moe_dsa",)
+GLM5_MIN_TRANSFORMERS = "5.2.0"
 
 
 def vkey(text: str) -> tuple:
@@ -655,7 +663,12 @@ def make_handler(srv: Server):
                 return
             text, finish = ANSWER, "stop"
             limit = self._limit(body)
-            if limit is not None and len(text.split(" ")) > limit:
+            if limit is not None and body.get("ignore_eos"):
+                # As vLLM: no stop at EOS, so exactly max_tokens tokens (benchmarks rely on it).
+                words = ANSWER.split(" ")
+                text = " ".join(words[i % len(words)] for i in range(min(limit, MAX_GENERATED)))
+                finish = "length"
+            elif limit is not None and len(text.split(" ")) > limit:
                 text, finish = " ".join(text.split(" ")[:limit]), "length"
             ptoks, gtoks = len(str(prompt).split()), len(text.split())
             rid, model = f"cmpl-{uuid.uuid4().hex}", srv.served[0]
@@ -673,6 +686,12 @@ def make_handler(srv: Server):
                     obj = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
                            "choices": [{"index": 0, "text": word + ("" if last else " "), "logprobs": None,
                                         "finish_reason": finish if last else None}]}
+                    self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+                    self.wfile.flush()
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    obj = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+                           "choices": [], "usage": {"prompt_tokens": ptoks, "completion_tokens": gtoks,
+                                                    "total_tokens": ptoks + gtoks}}
                     self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
@@ -700,6 +719,37 @@ def dummy_args(schema: dict) -> dict:
     return out
 
 
+def installed_transformers() -> str | None:
+    """The transformers version installed in this image (None when absent)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_transformers(config: dict) -> None:
+    """Refuse a GLM-5 checkpoint when transformers is older than 5.2, as vLLM does: its config
+    loading goes through transformers, which does not know the model type before 5.2."""
+    model_type = config.get("model_type")
+    if model_type not in GLM5_MODEL_TYPES:
+        return
+    have = installed_transformers()
+    if have is not None and vkey(have) >= vkey(GLM5_MIN_TRANSFORMERS):
+        log("INFO", "config.py:620", f"transformers {have} knows model type {model_type} (stand-in check)")
+        return
+    fail("ValueError", f"The checkpoint you are trying to load has model type `{model_type}` but "
+         "Transformers does not recognize this architecture. This could be because of an issue with "
+         "the checkpoint, or because your version of Transformers is out of date. (llmfleet stand-in: "
+         f"transformers {have or 'not installed'}; {model_type} needs >= {GLM5_MIN_TRANSFORMERS})")
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # uvicorn listens with a backlog of 2048; socketserver's 5 drops benchmark bursts.
+    request_queue_size = 1024
+
+
 def flags_path() -> Path:
     env = os.environ.get("VLLM_STANDIN_FLAGS")
     if env:
@@ -715,9 +765,15 @@ def main(argv: list[str] | None = None) -> int:
     if not version:
         print(f"{STANDIN}: VLLM_STANDIN_VERSION is not set (the image tag's vLLM version)", file=sys.stderr)
         return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:3] == ["vllm", "bench", "serve"]:
+        sys.path.insert(0, str(HERE))
+        import vllm_bench  # the stand-in benchmark client, shipped next to this file
+
+        return vllm_bench.main(argv[3:])
     st = Standin(version, flags_path())
     ascend = os.environ.get("LLMFLEET_STANDIN_ASCEND") == "1"
-    args = parse_args(st, list(sys.argv[1:] if argv is None else argv), ascend)
+    args = parse_args(st, argv, ascend)
     where = "api_server.py:1043"
     log("INFO", where, f"vLLM API server version {st.version} (llmfleet stand-in, not vLLM"
         f"{'; vllm-ascend' if ascend else ''})")
@@ -728,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_model(args.model, getattr(args, "load_format", None))
     except ModelError as exc:
         fail("RuntimeError", str(exc))
+    check_transformers(config)
     derived = derived_max_len(config, args)
     mml = getattr(args, "max_model_len", None)
     if mml and derived and mml > derived and os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") != "1":
@@ -741,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     srv = Server(st, args, config)
     host = getattr(args, "host", None) or "0.0.0.0"
     port = getattr(args, "port", None) or 8000
-    httpd = ThreadingHTTPServer((host, port), make_handler(srv))
+    httpd = _HTTPServer((host, port), make_handler(srv))
     httpd.daemon_threads = True
 
     def stop(*_):
