@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import aptrepo, hosts, images, inventory, net, pypi, rootfs
+from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs
 from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig
 from .standins import cann_run
 from .hosts import Host
@@ -91,6 +91,7 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
                                             "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
+    hubseed.seed(hub_root)
     if (Path(__file__).parent / "standins" / "hub.py").exists():
         services["hub"] = _spawn(cfg, "hub", [sys.executable, "-m", "tasks.lab.standins.hub", "--bind",
                                               cfg.bridge_ip, "--port", str(HUB_PORT), "--root", str(hub_root)],
