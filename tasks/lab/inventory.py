@@ -21,6 +21,8 @@ def lab_data(cfg: LabConfig) -> dict:
         "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
+        "weights_pip_find_links": f"{cfg.apt_url}/wheels/",
+        "weights_pip_index_url": None,
         "pip_index_url": cfg.pypi_url,
     }
 
