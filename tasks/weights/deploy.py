@@ -81,6 +81,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pyinfra import host, state
 from pyinfra.api import FactBase, deploy, operation
@@ -350,6 +351,7 @@ def client_venv(venv: str, versions: dict[str, str], index_url: str | None = Non
     + versions: distribution name -> exact version
     + index_url: package index (internal mirror); None = pip's default
     + find_links: wheel directory or URL; without ``index_url`` pip runs with ``--no-index``
+      (plain ``http://`` sources are passed as ``--trusted-host``: pip ignores them otherwise)
 
     Example:
 
@@ -372,6 +374,10 @@ def client_venv(venv: str, versions: dict[str, str], index_url: str | None = Non
         src.append("--no-index")
     if find_links:
         src += ["--find-links", shlex.quote(find_links)]
+    # pip ignores plain-http sources unless trusted; an http URL in data is the operator's choice.
+    for url in (index_url, find_links):
+        if url and url.startswith("http://"):
+            src += ["--trusted-host", shlex.quote(urlsplit(url).hostname or "")]
     pins = " ".join(shlex.quote(f"{n}=={v}") for n, v in sorted(versions.items()))
     yield f"{py} -m pip install --quiet --disable-pip-version-check {' '.join(src)} {pins}"
 
