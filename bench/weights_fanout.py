@@ -11,6 +11,21 @@ Columns: ``staging s`` = first fetch unit start to last fetch unit end over the 
 bytes the hub stand-in served; ``MB/host`` = model size.
 
     sudo .venv/bin/python bench/weights_fanout.py [--name wt] [--sizes 1 4 8] [--rate 100mbit]
+
+One run on the 2-core development machine (model 25.2 MB, every link 100mbit, width 1)::
+
+    | N | fanout | staging s | run s | hub MB | MB/host |
+    | 1 | off    |  2.6      |  4.7  |  25.2  | 25.2    |
+    | 1 | on     |  2.6      |  4.5  |  25.2  | 25.2    |
+    | 4 | off    |  9.3      | 12.0  | 100.9  | 25.2    |
+    | 4 | on     |  8.8      | 12.4  |  25.2  | 25.2    |
+    | 8 | off    | 20.6      | 26.0  | 201.8  | 25.2    |
+    | 8 | on     | 13.8      | 20.3  |  25.2  | 25.2    |
+
+Without fan-out time grows ~linearly (N copies share the hub uplink); with it, hub bytes stay one
+copy and time grows with the number of waves (log2 N), each wave costing one copy at link speed
+plus ~1-2 s of pyinfra per wave (peer server start, op round trips) -- which is why a 25 MB model
+at N=4 barely gains; the gap widens with model size and N.
 """
 
 from __future__ import annotations
