@@ -22,6 +22,8 @@ def lab_data(cfg: LabConfig) -> dict:
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
         "image_pip_index_url": cfg.pypi_url,
+        "weights_pip_find_links": f"{cfg.apt_url}/wheels/",
+        "weights_pip_index_url": None,
     }
 
 

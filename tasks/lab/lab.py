@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs
+from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, wheelhouse
 from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig
 from .standins import cann_run
 from .hosts import Host
@@ -84,6 +84,7 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
     services["registry"] = _spawn(cfg, "registry", registry_command(cfg))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
     cann_run.publish(cfg.run_dir / "apt" / "ascend" / "cann")
+    wheelhouse.publish(cfg.run_dir / "apt" / "wheels", log)  # hub clients' wheels: <apt_url>/wheels/
     services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
                                           "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
     pypi_root = pypi.build(cfg.run_dir / "pypi")

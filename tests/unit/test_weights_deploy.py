@@ -1,0 +1,195 @@
+"""Weights deploy: the fleet plan, the state fact's reading of a real layout, command lines, secrets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tasks import secrets
+from tasks.weights import fetch as fetch_script
+from tasks.weights import manifest as mf
+from tasks.weights.deploy import (
+    _STATE_CODE,
+    FetchRequest,
+    PythonPackages,
+    WeightsState,
+    fetch_command,
+    model_dirname,
+    plan_fleet,
+)
+
+REQ = FetchRequest(hub="huggingface", repo="org/tiny", revision="v1", dest="/srv/models/org--tiny",
+                   endpoint="http://hub:8090", token_file="/etc/llmfleet/secrets/hf-token")
+
+
+def held(req: FetchRequest = REQ) -> dict:
+    return {"current": "revisions/v1", "bad": [], "error": None,
+            "manifest": {"repo": req.repo, "hub": req.hub, "revision": "v1", "commit": "a" * 40,
+                         "allow": [], "ignore": [], "total_bytes": 10, "files": 3}}
+
+
+def hosts(n: int) -> list[str]:
+    return [f"h{i}" for i in range(1, n + 1)]
+
+
+def test_matches_needs_link_manifest_and_no_bad_file():
+    assert REQ.matches(held())
+    assert not REQ.matches({})
+    assert not REQ.matches({**held(), "bad": ["model-00001-of-00002.safetensors"]})
+    assert not REQ.matches({**held(), "current": "revisions/v0"})
+    other_hub = {**held(), "manifest": {**held()["manifest"], "hub": "modelscope"}}
+    assert not REQ.matches(other_hub)
+    assert not FetchRequest(**{**REQ.__dict__, "allow": ("*.json",)}).matches(held())
+
+
+def test_no_fanout_every_missing_host_fetches_from_hub():
+    names = hosts(3)
+    plan = plan_fleet(names, {"h1": held(), "h2": {}, "h3": {}}, dict.fromkeys(names, REQ), fanout=False)
+    assert [plan.roles[h].kind for h in names] == ["skip", "hub", "hub"]
+    assert plan.waves == 0 and plan.hub_seeds == ["h2", "h3"]
+
+
+def test_fanout_one_hub_seed_then_log2_waves():
+    names = hosts(8)
+    urls = {h: f"http://{h}:8765" for h in names}
+    plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, peer_urls=urls)
+    assert plan.hub_seeds == ["h1"] and plan.roles["h1"].kind == "hub"
+    assert plan.waves == 3  # 1 -> 2 -> 4 -> 8 holders
+    assert plan.roles["h2"].sender == "http://h1:8765" and plan.roles["h2"].wave == 1
+    # every receiver's sender already holds the model before its wave
+    done_by = {"h1": 0}
+    for k in range(1, plan.waves + 1):
+        for h in names:
+            r = plan.roles[h]
+            if r.kind == "peer" and r.wave == k:
+                sender = r.sender.split("//")[1].split(":")[0]
+                assert done_by[sender] < k
+                done_by[h] = k
+    assert sorted(done_by) == names
+    assert plan.roles["h1"].serve_from == 1
+
+
+def test_fanout_existing_holder_is_the_seed_no_hub_copy():
+    names = hosts(4)
+    plan = plan_fleet(names, {"h3": held()}, dict.fromkeys(names, REQ), fanout=True)
+    assert plan.hub_seeds == []
+    assert plan.roles["h3"].kind == "skip" and plan.roles["h3"].serve_from == 1
+    assert {plan.roles[h].kind for h in ("h1", "h2", "h4")} == {"peer"}
+
+
+def test_fanout_groups_and_cache_host():
+    names = hosts(4)
+    groups = {"h1": "a", "h2": "a", "h3": "b", "h4": "b"}
+    plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, groups=groups)
+    assert plan.hub_seeds == ["h1", "h3"] and plan.waves == 1
+    plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, groups=groups, cache_host="h4")
+    assert plan.hub_seeds == ["h4"] and plan.waves == 2
+    with pytest.raises(ValueError, match="weights_cache_host"):
+        plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, cache_host="nope")
+
+
+def test_converged_fleet_plans_nothing():
+    names = hosts(4)
+    plan = plan_fleet(names, dict.fromkeys(names, held()), dict.fromkeys(names, REQ), fanout=True)
+    assert plan.waves == 0 and plan.hub_seeds == []
+    assert all(r.kind == "skip" and r.serve_from is None for r in plan.roles.values())
+
+
+def test_argv_hub_and_peer():
+    argv = REQ.argv()
+    assert argv[2] == "/opt/llmfleet/weights/fetch.py"
+    assert ["--endpoint", "http://hub:8090"] == argv[argv.index("--endpoint"):argv.index("--endpoint") + 2]
+    assert "--token-file" in argv
+    peer = REQ.argv("http://h1:8765")
+    assert "--endpoint" not in peer and "--token-file" not in peer
+    assert peer[peer.index("--peer") + 1] == "http://h1:8765"
+    # fetch.py accepts what we render
+    assert fetch_script.parse_args(peer[3:]).peer == "http://h1:8765"
+    assert fetch_script.parse_args(argv[3:]).token_file.name == "hf-token"
+
+
+def test_fetch_command_names_each_failure_and_falls_back():
+    cmd = fetch_command(REQ, "http://h1:8765", fallback_hub=True)
+    assert "systemd-run --unit=llmfleet-weights-org--tiny" in cmd
+    assert "repository org/tiny not found at http://hub:8090" in cmd
+    assert "falling back to http://hub:8090" in cmd
+    assert cmd.count("systemd-run") == 2
+    assert fetch_command(REQ, None, True).count("systemd-run") == 1
+    proc = subprocess.run(["sh", "-n", "-c", cmd], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_model_dirname_is_unit_safe():
+    assert model_dirname("Qwen/Qwen3-0.6B") == "Qwen--Qwen3-0.6B"
+    assert model_dirname("a/b c") == "a--b_c"
+
+
+def _layout(tmp_path):
+    rev = tmp_path / "revisions" / "v1"
+    rev.mkdir(parents=True)
+    (rev / "config.json").write_text("{}")
+    (rev / "model.safetensors").write_bytes(b"x" * 100)
+    files = [{"path": p, "size": (rev / p).stat().st_size, "sha256": mf.sha256_file(rev / p)}
+             for p in ("config.json", "model.safetensors")]
+    mf.write(rev, mf.build(repo="org/tiny", hub="huggingface", revision="v1", commit="a" * 40, files=files))
+    (tmp_path / "current").symlink_to("revisions/v1")
+    return rev
+
+
+def _run_state(dest, deep: bool) -> dict:
+    out = subprocess.run([sys.executable, "-c", _STATE_CODE, str(dest), "1" if deep else "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return WeightsState().process(out.splitlines())
+
+
+def test_state_fact_on_a_real_layout(tmp_path):
+    rev = _layout(tmp_path)
+    st = _run_state(tmp_path, deep=False)
+    assert st["current"] == "revisions/v1" and st["bad"] == []
+    assert st["manifest"]["repo"] == "org/tiny" and st["manifest"]["files"] == 2
+    assert FetchRequest(hub="huggingface", repo="org/tiny", revision="v1", dest=str(tmp_path)).matches(st)
+    # same size, flipped bytes: only the deep read sees it
+    data = bytearray((rev / "model.safetensors").read_bytes())
+    data[10] ^= 0xFF
+    (rev / "model.safetensors").write_bytes(bytes(data))
+    assert _run_state(tmp_path, deep=False)["bad"] == []
+    assert _run_state(tmp_path, deep=True)["bad"] == ["model.safetensors"]
+    (rev / "config.json").unlink()
+    assert _run_state(tmp_path, deep=False)["bad"] == ["config.json"]
+
+
+def test_state_fact_empty_dir(tmp_path):
+    assert _run_state(tmp_path / "absent", deep=False) == {"current": None, "manifest": None, "bad": [], "error": None}
+
+
+def test_python_packages_normalises_names():
+    got = PythonPackages().process(["huggingface-hub 2.4.0", "modelscope 1.40.2", "garbage"])
+    assert got == {"huggingface-hub": "2.4.0", "modelscope": "1.40.2"}
+
+
+def test_secret_name_checks(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMFLEET_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="weights_token_secret: 'hf_abc/../x' is not a secret name"):
+        secrets.local_secret("hf_abc/../x", "weights_token_secret")
+    with pytest.raises(ValueError, match="no secret file 'hf-token'"):
+        secrets.local_secret("hf-token", "weights_token_secret")
+    (tmp_path / "hf-token").write_text("tok\n")
+    assert secrets.local_secret("hf-token") == tmp_path / "hf-token"
+    st = secrets.SecretFileState().process([f"{'0' * 64} 600 root:root"])
+    assert st == {"sha256": "0" * 64, "mode": "600", "owner": "root:root"}
+    assert secrets.SecretFileState().process([]) == {}
+
+
+def test_secret_state_command_reads_digest_and_mode(tmp_path):
+    f = tmp_path / "tok"
+    f.write_text("s3cret\n")
+    f.chmod(0o600)
+    out = subprocess.run(["sh", "-c", secrets.SecretFileState().command(str(f))], capture_output=True,
+                         text=True, check=True).stdout
+    st = secrets.SecretFileState().process(out.splitlines())
+    assert st["sha256"] == secrets.sha256_of(f) and st["mode"] == "600"
+    assert "s3cret" not in out
+    assert json.dumps(st).count("s3cret") == 0
