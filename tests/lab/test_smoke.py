@@ -18,7 +18,8 @@ def test_smoke_converges_then_no_changes(lab, inventory):
     second = pyinfra(inventory, "deploys/smoke.py")
     assert second.operations, "the second run executed no operations at all"
     assert second.changed() == {}
-    assert all(set(op["no_change"]) == set(hosts) for op in second.operations)
+    # Hosts run different operations (toolkit on NVIDIA, CANN on Ascend); every host ran some, none changed.
+    assert set().union(*(op["no_change"] for op in second.operations)) == set(hosts)
 
     dry = pyinfra(inventory, "deploys/smoke.py", "--dry")
     assert dry.planned_changes() == {}
