@@ -31,11 +31,13 @@ MIN_DRIVER_FOR_CUDA: dict[str, str] = {
 }
 
 #: (first vLLM release, last vLLM release, CUDA) — inclusive ranges, compared as versions.
+#: 0.20.0 switched the default wheels and images to CUDA 13.0 (vLLM PR #39878, "Switch default CUDA
+#: to 13.0"; 0.20/0.21 ship cu130 by default and a cu129 variant). Releases before 0.7.3: unknown.
 CUDA_FOR_VLLM: tuple[tuple[str, str, str], ...] = (
-    ("0.7.3", "0.8.5", "12.4"),
+    ("0.7.3", "0.8.99", "12.4"),
     ("0.9.0", "0.9.99", "12.6"),
     ("0.10.0", "0.19.99", "12.8"),
-    ("0.22.0", "0.99.99", "13.0"),
+    ("0.20.0", "0.99.99", "13.0"),
 )
 
 _VERSION_RE = re.compile(r"^\s*v?(\d+(?:\.\d+)*)")

@@ -2,7 +2,7 @@
 
 Each fact is one round trip and its shell command always exits 0, so that a host without a GPU, without
 the tool, or with a broken driver gives a *value* (a status) instead of a failed fact. Real outputs these
-parsers are written against (tests/unit/fixtures, /work/shared/fixtures/nvidia-smi):
+parsers are written against (tests/unit/fixtures, tests/fixtures/real):
 
 - ``nvidia-smi`` absent: the guard prints ``LLMFLEET_NO_NVIDIA_SMI``.
 - ``No devices were found`` (exit 6): driver loaded, no GPU visible.

@@ -47,7 +47,7 @@ def cgroup_dirs(cfg: LabConfig, host: str | None = None) -> list[Path]:
 
 
 def prepare(cfg: LabConfig, host: Host, lower: Path, files: dict[str, tuple[bytes, int]],
-            authorized_key: str) -> None:
+            authorized_key: str, units: list[str] = ()) -> None:
     """Mount the host's overlay and write its identity and per-host files before boot."""
     base = Path(host.dir)
     for sub in ("upper", "work", "merged", "docker"):
@@ -70,6 +70,12 @@ def prepare(cfg: LabConfig, host: Host, lower: Path, files: dict[str, tuple[byte
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
         os.chmod(target, mode)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in units:
+        wants.mkdir(parents=True, exist_ok=True)
+        link = wants / unit
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{unit}")
 
 
 def boot(cfg: LabConfig, host: Host) -> None:

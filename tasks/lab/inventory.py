@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from pprint import pformat
 
+from . import profiles
 from .config import REPO_ROOT, LabConfig
 
 
@@ -17,6 +18,7 @@ def lab_data(cfg: LabConfig) -> dict:
         "docker_insecure_registries": [cfg.registry],
         "image_mirrors": {"quay.io": cfg.registry},
         "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
+        "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
         "pip_index_url": cfg.pypi_url,
@@ -37,7 +39,9 @@ def write(cfg: LabConfig, state: dict, key: Path) -> Path:
     }
     groups: dict[str, list] = {}
     for h in state["hosts"]:
-        data = {"ssh_hostname": h["ip"], "lab_profile": h["profile"], **ssh}
+        kind = profiles.profile(h["profile"])["kind"]
+        data = {"ssh_hostname": h["ip"], "lab_profile": h["profile"],
+                "runtime_accelerator": kind if kind in ("nvidia", "ascend") else "none", **ssh}
         groups.setdefault(h["profile"], []).append((h["name"], data))
     lines = [
         f'"""pyinfra inventory of lab {cfg.name!r}, written by `python -m tasks.lab up`; do not edit."""',

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import aptrepo, hosts, images, inventory, net, rootfs
+from .standins import cann_run
 from .config import APT_PORT, CACHE_DIR, HUB_PORT, REPO_ROOT, LabConfig
 from .hosts import Host
 from .registry import registry_command
@@ -82,6 +83,7 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
     services = state["services"]
     services["registry"] = _spawn(cfg, "registry", registry_command(cfg))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
+    cann_run.publish(cfg.run_dir / "apt" / "ascend" / "cann")
     services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
                                           "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
     hub_root = cfg.run_dir / "hub"
@@ -98,7 +100,8 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
                     dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
                     binds=profiles_mod.device_binds(profile))
         net.host_net_up(cfg, i)
-        hosts.prepare(cfg, host, lower, profiles_mod.host_files(profile), pub)
+        hosts.prepare(cfg, host, lower, profiles_mod.host_files(profile), pub,
+                      profiles_mod.enabled_units(profile))
         hosts.boot(cfg, host)
         state["hosts"].append(host.to_json())
         save_state(cfg, state)

@@ -278,16 +278,7 @@ def reasoning_fields(version: "str | Version") -> tuple[str, ...]:
 # Builds, images, environment
 # ---------------------------------------------------------------------------------------------
 
-#: CUDA of the official builds (wheels and vllm/vllm-openai images), as (first version, CUDA).
-#: 0.20.0 switched the default wheels and images to CUDA 13.0 (vLLM PR #39878: "Switch default
-#: CUDA to 13.0"; 0.20/0.21 ship cu130 default + cu129 variant), so 0.20 and 0.21 are 13.0.
-#: Releases before 0.7.3 are not covered (None).
-CUDA_BY_VERSION: tuple[tuple[Version, str], ...] = (
-    (V("0.7.3"), "12.4"),
-    (V("0.9.0"), "12.6"),
-    (V("0.10.0"), "12.8"),
-    (V("0.20.0"), "13.0"),
-)
+#: An image tag's ``-cuNNN`` suffix names its CUDA; otherwise tasks/cuda.py's table of releases does.
 _TAG_CUDA_RE = re.compile(r"-cu(\d{2})(\d)\b")
 
 
@@ -297,12 +288,10 @@ def cuda_for(version: "str | Version", tag: str | None = None) -> str | None:
         m = _TAG_CUDA_RE.search(tag)
         if m:
             return f"{int(m.group(1))}.{m.group(2)}"
+    from tasks.cuda import cuda_for_vllm  # the one table of CUDA per vLLM release
+
     v = Version.parse(version)
-    found = None
-    for first, cuda in CUDA_BY_VERSION:
-        if v >= first:
-            found = cuda
-    return found
+    return cuda_for_vllm(".".join(str(part) for part in v.release[:3]))
 
 
 #: GLM-5 needs vLLM >= 0.16.0 and transformers >= 5.2.0 (the GLM-5 repo pins >= 5.4.0).

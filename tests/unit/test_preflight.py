@@ -76,8 +76,8 @@ def test_new_image_on_550_driver_is_refused(nvidia_facts):
 
 
 def test_unknown_vllm_cuda_is_a_warning(nvidia_facts):
-    verdict = evaluate(nvidia_facts("rtx4090x8"), seed_001(tp=4, vllm_version="0.20.0", dtype="auto"))
-    assert any("CUDA of vLLM 0.20.0 unknown" in w for w in verdict.warnings)
+    verdict = evaluate(nvidia_facts("rtx4090x8"), seed_001(tp=4, vllm_version="0.7.2", dtype="auto"))
+    assert any("CUDA of vLLM 0.7.2 unknown" in w for w in verdict.warnings)
 
 
 def test_degraded_pcie_link_warns_naming_gpu(nvidia_facts):

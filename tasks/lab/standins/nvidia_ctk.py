@@ -24,9 +24,10 @@ PROFILE = os.environ.get("LLMFLEET_STANDIN_PROFILE", "/etc/llmfleet-standin/acce
 def _gpus():
     try:
         with open(PROFILE) as f:
-            return json.load(f).get("gpus", [])
+            gpus = json.load(f).get("gpus", [])
     except (OSError, ValueError):
         return []
+    return [dict(gpu, index=gpu.get("index", i)) for i, gpu in enumerate(gpus)]
 
 
 def _opt(args, name, default=None):

@@ -1,0 +1,126 @@
+"""Ascend runtime: the CANN toolkit (+ kernels/ops, nnal) from .run packages, idempotent by version.
+
+The NPU driver and firmware must already be installed: installing them needs a reboot, which
+llmfleet never does unasked, so a host without them is refused with instructions.
+
+DEFAULTS:
+
+| key | default | meaning |
+|---|---|---|
+| ascend_cann_version | "8.3.RC2" | CANN version to install (vllm-ascend v0.11.0 pairs with 8.3.RC2) |
+| ascend_cann_source | None | where the .run files are: an http(s) URL base, or a directory on the control machine |
+| ascend_cann_packages | ["toolkit", "kernels", "nnal"] | which packages to install, in this order |
+| ascend_cann_chip | "910b" | chip name in the kernels package file name |
+| ascend_install_path | "/usr/local/Ascend" | --install-path of the installers |
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FactBase, deploy
+from pyinfra.operations import files, server
+
+from .refuse import refuse_host
+
+DEFAULTS = {
+    "ascend_cann_version": "8.3.RC2",
+    "ascend_cann_source": None,
+    "ascend_cann_packages": ["toolkit", "kernels", "nnal"],
+    "ascend_cann_chip": "910b",
+    "ascend_install_path": "/usr/local/Ascend",
+}
+PACKAGES = ("toolkit", "kernels", "nnal")
+CACHE = "/var/cache/llmfleet/cann"
+DRIVER_INFO = "/usr/local/Ascend/driver/version.info"
+
+
+def run_file(package: str, version: str, arch: str, chip: str) -> str:
+    name = {"toolkit": "toolkit", "kernels": f"kernels-{chip}", "nnal": "nnal"}[package]
+    return f"Ascend-cann-{name}_{version}_linux-{arch}.run"
+
+
+def installed_markers(install_path: str, version: str) -> dict[str, str]:
+    """A file each package leaves behind at ``version`` (what the CannInstalled fact looks for)."""
+    return {
+        "toolkit": f"{install_path}/ascend-toolkit/{version}",
+        "kernels": f"{install_path}/ascend-toolkit/{version}/opp/built-in",
+        "nnal": f"{install_path}/nnal/atb/{version}",
+    }
+
+
+class CannInstalled(FactBase[dict]):
+    """
+    Which CANN packages are installed at a version, the machine's arch, and whether the NPU driver is there,
+    in one round trip: ``{"arch": "aarch64", "driver": True, "toolkit": False, "kernels": False, "nnal": False}``.
+    """
+
+    default = dict
+
+    def command(self, install_path: str, version: str) -> str:
+        checks = " ".join(f"{pkg}={shlex.quote(path)}" for pkg, path in installed_markers(install_path, version).items())
+        return (f"echo arch=$(uname -m); if [ -f {DRIVER_INFO} ]; then echo driver=1; else echo driver=0; fi; "
+                f"for kv in {checks}; do k=${{kv%%=*}}; p=${{kv#*=}}; "
+                f'if [ -d "$p" ]; then echo "$k=1"; else echo "$k=0"; fi; done')
+
+    def process(self, output):
+        result: dict = {}
+        for line in output:
+            key, _, value = line.partition("=")
+            result[key] = value if key == "arch" else value == "1"
+        return result
+
+
+def validate(data) -> None:
+    for pkg in data.ascend_cann_packages:
+        if pkg not in PACKAGES:
+            raise ValueError(f"ascend_cann_packages: {pkg!r} is not one of {', '.join(PACKAGES)}")
+    if not str(data.ascend_cann_version).strip():
+        raise ValueError("ascend_cann_version: must name a CANN version such as 8.3.RC2")
+
+
+@deploy("Ascend CANN", data_defaults=DEFAULTS)
+def install_cann() -> None:
+    """
+    Install the configured CANN packages unless that version is already installed.
+
+    Example:
+
+    .. code:: python
+
+        from tasks.ascend import install_cann
+        install_cann()
+    """
+    validate(host.data)
+    version = str(host.data.ascend_cann_version)
+    path = str(host.data.ascend_install_path)
+    state = host.get_fact(CannInstalled, install_path=path, version=version)
+    if not state.get("driver"):
+        refuse_host(
+            f"no Ascend NPU driver ({DRIVER_INFO} missing). Install the NPU driver and firmware "
+            "packages for this server (Ascend-hdk-*-npu-driver_*.run --full, then *-npu-firmware_*.run --full) "
+            "and reboot it yourself; llmfleet never reboots a host. Then run this deploy again.",
+        )
+        return
+    missing = [pkg for pkg in host.data.ascend_cann_packages if not state.get(pkg)]
+    if not missing:
+        host.noop(f"CANN {version} installed ({', '.join(host.data.ascend_cann_packages)})")
+        return
+    source = host.data.ascend_cann_source
+    if not source:
+        refuse_host(f"CANN {version} is not installed ({', '.join(missing)}) and ascend_cann_source is not set: "
+                    "point it at the directory or URL holding the Ascend-cann-*.run packages")
+        return
+    files.directory(name="CANN package cache", path=CACHE, mode="700")
+    for pkg in missing:
+        name = run_file(pkg, version, state["arch"], str(host.data.ascend_cann_chip))
+        dest = f"{CACHE}/{name}"
+        if str(source).startswith(("http://", "https://")):
+            files.download(name=f"Fetch {name}", src=f"{str(source).rstrip('/')}/{name}", dest=dest, mode="700")
+        else:
+            files.put(name=f"Upload {name}", src=str(Path(source) / name), dest=dest, mode="700")
+        mode = "--full" if pkg == "toolkit" else "--install"
+        server.shell(name=f"Install CANN {pkg} {version}",
+                     commands=[f"bash {shlex.quote(dest)} {mode} --quiet --install-path={shlex.quote(path)}"])

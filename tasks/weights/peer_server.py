@@ -1,0 +1,164 @@
+"""Serve verified model directories read-only to other hosts, speaking the Hugging Face Hub API.
+
+Standalone script (stdlib only; siblings ``manifest.py`` and ``hub_protocol.py`` are uploaded with
+it -- the directory ``tasks/weights/`` is what goes to a host)::
+
+    python peer_server.py --model-dir /srv/models/qwen3/current [--model-dir ...] \\
+        [--bind 0.0.0.0] [--port 8765] [--ready-file PATH]
+
+Each ``--model-dir`` must hold a ``manifest.json`` written by ``fetch.py`` (symlinks such as
+``current`` are resolved once at start, so a revision switch later does not change what is being
+served). Listings (sizes, sha256) come from the manifest -- nothing is re-hashed -- and only files
+named in the manifest are served. A receiver runs::
+
+    python fetch.py --peer http://<sender>:8765 --repo <id> --revision <rev> --dest /srv/models/<name>
+
+which uses the real ``huggingface_hub.snapshot_download`` with the peer as endpoint (resumable via
+Range), verifies every file against the peer's manifest (``GET /api/llmfleet/manifest/<repo>``),
+and checks that repo/revision match what was asked for.
+
+How copies spread over a fleet (see :func:`tasks.weights.fanout.plan_waves`): the first host(s)
+download from the hub ("seeds"); every host that finished serves the next ones. With each sender
+feeding ``fanout`` receivers per wave, the number of hosts holding the model grows by a factor of
+``fanout + 1`` per wave, so N hosts are served after about ``log_(fanout+1)(N)`` waves (log2 for
+fanout 1) at link speed, instead of N sequential copies from the hub or one uplink saturated by N
+parallel ones. The hub is hit once per seed, not once per host.
+
+On start the server prints ``LLMFLEET_PEER listening <url>`` and, for each model,
+``LLMFLEET_PEER serving <repo>@<revision> commit=<sha> files=<n> bytes=<total>``.
+
+Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 bad arguments or unusable model dir.
+
+DEFAULTS (prefix ``weights_peer_``):
+
+- ``weights_peer_bind``: listen address.
+- ``weights_peer_port``: listen port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+try:  # imported as tasks.weights.peer_server
+    from . import hub_protocol as hp
+    from . import manifest as mf
+except ImportError:  # run as a script from the uploaded directory
+    import hub_protocol as hp  # type: ignore[no-redef]
+    import manifest as mf  # type: ignore[no-redef]
+
+DEFAULTS: dict[str, Any] = {
+    "weights_peer_bind": "0.0.0.0",
+    "weights_peer_port": 8765,
+}
+
+
+class ServedModel:
+    """One verified revision directory and its manifest."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory.resolve()
+        self.manifest = mf.read(self.directory)
+        commit = self.manifest.get("commit") or ("0" * 40)
+        files = {}
+        for e in self.manifest["files"]:
+            files[e["path"]] = hp.FileEntry(
+                path=e["path"],
+                size=e["size"],
+                abspath=self.directory / e["path"],
+                sha256=e["sha256"],
+                lfs=True,
+            )
+        self.snapshot = hp.Snapshot(repo_id=self.manifest["repo"], commit=commit, files=files)
+
+    def answers(self, revision: str) -> bool:
+        return revision in (self.manifest["revision"], self.snapshot.commit)
+
+
+class PeerHandler(hp.HfApiHandler):
+    """HF API answers from manifests; ``/api/llmfleet/manifest/<repo>`` returns the manifest."""
+
+    server_version = "llmfleet-peer/1"
+    models: dict[str, ServedModel] = {}
+
+    def resolve(self, repo_id: str, revision: str) -> hp.Snapshot:
+        model = self.models.get(repo_id)
+        if model is None:
+            raise hp.HubError(404, "RepoNotFound", f"this peer does not serve {repo_id}")
+        if not model.answers(revision):
+            raise hp.HubError(404, "RevisionNotFound", f"this peer serves {repo_id}@{model.manifest['revision']}")
+        return model.snapshot
+
+    def handle_manifest(self) -> bool:
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/")[1:]]
+        if parts[:3] != ["api", "llmfleet", "manifest"]:
+            return False
+        repo_id, _ = hp.split_repo(parts[3:])
+        model = self.models.get(repo_id)
+        if model is None:
+            raise hp.HubError(404, "RepoNotFound", f"this peer does not serve {repo_id}")
+        self.send_json(200, model.manifest)
+        return True
+
+    def handle_request(self) -> None:
+        self.dispatch([self.handle_manifest, self.handle_hf])
+
+
+def make_server(model_dirs: list[Path], bind: str, port: int) -> ThreadingHTTPServer:
+    """Build (not start) a peer server for the given verified model directories."""
+    models: dict[str, ServedModel] = {}
+    for d in model_dirs:
+        m = ServedModel(d)
+        if m.manifest["repo"] in models:
+            raise mf.ManifestError(f"--model-dir {d}: repo {m.manifest['repo']} given twice")
+        models[m.manifest["repo"]] = m
+    handler = type("BoundPeerHandler", (PeerHandler,), {"models": models})
+    server = ThreadingHTTPServer((bind, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", action="append", required=True, type=Path,
+                        help="verified model directory (with manifest.json); repeatable")
+    parser.add_argument("--bind", default=DEFAULTS["weights_peer_bind"])
+    parser.add_argument("--port", type=int, default=DEFAULTS["weights_peer_port"])
+    parser.add_argument("--ready-file", type=Path, help="write the listening URL here once bound")
+    args = parser.parse_args(argv)
+    try:
+        server = make_server(args.model_dir, args.bind, args.port)
+    except (mf.ManifestError, OSError) as exc:
+        print(f"peer_server: error: {exc}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    url = f"http://{host}:{port}"
+    print(f"LLMFLEET_PEER listening {url}", flush=True)
+    for m in server.RequestHandlerClass.models.values():  # type: ignore[attr-defined]
+        man = m.manifest
+        print(
+            f"LLMFLEET_PEER serving {man['repo']}@{man['revision']} commit={man.get('commit')} "
+            f"files={len(man['files'])} bytes={man.get('total_bytes')}",
+            flush=True,
+        )
+    if args.ready_file:
+        args.ready_file.write_text(url + "\n")
+
+    def stop(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
