@@ -19,7 +19,8 @@ Container options, and why:
 - Shared memory: ``--ipc=host`` (``spec.ipc_host``) or ``--shm-size`` (``spec.shm_size``, else
   ``service_shm_size``): tensor parallel workers exchange tensors through /dev/shm and docker's
   64 MB default breaks them.
-- ``--ulimit memlock=-1 --ulimit stack=67108864`` (pinned host memory, deep recursion in compilers).
+- ``--ulimit memlock=-1 --ulimit stack=67108864`` (``service_ulimits``): pinned host memory for
+  NCCL and CUDA, deep recursion in compilers.
 - Weights: ``-v <model_dir>/current:/model:ro``. ``current`` is the weights task's symlink to
   ``revisions/<rev>``; the kernel resolves it when the container starts, so a running server
   never sees files change under it. A weights switch is a new ``model.revision`` in the spec,
@@ -45,6 +46,7 @@ DEFAULTS (host data, prefix ``service_``):
 | service_secrets_dir | None | control-machine directory of secret files; None: env ``LLMFLEET_SECRETS_DIR``, else ``secrets`` (relative to the repository root) |
 | service_cache_root | "/var/cache/llmfleet" | host directory of per-service caches |
 | service_etc_dir | "/etc/llmfleet" | host directory of env files (0600), templates and verification configs; 0750 root |
+| service_ulimits | {"memlock": "-1", "stack": "67108864"} | ``--ulimit NAME=VALUE`` per entry (a host without CAP_SYS_RESOURCE cannot raise memlock past its hard limit: set it to that) |
 | service_shm_size | "16g" | ``--shm-size`` when the spec sets neither ``shm_size`` nor ``ipc_host`` |
 | service_restart_sec | 15 | seconds between restarts after a failure |
 | service_start_limit_burst | 5 | starts allowed per interval before the unit stays failed |
@@ -93,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "service_secrets_dir": None,
     "service_cache_root": "/var/cache/llmfleet",
     "service_etc_dir": "/etc/llmfleet",
+    "service_ulimits": {"memlock": "-1", "stack": "67108864"},
     "service_shm_size": "16g",
     "service_restart_sec": 15,
     "service_start_limit_burst": 5,
@@ -100,6 +103,9 @@ DEFAULTS: dict[str, Any] = {
     "service_stop_grace_s": 60,
 }
 
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+                "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+_ULIMIT_VALUE = re.compile(r"^-?[0-9]+(:-?[0-9]+)?$")
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
 
 
@@ -229,6 +235,43 @@ def secret_env_file(path: str, secrets: dict[str, str]):
     yield f"chown root:root {qt} && chmod 600 {qt} && mv -f {qt} {q}"
 
 
+class UnitActiveState(FactBase):
+    """
+    The ``ActiveState`` of a systemd unit ("active", "failed", "inactive", ...).
+    """
+
+    default = str
+    requires_command = "systemctl"
+
+    def command(self, unit: str) -> str:
+        return f"systemctl show -p ActiveState --value {shlex.quote(unit)}"
+
+    def process(self, output):
+        return output[0].strip() if output else ""
+
+
+@operation()
+def reset_failed(unit: str):
+    """
+    Clear a unit's failed state (and its start-limit counter) so it can be started again.
+
+    A unit that hit ``StartLimitBurst`` refuses ``systemctl start`` until the interval passes;
+    a deploy that fixes it must not wait that out.
+
+    + unit: the unit name (``llmfleet-qwen30b.service``)
+
+    Example:
+
+    .. code:: python
+
+        reset_failed(unit="llmfleet-qwen30b.service")
+    """
+    if host.get_fact(UnitActiveState, unit=unit) != "failed":
+        host.noop(f"{unit} is not failed")
+        return
+    yield StringCommand("systemctl", "reset-failed", unit)
+
+
 # --- the unit ----------------------------------------------------------------------------------
 
 
@@ -289,7 +332,7 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
         lines.append(["--ipc=host"])
     else:
         lines.append(["--shm-size", spec.shm_size or str(opts["service_shm_size"])])
-    lines.append(["--ulimit", "memlock=-1", "--ulimit", "stack=67108864"])
+    lines.append([w for k, v in ulimits(opts) for w in ("--ulimit", f"{k}={v}")])
     lines.append(["-p", f"{spec.port}:{spec.port}"])
     lines.append(["-v", f"{model_dir.rstrip('/')}/current:{cmdline.MODEL_DIR}:ro"])
     for container_path in sorted(rendered.files):
@@ -305,6 +348,20 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     lines.append([image_ref])
     lines += _group_args(rendered.args)
     return lines
+
+
+def ulimits(opts: dict[str, Any]) -> list[tuple[str, str]]:
+    """``service_ulimits`` checked: docker's ulimit names, integer (or soft:hard) values."""
+    value = opts["service_ulimits"]
+    if not isinstance(value, dict):
+        raise SpecError("service_ulimits", f"must be a mapping NAME -> value, got {value!r}")
+    out = []
+    for name, limit in sorted(value.items()):
+        if name not in ULIMIT_NAMES or not _ULIMIT_VALUE.match(str(limit)):
+            raise SpecError("service_ulimits", f"{name}={limit!r}: names {', '.join(ULIMIT_NAMES)}; "
+                            "values an integer or soft:hard (-1: unlimited)")
+        out.append((name, str(limit)))
+    return out
 
 
 def _group_args(args: list[str]) -> list[list[str]]:
@@ -429,6 +486,7 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
               mode="755", create_remote_dir=True)
 
     systemd.daemon_reload(name=f"{tag}: reload units", _if=unit.did_change)
+    reset_failed(name=f"{tag}: clear failed state", unit=f"{layout.unit}.service")
     restart = systemd.service(name=f"{tag}: restart (unit, env or template changed)",
                               service=f"{layout.unit}.service", running=True, restarted=True,
                               enabled=True, _if=any_changed(unit, env, *templates))

@@ -84,16 +84,27 @@ class Client:
         return text.replace(self.key, "***") if self.key else text
 
 
-def unit_failed(unit: str) -> bool:
+def unit_state(unit: str) -> tuple[str, int]:
+    """(ActiveState, NRestarts) of the unit; ("unknown", 0) without systemd."""
     try:
-        return subprocess.run(["systemctl", "is-failed", "--quiet", unit], timeout=10).returncode == 0
+        out = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "NRestarts", unit],
+                             capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return "unknown", 0
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    try:
+        restarts = int(props.get("NRestarts") or 0)
+    except ValueError:
+        restarts = 0
+    return props.get("ActiveState", "unknown"), restarts
 
 
 def wait_health(client: Client, unit: str, deadline: float) -> float:
+    """Poll /health until 200; fail early when the container died (systemd restarted it or
+    gave up): a crash during start-up is not waited out for the whole budget."""
     started = time.monotonic()
     last = "no answer"
+    _, restarts0 = unit_state(unit)
     while True:
         try:
             status, _ = client.request("GET", "/health", timeout=5)
@@ -102,8 +113,12 @@ def wait_health(client: Client, unit: str, deadline: float) -> float:
             last = f"HTTP {status}"
         except (OSError, ValueError) as exc:
             last = exc.__class__.__name__
-        if unit_failed(unit):
+        active, restarts = unit_state(unit)
+        if active == "failed":
             raise CheckFailed(f"/health: the unit {unit} failed while starting (last answer: {last})")
+        if restarts > restarts0:
+            raise CheckFailed(f"/health: the container exited during start-up and systemd restarted it "
+                              f"({restarts - restarts0}x; last answer: {last})")
         if time.monotonic() + HEALTH_POLL_S > deadline:
             raise CheckFailed(f"/health: not healthy within the wait ({last})")
         time.sleep(HEALTH_POLL_S)
