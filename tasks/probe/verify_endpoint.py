@@ -192,8 +192,8 @@ def log_tail(container: str, unit: str, key: str | None) -> list[str]:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if proc.returncode == 0:
-            lines = (proc.stdout + proc.stderr).splitlines()[-LOG_LINES:]
+        lines = (proc.stdout + proc.stderr).splitlines()[-LOG_LINES:]
+        if proc.returncode == 0 and lines and lines != ["-- No entries --"]:
             return [ln.replace(key, "***") if key else ln for ln in lines]
     return ["(no container log available)"]
 
