@@ -8,6 +8,7 @@ from pyinfra import host
 
 from tasks.preflight import preflight
 from tasks.requirement import requirement_from_spec
+from tasks.weights.deploy import model_dest
 from tasks.runtime import install_runtime
 from tasks.spec import load_spec
 
@@ -17,6 +18,6 @@ go = True
 if recipe:
     spec = load_spec(recipe, host.data.dict())
     accelerator = spec.accelerator
-    go = preflight(requirement_from_spec(spec, f"{host.data.get('weights_root', '/srv/models')}/{spec.name}"))
+    go = preflight(requirement_from_spec(spec, model_dest(spec, host.data), host.data))
 if go:
     install_runtime(accelerator)

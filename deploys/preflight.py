@@ -7,10 +7,11 @@ from pyinfra import host
 
 from tasks.preflight import preflight
 from tasks.requirement import requirement_from_spec
+from tasks.weights.deploy import model_dest
 from tasks.spec import load_spec
 
 recipe = host.data.get("preflight_recipe")
 if not recipe:
     raise SystemExit("preflight_recipe: set it to a recipe name (tasks/recipes/<name>.yaml), e.g. --data preflight_recipe=qwen30b")
 spec = load_spec(recipe, host.data.dict())
-preflight(requirement_from_spec(spec, f"{host.data.get('weights_root', '/srv/models')}/{spec.name}"))
+preflight(requirement_from_spec(spec, model_dest(spec, host.data), host.data))

@@ -46,6 +46,9 @@ DEFAULTS (host.data keys, prefix ``preflight_``):
 - ``preflight_cudagraph_gib``: CUDA-graph memory per GPU the planner subtracts (0.0; see tasks/plan.py).
 - ``preflight_report_dir``: where the control machine writes ``<host>.json`` reports ("reports/preflight").
 - ``preflight_recipe``: recipe name the preflight deploy checks (None: must be set).
+- ``preflight_weights_bytes``: size of the weights for the disk check (None: estimated from the bundled
+  config.json, see tasks/requirement.py).
+- ``preflight_ipc_host_shm_gib``: host /dev/shm required for ``--ipc=host`` with more than one GPU (1.0).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "preflight_cudagraph_gib": 0.0,
     "preflight_report_dir": "reports/preflight",
     "preflight_recipe": None,
+    "preflight_weights_bytes": None,
+    "preflight_ipc_host_shm_gib": 1.0,
 }
 
 ACCELERATORS = ("nvidia", "ascend")

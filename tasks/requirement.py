@@ -1,93 +1,79 @@
 """From a serving spec to what preflight checks a host against (``tasks.preflight.Requirement``).
 
-The model's architecture comes from a config.json bundled under tasks/data/configs/ (the base model
-of the checkpoint: preflight runs before any weights are on the host); the checkpoint's own
-quantization, which a base config does not carry, comes from the spec or from the repository's name
-(``-AWQ``, ``-GPTQ-Int4``, ``-FP8``, AutoRound int4 exports in GPTQ format). The weights' size is an
-estimate from the parameter count until a manifest on the host gives the real one.
+The model's architecture comes from a config.json bundled under tasks/data/configs/ (the base model of
+the checkpoint: preflight runs before any weights are on the host), matched by the repository's name;
+the checkpoint's own quantization, which a base config does not carry, comes from the spec or from the
+repository's name (``-FP8``, ``-GPTQ-Int4``, ``-AWQ``, AutoRound int4 exports in GPTQ format). The
+weights' size is estimated from the parameter count unless ``preflight_weights_bytes`` says it.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+from typing import Any
 
-from .plan import bundled_config, count_params
-from .preflight import Requirement
-from .spec import ServingSpec
+from tasks.plan import GIB, bundled_config, count_params, linear_bytes_per_param, model_dtype_bytes, quant_config
+from tasks.preflight import DEFAULTS as PREFLIGHT_DEFAULTS
+from tasks.preflight import Requirement
+from tasks.spec import ServingSpec, SpecError
 
-CONFIGS = Path(__file__).parent / "data" / "configs"
-_QUANT_BY_NAME = (
-    (re.compile(r"-AWQ\b", re.I), "awq"),
-    (re.compile(r"-GPTQ", re.I), "gptq"),
-    (re.compile(r"AutoRound|int4", re.I), "gptq"),
-    (re.compile(r"-FP8\b", re.I), "fp8"),
-)
-_BYTES_PER_PARAM = {"awq": 0.56, "awq_marlin": 0.56, "gptq": 0.56, "gptq_marlin": 0.56, "fp8": 1.0}
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.I)
+#: Bundled config.json (tasks/data/configs/<name>.json) by a fragment of the repository name.
+CONFIGS = (("qwen3-235b-a22b", "Qwen3-235B-A22B"), ("qwen3-30b-a3b", "Qwen3-30B-A3B"),
+           ("qwen3-32b", "Qwen3-32B"), ("glm-5", "GLM-5"))
+#: Quantized checkpoints carry a quantization_config the bundled (bf16) configs lack.
+QUANT_BY_NAME = (("fp8", {"quant_method": "fp8"}),
+                 ("gptq-int4", {"quant_method": "gptq", "bits": 4, "group_size": 128}),
+                 ("awq", {"quant_method": "awq", "bits": 4, "group_size": 128}),
+                 ("int4", {"quant_method": "gptq", "bits": 4, "group_size": 128}))
 
-
-def config_name(repo_id: str) -> str:
-    """The bundled config whose name is the longest prefix of the repository's model name."""
-    base = repo_id.rsplit("/", 1)[-1].lower()
-    names = sorted((p.stem for p in CONFIGS.glob("*.json")), key=len, reverse=True)
-    for name in names:
-        if base.startswith(name.lower()):
-            return name
-    raise ValueError(f"model.repo_id={repo_id!r}: no architecture config for it under {CONFIGS}; "
-                     f"known: {', '.join(sorted(names))}")
-
-
-def checkpoint_quantization(spec: ServingSpec) -> str | None:
-    if spec.quantization:
-        return spec.quantization
-    for pattern, method in _QUANT_BY_NAME:
-        if pattern.search(spec.model.repo_id):
-            return method
-    return None
-
-
-def size_bytes(text: str) -> int:
-    """Docker-style sizes: "16g", "512m", "1GiB" -> bytes."""
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise ValueError(f"shm_size={text!r}: expected a size such as 16g or 512m")
-    return int(float(m[1]) * 1024 ** "bkmgt".index((m[2] or "b").lower()))
-
-
-def requirement_from_spec(spec: ServingSpec, model_dir: str, weights_present_bytes: int = 0) -> Requirement:
-    """What a host must offer to serve ``spec`` with its weights under ``model_dir``."""
-    config = bundled_config(config_name(spec.model.repo_id))
-    quant = checkpoint_quantization(spec)
-    dtype_bytes = 4 if spec.dtype in ("float", "float32") else 2
-    weights = int(count_params(config)["total"] * _BYTES_PER_PARAM.get(quant or "", dtype_bytes))
-    tp, pp = spec.tensor_parallel_size, spec.pipeline_parallel_size
-    if spec.shm_size and not spec.ipc_host:
-        shm = size_bytes(spec.shm_size)
+def model_config_for(spec: ServingSpec) -> dict:
+    """The bundled config.json of the spec's model, with the checkpoint's quantization added."""
+    name = spec.model.repo_id.split("/", 1)[1].lower()
+    for fragment, config_name in CONFIGS:
+        if fragment in name:
+            config = bundled_config(config_name)
+            break
     else:
-        # --ipc=host: the container uses the host's /dev/shm; NCCL needs room there once tp > 1.
-        shm = (1 << 30) if tp * pp > 1 else 0
-    kwargs = dict(
-        recipe=spec.name or spec.served_model_name,
-        vllm_version=str(spec.version),
-        model_config=config,
-        weights_bytes=weights,
-        model_dir=model_dir,
-        tp=tp,
-        pp=pp,
-        dtype=spec.dtype,
-        quantization=quant,
-        kv_cache_dtype=spec.kv_cache_dtype,
-        max_model_len=spec.max_model_len,
-        gpu_memory_utilization=spec.gpu_memory_utilization,
-        shm_bytes_needed=shm,
-        weights_present_bytes=weights_present_bytes,
-        accelerator=spec.accelerator,
+        known = ", ".join(c for _, c in CONFIGS)
+        raise SpecError("model.repo_id", f"no bundled config.json for {spec.model.repo_id!r} (have: {known}); "
+                        "add it under tasks/data/configs/ for preflight's memory plan")
+    if not config.get("quantization_config") and not spec.quantization:
+        for fragment, qc in QUANT_BY_NAME:
+            if fragment in name:
+                config = {**config, "quantization_config": dict(qc)}
+                break
+    return config
+
+
+def estimate_weights_bytes(spec: ServingSpec, config: dict) -> int:
+    """Checkpoint size from the parameter count: quantizable linear layers at the checkpoint's
+    bytes per parameter, embeddings/norms/routers at 16 bits."""
+    counts = count_params(config, 1, 1)
+    dtype_bytes = model_dtype_bytes(config, spec.dtype)
+    method, bits, group = quant_config(config, spec.quantization)
+    linear = linear_bytes_per_param(method, bits, group, dtype_bytes)
+    return int(counts["gpu_linear"] * linear + counts["gpu_other"] * dtype_bytes)
+
+
+def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = None) -> Requirement:
+    """Preflight's ``Requirement`` for a spec.
+
+    + spec: the validated spec
+    + model_dir: where the weights go on the host (its filesystem is checked for space)
+    + data: host data (``preflight_weights_bytes``, ``preflight_ipc_host_shm_gib``); None: defaults
+    """
+    data = data if data is not None else {}
+    config = model_config_for(spec)
+    weights = data.get("preflight_weights_bytes", PREFLIGHT_DEFAULTS["preflight_weights_bytes"])
+    weights = int(weights) if weights is not None else estimate_weights_bytes(spec, config)
+    gpus = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
+    # With --ipc=host the container uses the host's /dev/shm; --shm-size gives it its own.
+    shm = int(float(data.get("preflight_ipc_host_shm_gib", PREFLIGHT_DEFAULTS["preflight_ipc_host_shm_gib"])) * GIB) if spec.ipc_host and gpus > 1 else 0
+    return Requirement(
+        recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,
+        model_dir=model_dir, tp=spec.tensor_parallel_size, pp=spec.pipeline_parallel_size,
+        gpus_needed=gpus, dtype=spec.dtype, quantization=spec.quantization,
+        kv_cache_dtype=spec.kv_cache_dtype, max_model_len=spec.max_model_len,
+        gpu_memory_utilization=spec.gpu_memory_utilization, block_size=spec.block_size or 16,
+        max_num_seqs=spec.max_num_seqs or 256, max_num_batched_tokens=spec.max_num_batched_tokens,
+        shm_bytes_needed=shm, accelerator=spec.accelerator,
     )
-    for key in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-        value = getattr(spec, key)
-        if value is not None:
-            kwargs[key] = value
-    req = Requirement(**kwargs)
-    req.validate()
-    return req

@@ -24,6 +24,8 @@ def lab_data(cfg: LabConfig) -> dict:
         "image_pip_index_url": cfg.pypi_url,
         "weights_pip_find_links": f"{cfg.apt_url}/wheels/",
         "weights_pip_index_url": None,
+        # The lab machine lacks CAP_SYS_RESOURCE: its hard memlock limit (8 MiB) caps the containers'.
+        "service_ulimits": {"memlock": "8388608", "stack": "67108864"},
     }
 
 

@@ -8,8 +8,7 @@ pyinfra output, unit file, process argv or world-readable file on the host.
 
 Lab limitation: the lab machine has no CAP_SYS_RESOURCE and an 8 MiB hard memlock limit, so lab
 hosts run with ``service_ulimits`` memlock at that limit instead of -1 (stack as in production).
-Until ``tasks.weights.deploy`` exists, tests/lab/shims provides a stand-in ``fetch_weights``
-writing a tiny checkpoint in the weights layout.
+Weights come from the lab's hub stand-in, which carries a small stand-in checkpoint for every recipe.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from .helpers import REPO, Run, pyinfra, ssh
 
 PROFILES = ["gpu22gx4", "rtx4090x2"]
 SECRET_NAME = "sv_api_key"
-COMMON = {"service_ulimits": json.dumps({"memlock": "8388608", "stack": "67108864"}),
-          "model_weights_bytes": 1_000_000}
+COMMON = {"preflight_weights_bytes": 1_000_000}
 RUNS: list[Run] = []
 
 
@@ -42,10 +40,8 @@ def sv(tmp_path_factory):
     key = "sk-sv-" + secrets.token_hex(16)
     (secrets_dir / SECRET_NAME).write_text(key + "\n")
     os.chmod(secrets_dir / SECRET_NAME, 0o600)
-    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR",)}
     os.environ["LLMFLEET_SECRETS_DIR"] = str(secrets_dir)
-    if not (REPO / "tasks/weights/deploy.py").exists():
-        os.environ["PYTHONPATH"] = str(REPO / "tests/lab/shims")
     hosts = {h["name"]: h["ip"] for h in state["hosts"]}
     try:
         yield {"inventory": state["inventory"], "ips": hosts, "key": key, "secrets": secrets_dir,

@@ -11,14 +11,16 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 
-from tasks.model import deploy_model, model_config_for, model_dir_for, requirement_from_spec, variant_recipe
+from tasks.model import deploy_model, variant_recipe
+from tasks.requirement import model_config_for, requirement_from_spec
+from tasks.weights.deploy import model_dest
 from tasks.spec import SpecError, list_recipes, load_spec
 
 
 @pytest.mark.parametrize("recipe", list_recipes())
 def test_every_recipe_has_a_valid_requirement(recipe):
     spec = load_spec(recipe)
-    req = requirement_from_spec(spec, model_dir_for(spec, {}))
+    req = requirement_from_spec(spec, model_dest(spec, {}))
     req.validate()
     assert req.tp == spec.tensor_parallel_size and req.vllm_version == str(spec.version)
     assert req.model_dir.startswith("/srv/models/") and req.accelerator == spec.accelerator
@@ -36,7 +38,7 @@ def test_weights_estimate_and_override():
     assert 55e9 < estimate < 66e9  # Qwen3-30B-A3B bf16 is 61 GB
     fp8 = requirement_from_spec(load_spec("qwen30b_fp8"), "/m").weights_bytes
     assert 29e9 < fp8 < 36e9
-    assert requirement_from_spec(spec, "/m", {"model_weights_bytes": 1000}).weights_bytes == 1000
+    assert requirement_from_spec(spec, "/m", {"preflight_weights_bytes": 1000}).weights_bytes == 1000
 
 
 def test_ipc_host_requires_host_shm_only_with_several_gpus():
