@@ -1,48 +1,80 @@
 """Secret files: read on the control machine, installed on hosts root-only, never shown.
 
-A secret is a file on the control machine under ``secrets/`` in the repository (the directory
-can be moved with the environment variable ``LLMFLEET_SECRETS_DIR``); data and recipes carry its
-NAME only (``weights_token_secret: hf-token``, ``api_key_secret: api-key``). The content never
-appears in an operation argument, a command line, a diff or pyinfra's output: it travels as an
-SFTP upload of the local file into a ``0700`` root directory, and convergence is decided by
-comparing sha256 digests (the remote digest is read by a fact; neither digest is printed).
+A secret is a file on the control machine in the secrets directory (host data ``secrets_dir``, else
+the environment variable ``LLMFLEET_SECRETS_DIR``, else ``secrets/`` in the repository); data and
+recipes carry its NAME only (``weights_token_secret: hf-token``, ``serve_api_key_secret: api-key``).
+The content never appears in an operation argument, a command line, a diff or pyinfra's output: it
+is read inside the operation, uploaded under a temporary name into a root-only directory and renamed
+into place, and convergence is decided by comparing sha256 digests (the remote digest is read by a
+fact; neither digest is printed).
 
-DEFAULTS: none (callers pass the destination).
+A remote digest is visible to whoever can see fact output (``--debug``): use random keys, not
+guessable words.
+
+DEFAULTS:
+
+| key | default | meaning |
+|---|---|---|
+| secrets_dir | None | control-machine directory of secret files; None: ``$LLMFLEET_SECRETS_DIR``, else ``<repo>/secrets`` |
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import posixpath
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase, FileUploadCommand, operation
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = {"secrets_dir": None}
+SECRETS_ENV = "LLMFLEET_SECRETS_DIR"
+#: Under sudo/su pyinfra uploads as the SSH user first: into this 0700 directory of that user's home.
+PRIVATE_UPLOAD_DIR = ".llmfleet-upload"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def secrets_dir() -> Path:
-    """The control machine's secret directory (``$LLMFLEET_SECRETS_DIR`` or ``<repo>/secrets``)."""
-    return Path(os.environ.get("LLMFLEET_SECRETS_DIR") or REPO_ROOT / "secrets")
+def secrets_dir(data: Any = None) -> Path:
+    """The control machine's secret directory (host data ``secrets_dir``, ``$LLMFLEET_SECRETS_DIR``, ``<repo>/secrets``)."""
+    configured = (data.get("secrets_dir") if data is not None else None) or os.environ.get(SECRETS_ENV)
+    path = Path(configured) if configured else REPO_ROOT / "secrets"
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
-def local_secret(name: str, field: str = "secret") -> Path:
-    """Path of the secret ``name`` on the control machine; ValueError naming ``field`` if unusable."""
+def local_secret(name: str, field: str = "secret", data: Any = None) -> Path:
+    """Path of the secret ``name`` on the control machine; ValueError naming ``field`` if unusable
+    (not a plain name, missing, or not exactly one non-empty line)."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{field}: {name!r} is not a secret name (letters, digits, '.', '_', '-'; "
                          "at most 64) -- it names a file under the secrets directory, never the secret itself")
-    path = secrets_dir() / name
+    path = secrets_dir(data) / name
     if not path.is_file():
-        raise ValueError(f"{field}: no secret file {name!r} in {secrets_dir()} "
-                         "(set LLMFLEET_SECRETS_DIR to use another directory)")
-    if not path.read_bytes().strip():
-        raise ValueError(f"{field}: secret file {name!r} in {secrets_dir()} is empty")
+        raise ValueError(f"{field}: no secret file {name!r} in {secrets_dir(data)}: write the secret into it "
+                         f"(one line, mode 600), or point secrets_dir / {SECRETS_ENV} at the directory that holds it")
+    read_secret(path, field)
     return path
+
+
+def read_secret(path: Path, field: str = "secret") -> str:
+    """The one line a secret file holds; ValueError naming ``field`` (never the value) otherwise."""
+    try:
+        value = path.read_text(encoding="utf-8").strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{field}: secret file {path} is unreadable: {exc.__class__.__name__}") from None
+    if not value or "\n" in value or "\r" in value or "\0" in value:
+        raise ValueError(f"{field}: secret file {path} must hold exactly one non-empty line")
+    return value
+
+
+def env_file_content(env: dict[str, str]) -> bytes:
+    """A docker/systemd env file (``NAME=value`` lines, no quoting) from env name -> secret file path."""
+    return "".join(f"{name}={read_secret(Path(src), name)}\n" for name, src in sorted(env.items())).encode()
 
 
 def sha256_of(path: Path) -> str:
@@ -52,6 +84,7 @@ def sha256_of(path: Path) -> str:
 class SecretFileState(FactBase):
     """
     ``{"sha256": hex, "mode": "600", "owner": "root:root"}`` of a file on the host, or ``{}`` when absent.
+    Never reads the content back.
     """
 
     default = dict
@@ -69,17 +102,18 @@ class SecretFileState(FactBase):
 
 
 @operation()
-def secret_file(src_path: str, dest: str, mode: str = "600", owner: str = "root", group: str = "root"):
+def secret_file(dest: str, src_path: str | None = None, env: dict[str, str] | None = None, mode: str = "600",
+                owner: str = "root", group: str = "root", dir_mode: str = "700"):
     """
     Install a secret file from the control machine: root-only, uploaded only when its digest differs.
 
-    + src_path: local file (e.g. ``tasks.secrets.local_secret("hf-token")``)
-    + dest: absolute path on the host; its directory is created ``0700`` and owned by ``owner``
+    + dest: absolute path on the host; its directory is created with ``dir_mode``, owned by ``owner``
+    + src_path: a local secret file copied as it is (e.g. ``local_secret("hf-token")``), or
+    + env: env name -> local secret file: an env file of ``NAME=value`` lines (docker ``--env-file``)
     + mode/owner/group: of the installed file
 
-    The upload lands in the ``0700`` directory first and is renamed into place, so no other user can
-    read it at any moment. Digests are compared, never printed; there is no diff.
-    (With ``_sudo``, pyinfra stages uploads in its temp directory: run this as root over SSH.)
+    The values are read here, never passed as arguments (``--json`` prints arguments); there is no
+    diff. The upload lands under a temporary name in the root-only directory and is renamed into place.
 
     Example:
 
@@ -87,23 +121,32 @@ def secret_file(src_path: str, dest: str, mode: str = "600", owner: str = "root"
 
         secret_file(name="Hub token", src_path=str(local_secret("hf-token", "weights_token_secret")),
                     dest="/etc/llmfleet/secrets/hf-token")
+        secret_file(name="API key env", env={"VLLM_API_KEY": "secrets/qwen235b_api_key"},
+                    dest="/etc/llmfleet/qwen235b.env", dir_mode="750")
     """
     if not posixpath.isabs(dest):
         raise ValueError(f"dest: {dest!r} must be an absolute path")
-    local = Path(src_path)
-    want = sha256_of(local)
+    if (src_path is None) == (env is None):
+        raise ValueError("secret_file: give exactly one of src_path or env")
+    content = Path(src_path).read_bytes() if src_path is not None else env_file_content(env or {})
+    want = hashlib.sha256(content).hexdigest()
     have = host.get_fact(SecretFileState, path=dest)
-    if have.get("sha256") == want and have.get("mode") == mode and have.get("owner") == f"{owner}:{group}":
+    owned = have.get("owner") == f"{owner}:{group}" and have.get("mode") == mode
+    if have.get("sha256") == want and owned:
         host.noop(f"secret {dest} is up to date")
         return
-    directory = posixpath.dirname(dest)
-    tmp = f"{dest}.upload"
-    yield f"install -d -m 700 -o {shlex.quote(owner)} -g {shlex.quote(group)} {shlex.quote(directory)}"
-    if have.get("sha256") != want:
-        yield f"rm -f {shlex.quote(tmp)}"
-        yield FileUploadCommand(str(local), tmp, remote_temp_filename=tmp)
-        yield (f"chown {shlex.quote(owner)}:{shlex.quote(group)} {shlex.quote(tmp)} && "
-               f"chmod {mode} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(dest)}")
-    else:
-        yield (f"chown {shlex.quote(owner)}:{shlex.quote(group)} {shlex.quote(dest)} && "
-               f"chmod {mode} {shlex.quote(dest)}")
+    q = shlex.quote(dest)
+    if have.get("sha256") == want:
+        yield f"chown {shlex.quote(owner)}:{shlex.quote(group)} {q} && chmod {mode} {q}"
+        return
+    directory, base = posixpath.split(dest)
+    tmp = f"{directory}/.{base}.new"
+    yield StringCommand("install", "-d", "-m", dir_mode, "-o", owner, "-g", group, directory)
+    remote_temp = None
+    if any((host.current_op_global_arguments or {}).get(k) for k in ("_sudo", "_su_user", "_doas")):
+        # pyinfra uploads as the SSH user first, then copies with sudo and removes its copy.
+        yield StringCommand("mkdir", "-p", "-m", "700", PRIVATE_UPLOAD_DIR, _sudo=False, _su_user=None, _doas=False)
+        remote_temp = f"{PRIVATE_UPLOAD_DIR}/{base}"
+    yield FileUploadCommand(io.BytesIO(content), tmp, remote_temp_filename=remote_temp)
+    qt = shlex.quote(tmp)
+    yield f"chown {shlex.quote(owner)}:{shlex.quote(group)} {qt} && chmod {mode} {qt} && mv -f {qt} {q}"

@@ -6,7 +6,7 @@ args, the weights' revision as a label), so a change to any of them changes the 
 only that service restarts. The API key never appears in the unit, in argv, in pyinfra output
 or in a world-readable file: it goes from a secret file on the control machine
 (``<secrets dir>/<api_key_secret>``) into ``/etc/llmfleet/<name>.env`` (root, 0600) through
-:func:`secret_env_file`, an operation that shows neither content nor diff and takes no secret
+``tasks.secrets.secret_file``, an operation that shows neither content nor diff and takes no secret
 as an argument (``--json`` prints operation arguments); docker reads it with ``--env-file``.
 
 Container options, and why:
@@ -43,7 +43,6 @@ DEFAULTS (host data, prefix ``service_``):
 
 | key | default | meaning |
 |---|---|---|
-| service_secrets_dir | None | control-machine directory of secret files; None: env ``LLMFLEET_SECRETS_DIR``, else ``secrets`` (relative to the repository root) |
 | service_cache_root | "/var/cache/llmfleet" | host directory of per-service caches |
 | service_etc_dir | "/etc/llmfleet" | host directory of env files (0600), templates and verification configs; 0750 root |
 | service_ulimits | {"memlock": "-1", "stack": "67108864"} | ``--ulimit NAME=VALUE`` per entry (a host without CAP_SYS_RESOURCE cannot raise memlock past its hard limit: set it to that) |
@@ -56,21 +55,20 @@ DEFAULTS (host data, prefix ``service_``):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pyinfra import host, logger
-from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
+from pyinfra import host
+from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks.secrets import local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
 from tasks.vllm.cmdline import Rendered
@@ -86,13 +84,8 @@ CACHE_ENV = {"HF_HOME": "huggingface", "VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_
 ASCEND_SHARED_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
 ASCEND_DRIVER_MOUNTS = ("/usr/local/dcmi", "/usr/local/bin/npu-smi", "/usr/local/Ascend/driver/lib64",
                         "/usr/local/Ascend/driver/version.info", "/etc/ascend_install.info")
-#: A home-relative directory for pyinfra's temporary upload when it escalates (sudo/su):
-#: 0700 and owned by the SSH user, so the secret is never in a shared temp directory.
-PRIVATE_UPLOAD_DIR = ".llmfleet-upload"
-SECRETS_ENV = "LLMFLEET_SECRETS_DIR"
 
 DEFAULTS: dict[str, Any] = {
-    "service_secrets_dir": None,
     "service_cache_root": "/var/cache/llmfleet",
     "service_etc_dir": "/etc/llmfleet",
     "service_ulimits": {"memlock": "-1", "stack": "67108864"},
@@ -124,13 +117,6 @@ def unit_name(spec: ServingSpec) -> str:
 # --- secrets (control machine) ---------------------------------------------------------------
 
 
-def secrets_dir(data: Any) -> Path:
-    """Control-machine directory of secret files: host data, else env, else ``secrets``."""
-    configured = data.get("service_secrets_dir") or os.environ.get(SECRETS_ENV) or "secrets"
-    path = Path(configured)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def secret_files(spec: ServingSpec, data: Any) -> dict[str, str]:
     """Environment name -> control-machine secret file for ``spec`` (checked: exists, one line).
 
@@ -139,100 +125,11 @@ def secret_files(spec: ServingSpec, data: Any) -> dict[str, str]:
     """
     if not spec.api_key_secret:
         return {}
-    path = secrets_dir(data) / spec.api_key_secret
-    if not path.is_file():
-        raise SpecError("api_key_secret", f"secret file {path} does not exist: write the API key "
-                        f"into it (one line, mode 600), or point service_secrets_dir / {SECRETS_ENV} "
-                        "at the directory that holds it")
-    _read_secret(path)
-    return {name: str(path) for name in ("VLLM_API_KEY",)}
-
-
-def _read_secret(path: Path) -> str:
     try:
-        value = path.read_text(encoding="utf-8").strip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError("api_key_secret", f"secret file {path} is unreadable: {exc.__class__.__name__}") from None
-    if not value or "\n" in value or "\r" in value or "\0" in value:
-        raise SpecError("api_key_secret", f"secret file {path} must hold exactly one non-empty line")
-    return value
-
-
-def env_file_content(secrets: dict[str, str]) -> bytes:
-    """The env file docker reads (``NAME=value`` lines, no quoting), from secret file paths."""
-    return "".join(f"{name}={_read_secret(Path(src))}\n" for name, src in sorted(secrets.items())).encode()
-
-
-# --- facts and the secret operation --------------------------------------------------------------
-
-
-class SecretFileState(FactBase):
-    """
-    ``{"mode": "600", "user": "root", "group": "root", "sha256": "..."}`` of a file, or None
-    when absent. Never reads the content back.
-    """
-
-    default = type(None)
-
-    def command(self, path: str) -> str:
-        q = shlex.quote(path)
-        return f"if [ -f {q} ]; then stat -c 'stat %a %U %G' {q} && sha256sum {q}; fi"
-
-    def process(self, output):
-        state: dict[str, str] = {}
-        for line in output:
-            parts = line.split()
-            if parts[:1] == ["stat"] and len(parts) == 4:
-                state.update(mode=parts[1], user=parts[2], group=parts[3])
-            elif len(parts) >= 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
-                state["sha256"] = parts[0]
-        return state or None
-
-
-@operation()
-def secret_env_file(path: str, secrets: dict[str, str]):
-    """
-    Write an environment file of secrets (root, 0600) without ever showing its content.
-
-    The secret values are read from files on the control machine here, never passed as
-    arguments (``--json`` prints arguments); the change check compares sha256 digests, and the
-    upload carries no diff (``--diff`` prints none). The file is uploaded under a temporary
-    name inside its 0750 root directory, made 0600, then renamed into place.
-
-    + path: the env file on the host (``/etc/llmfleet/<name>.env``)
-    + secrets: environment name -> control-machine path of the file holding its value
-
-    Example:
-
-    .. code:: python
-
-        secret_env_file(path="/etc/llmfleet/qwen235b.env",
-                        secrets={"VLLM_API_KEY": "secrets/qwen235b_api_key"})
-    """
-    content = env_file_content(secrets)
-    digest = hashlib.sha256(content).hexdigest()
-    remote = host.get_fact(SecretFileState, path=path)
-    owned = bool(remote) and remote.get("user") == "root" and remote.get("group") == "root"
-    if remote and remote.get("sha256") == digest and owned and remote.get("mode") == "600":
-        host.noop(f"secret env file {path} is up to date")
-        return
-    q = shlex.quote(path)
-    if remote and remote.get("sha256") == digest:
-        yield f"chown root:root {q} && chmod 600 {q}"
-        return
-    directory, base = os.path.split(path)
-    temp = f"{directory}/.{base}.new"
-    yield StringCommand("install", "-d", "-m", "750", "-o", "root", "-g", "root", directory)
-    escalated = any((host.current_op_global_arguments or {}).get(k) for k in ("_sudo", "_su_user", "_doas"))
-    remote_temp = None
-    if escalated:
-        # pyinfra uploads as the SSH user first, then copies with sudo and removes the copy.
-        yield StringCommand("mkdir", "-p", "-m", "700", PRIVATE_UPLOAD_DIR, _sudo=False, _su_user=None,
-                            _doas=False)
-        remote_temp = f"{PRIVATE_UPLOAD_DIR}/{base}"
-    yield FileUploadCommand(io.BytesIO(content), temp, remote_temp_filename=remote_temp)
-    qt = shlex.quote(temp)
-    yield f"chown root:root {qt} && chmod 600 {qt} && mv -f {qt} {q}"
+        path = local_secret(spec.api_key_secret, "api_key_secret", data)
+    except ValueError as exc:
+        raise SpecError("api_key_secret", str(exc).split(": ", 1)[1]) from None
+    return {name: str(path) for name in ("VLLM_API_KEY",)}
 
 
 class UnitActiveState(FactBase):
@@ -461,7 +358,7 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
                                    dest=f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}",
                                    user="root", group="root", mode="644"))
     if secrets:
-        env = secret_env_file(name=f"{tag}: secret env file", path=layout.env_file, secrets=secrets)
+        env = secret_file(name=f"{tag}: secret env file", dest=layout.env_file, env=secrets, dir_mode="750")
     else:
         env = files.file(name=f"{tag}: no secret env file", path=layout.env_file, present=False)
 

@@ -76,10 +76,10 @@ def test_one_bad_host_stops_the_run_before_any_command(weights_module):
 
 
 def test_missing_secret_stops_the_run_before_any_command(weights_module, tmp_path):
-    hosts = [_fake("a", service_secrets_dir=str(tmp_path))]
+    hosts = [_fake("a", secrets_dir=str(tmp_path))]
     state = State(Inventory((hosts, {})), Config())
     connect_all(state)
-    with pytest.raises(SpecError, match=r"@fake/a: api_key_secret.*qwen235b_api_key does not exist"):
+    with pytest.raises(SpecError, match=r"@fake/a: api_key_secret: no secret file 'qwen235b_api_key'"):
         add_deploy(state, deploy_model, variant_recipe("qwen235b", ("awq", "gptq"), "awq"))
     assert state.inventory.get_host("@fake/a").connector.executed_commands == []
 

@@ -7,7 +7,8 @@ import shlex
 import pytest
 
 from tasks import service
-from tasks.service import DEFAULTS, Layout, SecretFileState, docker_run_argv, exec_start, systemd_quote
+from tasks.secrets import env_file_content
+from tasks.service import DEFAULTS, Layout, docker_run_argv, exec_start, systemd_quote
 from tasks.spec import SpecError, load_spec
 from tasks.vllm.cmdline import render
 
@@ -101,8 +102,8 @@ def test_ulimits_checked():
 
 def test_missing_secret_names_the_file(tmp_path):
     spec = load_spec("qwen235b_awq")
-    with pytest.raises(SpecError, match=f"{tmp_path}/qwen235b_api_key does not exist") as err:
-        service.secret_files(spec, {"service_secrets_dir": str(tmp_path)})
+    with pytest.raises(SpecError, match="no secret file 'qwen235b_api_key'") as err:
+        service.secret_files(spec, {"secrets_dir": str(tmp_path)})
     assert err.value.field == "api_key_secret"
 
 
@@ -111,19 +112,14 @@ def test_secret_file_env_content_and_dir_precedence(tmp_path, monkeypatch):
     spec = load_spec("qwen235b_awq")
     monkeypatch.setenv("LLMFLEET_SECRETS_DIR", str(tmp_path))
     secrets = service.secret_files(spec, {})
-    assert service.env_file_content(secrets) == b"VLLM_API_KEY=sk-123 456\n"
+    assert env_file_content(secrets) == b"VLLM_API_KEY=sk-123 456\n"
     with pytest.raises(SpecError):  # host data wins over the environment
-        service.secret_files(spec, {"service_secrets_dir": str(tmp_path / "elsewhere")})
+        service.secret_files(spec, {"secrets_dir": str(tmp_path / "elsewhere")})
 
 
 def test_multiline_secret_refused(tmp_path):
     (tmp_path / "k").write_text("one\ntwo\n")
     with pytest.raises(SpecError, match="exactly one non-empty line"):
-        service.secret_files(load_spec("qwen30b", {"serve_api_key_secret": "k"}), {"service_secrets_dir": str(tmp_path)})
+        service.secret_files(load_spec("qwen30b", {"serve_api_key_secret": "k"}), {"secrets_dir": str(tmp_path)})
 
 
-def test_secret_file_state_fact_parses_stat_and_digest():
-    digest = "a" * 64
-    assert SecretFileState().process(["stat 600 root root", f"{digest}  /etc/llmfleet/x.env"]) == {
-        "mode": "600", "user": "root", "group": "root", "sha256": digest}
-    assert SecretFileState().process([]) is None

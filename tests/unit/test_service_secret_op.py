@@ -13,7 +13,7 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
-from tasks.service import PRIVATE_UPLOAD_DIR, secret_env_file
+from tasks.secrets import PRIVATE_UPLOAD_DIR, secret_file
 
 KEY = "sk-unit-test-4c1d9e0f"
 PATH = "/etc/llmfleet/m.env"
@@ -42,7 +42,7 @@ def run(secret_path, responses=None, **global_args):
     data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": responses or {}}
     state = State(Inventory(([("@fake/h", data)], {})), Config())
     connect_all(state)
-    add_op(state, secret_env_file, path=PATH, secrets={"VLLM_API_KEY": secret_path}, **global_args)
+    add_op(state, secret_file, dest=PATH, env={"VLLM_API_KEY": secret_path}, dir_mode="750", **global_args)
     run_ops(state)
     host = state.inventory.get_host("@fake/h")
     metas = list(state.ops[host].values())
@@ -64,7 +64,7 @@ def test_upload_without_key_in_commands_or_arguments(secret, uploads, caplog):
 
 def test_no_change_when_digest_mode_and_owner_match(secret, uploads):
     digest = hashlib.sha256(f"VLLM_API_KEY={KEY}\n".encode()).hexdigest()
-    responses = {"sha256sum": ["stat 600 root root", f"{digest}  {PATH}"]}
+    responses = {"sha256sum": [f"{digest} 600 root:root"]}
     state, host, metas = run(secret, responses)
     assert uploads == []
     assert [c for c in host.connector.executed_commands if "sha256sum" not in c] == []
@@ -73,7 +73,7 @@ def test_no_change_when_digest_mode_and_owner_match(secret, uploads):
 
 def test_mode_drift_fixed_without_upload(secret, uploads):
     digest = hashlib.sha256(f"VLLM_API_KEY={KEY}\n".encode()).hexdigest()
-    responses = {"sha256sum": ["stat 644 root root", f"{digest}  {PATH}"]}
+    responses = {"sha256sum": [f"{digest} 644 root:root"]}
     _, host, _ = run(secret, responses)
     assert uploads == []
     assert host.connector.executed_commands[-1] == f"chown root:root {PATH} && chmod 600 {PATH}"
