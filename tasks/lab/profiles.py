@@ -65,6 +65,14 @@ def _h100(profile: str, count: int, bus_ids: list[str]) -> list[dict]:
              "display_active": "Off", "utilization_pct": 0, "compute_mode": "Default"} for i in range(count)]
 
 
+def _h200(profile: str, count: int, bus_ids: list[str]) -> list[dict]:
+    # 143771 MiB and driver 580.159.03 as nvidia-smi reported on the H200 device machine (KINDS.md).
+    gpus = _h100(profile, count, bus_ids)
+    for gpu in gpus:
+        gpu.update(name="NVIDIA H200", memory_total_mib=143771, memory_reserved_mib=555)
+    return gpus
+
+
 def _nvidia(name: str, description: str, driver: str, cuda: str, gpus: list[dict], **extra) -> dict:
     return {"name": name, "description": description, "kind": "nvidia", "state": "ok",
             "driver_version": driver, "nvml_version": ".".join(driver.split(".")[:2]), "cuda_version": cuda,
@@ -84,6 +92,9 @@ def _build() -> dict[str, dict]:
     profiles["h100x8"] = _nvidia("h100x8", "HGX H100 8x 80 GB with 4 NVSwitches and fabric manager",
                                  "580.159.04", "13.0", _h100("h100x8", 8, H100_BUS_IDS), nvswitches=4,
                                  fabricmanager_version="580.159.04")
+    profiles["h200x8"] = _nvidia("h200x8", "HGX H200 8x 141 GB with 4 NVSwitches and fabric manager",
+                                 "580.159.03", "13.0", _h200("h200x8", 8, H100_BUS_IDS), nvswitches=4,
+                                 fabricmanager_version="580.159.03")
     profiles["rtx4090-drv530"] = _nvidia("rtx4090-drv530", "8x RTX 4090 on the old 530 driver (CUDA 12.1)",
                                          "530.30.02", "12.1", _rtx4090("rtx4090-drv530", 8))
     h100x1 = _nvidia("h100x1", "1x H100 80GB, the captured fixture host", "580.159.04", "13.0",

@@ -1,0 +1,70 @@
+"""Every seed deploy converges on its lab profile and verifies through the stand-in; a second run of
+each changes nothing. (qwen30b, qwen32b_awq and qwen30b_fp8 are also exercised in test_serving.py.)
+
+Lab "rc": rc-h1 rtx4090x8 (qwen235b AWQ and GPTQ), rc-h2 gpu22gx4 (qwen30b_yarn),
+rc-h3 ascend910b (qwen3_ascend), rc-h4 h200x8 (glm5).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+from tasks.lab import lab as lablib
+from tasks.lab.config import LabConfig
+
+from .helpers import pyinfra, ssh
+
+PROFILES = ["rtx4090x8", "gpu22gx4", "ascend910b", "h200x8"]
+# deploy, host, host data, unit name, port
+CASES = [
+    ("qwen235b", "rc-h1", {}, "qwen235b_awq", 30000),
+    ("qwen235b", "rc-h1", {"model_variant": "gptq", "serve_port": 30001}, "qwen235b_gptq", 30001),
+    # GLM-5 (744B) at tp 4 needs ~92 GiB of weights per GPU: H200-class memory; preflight refuses 4090s.
+    ("glm5", "rc-h4", {}, "glm5", 8000),
+    ("qwen30b_yarn", "rc-h2", {}, "qwen30b_yarn", 8000),
+    ("qwen3_ascend", "rc-h3", {}, "qwen3_ascend", 8000),
+]
+
+
+@pytest.fixture(scope="module")
+def rc(tmp_path_factory):
+    cfg = LabConfig("rc")
+    lablib.down(cfg, log=lambda *_: None)
+    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    for name in ("qwen235b_api_key", "rc_key"):
+        (secrets_dir / name).write_text("sk-rc-" + secrets.token_hex(16) + "\n")
+    saved = os.environ.get("LLMFLEET_SECRETS_DIR")
+    os.environ["LLMFLEET_SECRETS_DIR"] = str(secrets_dir)
+    try:
+        yield {"inventory": state["inventory"], "ips": {h["name"]: h["ip"] for h in state["hosts"]}}
+    finally:
+        if saved is None:
+            os.environ.pop("LLMFLEET_SECRETS_DIR", None)
+        else:
+            os.environ["LLMFLEET_SECRETS_DIR"] = saved
+        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
+            lablib.down(cfg, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("deploy,host,data,name,port", CASES, ids=[c[3] for c in CASES])
+def test_deploy_converges_verifies_then_no_changes(rc, deploy, host, data, name, port):
+    data = {"serve_api_key_secret": "rc_key", "preflight_weights_bytes": 1_000_000, **data}
+    if deploy == "qwen235b":
+        data.pop("serve_api_key_secret")  # the recipe names its own secret
+    first = pyinfra(rc["inventory"], f"deploys/{deploy}.py", "--limit", host, data=data, timeout=600)
+    assert first.changed()[f"Model | {name}: verify endpoint"] == [host]
+    ip = rc["ips"][host]
+    assert ssh(ip, f"systemctl is-active llmfleet-{name}").stdout.strip() == "active"
+    unit = ssh(ip, f"cat /etc/systemd/system/llmfleet-{name}.service").stdout
+    assert "--privileged" not in unit and "--pid=host" not in unit
+    if deploy == "qwen3_ascend":
+        assert "--device /dev/davinci0" in unit and "/usr/local/Ascend/driver/lib64" in unit
+    if deploy == "glm5":
+        assert "llmfleet/glm5:" in unit  # the built image, tagged by its inputs' hash
+
+    second = pyinfra(rc["inventory"], f"deploys/{deploy}.py", "--limit", host, data=data, timeout=600)
+    assert second.operations and second.changed() == {}
