@@ -1,0 +1,495 @@
+"""The served model as a systemd unit: one ``llmfleet-<name>.service`` per recipe, running
+``docker run --rm --name llmfleet-<name> ...`` with the spec's command line.
+
+The unit carries everything that defines the running server (image, container options, vLLM
+args, the weights' revision as a label), so a change to any of them changes the unit file, and
+only that service restarts. The API key never appears in the unit, in argv, in pyinfra output
+or in a world-readable file: it goes from a secret file on the control machine
+(``<secrets dir>/<api_key_secret>``) into ``/etc/llmfleet/<name>.env`` (root, 0600) through
+:func:`secret_env_file`, an operation that shows neither content nor diff and takes no secret
+as an argument (``--json`` prints operation arguments); docker reads it with ``--env-file``.
+
+Container options, and why:
+
+- GPUs: ``--gpus '"device=0,1"'`` from ``spec.devices`` (else ``--gpus all``): ``--gpus`` rather
+  than ``--runtime nvidia``, which fails with error 803 on drivers 580+. Ascend: each
+  ``/dev/davinciN`` of ``spec.devices`` (else 0..tp*pp*dp-1), ``/dev/davinci_manager``,
+  ``/dev/devmm_svm``, ``/dev/hisi_hdc`` and the driver files mounted read-only; never
+  ``--privileged`` or ``--pid=host``.
+- Shared memory: ``--ipc=host`` (``spec.ipc_host``) or ``--shm-size`` (``spec.shm_size``, else
+  ``service_shm_size``): tensor parallel workers exchange tensors through /dev/shm and docker's
+  64 MB default breaks them.
+- ``--ulimit memlock=-1 --ulimit stack=67108864`` (``service_ulimits``): pinned host memory for
+  NCCL and CUDA, deep recursion in compilers.
+- Weights: ``-v <model_dir>/current:/model:ro``. ``current`` is the weights task's symlink to
+  ``revisions/<rev>``; the kernel resolves it when the container starts, so a running server
+  never sees files change under it. A weights switch is a new ``model.revision`` in the spec,
+  which is in the unit (label ``org.llmfleet.weights``), so it restarts the service after the
+  weights task has moved ``current``. (Mounting the resolved ``revisions/<rev>`` path instead
+  would copy the weights task's directory naming rule here.)
+- Caches on the host, ``/var/cache/llmfleet/<name>`` mounted at ``/llmfleet-cache`` with
+  ``HF_HOME``, ``VLLM_CACHE_ROOT`` (torch.compile cache), ``TRITON_CACHE_DIR`` and
+  ``TORCHINDUCTOR_CACHE_DIR`` pointing into it: a restart reuses compiled kernels.
+- Chat templates (``Rendered.files``): uploaded to ``/etc/llmfleet/templates/<name>/`` and
+  mounted read-only where the command line expects them.
+- ``-p <port>:<port>``; ``--pull=never``: the image task pulled the pinned image; a unit never
+  fetches an image by itself.
+
+Restart policy: ``Restart=on-failure``, ``RestartSec``, and at most ``StartLimitBurst`` starts per
+``StartLimitIntervalSec`` (systemd 252 has no RestartSteps). The start-up budget of a cold start
+(``spec.startup_budget_s``) is waited for by the verification, not by systemd (``Type=exec``).
+
+DEFAULTS (host data, prefix ``service_``):
+
+| key | default | meaning |
+|---|---|---|
+| service_secrets_dir | None | control-machine directory of secret files; None: env ``LLMFLEET_SECRETS_DIR``, else ``secrets`` (relative to the repository root) |
+| service_cache_root | "/var/cache/llmfleet" | host directory of per-service caches |
+| service_etc_dir | "/etc/llmfleet" | host directory of env files (0600), templates and verification configs; 0750 root |
+| service_ulimits | {"memlock": "-1", "stack": "67108864"} | ``--ulimit NAME=VALUE`` per entry (a host without CAP_SYS_RESOURCE cannot raise memlock past its hard limit: set it to that) |
+| service_shm_size | "16g" | ``--shm-size`` when the spec sets neither ``shm_size`` nor ``ipc_host`` |
+| service_restart_sec | 15 | seconds between restarts after a failure |
+| service_start_limit_burst | 5 | starts allowed per interval before the unit stays failed |
+| service_start_limit_interval_s | 1800 | the interval of that limit |
+| service_stop_grace_s | 60 | ``docker stop -t``: seconds vLLM gets to drain before SIGKILL |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pyinfra import host, logger
+from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
+from pyinfra.operations import files, systemd
+from pyinfra.operations.util import any_changed
+
+from tasks.spec import ServingSpec, SpecError
+from tasks.vllm import cmdline
+from tasks.vllm.cmdline import Rendered
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO_ROOT / "templates"
+PROBE_SRC = Path(__file__).resolve().parent / "probe" / "verify_endpoint.py"
+PROBE_PATH = "/usr/local/lib/llmfleet/verify_endpoint.py"
+CONTAINER_CACHE = "/llmfleet-cache"
+#: Where each cache lives inside the container's cache mount, by the variable that moves it.
+CACHE_ENV = {"HF_HOME": "huggingface", "VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton",
+             "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
+ASCEND_SHARED_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
+ASCEND_DRIVER_MOUNTS = ("/usr/local/dcmi", "/usr/local/bin/npu-smi", "/usr/local/Ascend/driver/lib64",
+                        "/usr/local/Ascend/driver/version.info", "/etc/ascend_install.info")
+#: A home-relative directory for pyinfra's temporary upload when it escalates (sudo/su):
+#: 0700 and owned by the SSH user, so the secret is never in a shared temp directory.
+PRIVATE_UPLOAD_DIR = ".llmfleet-upload"
+SECRETS_ENV = "LLMFLEET_SECRETS_DIR"
+
+DEFAULTS: dict[str, Any] = {
+    "service_secrets_dir": None,
+    "service_cache_root": "/var/cache/llmfleet",
+    "service_etc_dir": "/etc/llmfleet",
+    "service_ulimits": {"memlock": "-1", "stack": "67108864"},
+    "service_shm_size": "16g",
+    "service_restart_sec": 15,
+    "service_start_limit_burst": 5,
+    "service_start_limit_interval_s": 1800,
+    "service_stop_grace_s": 60,
+}
+
+ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+                "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
+_ULIMIT_VALUE = re.compile(r"^-?[0-9]+(:-?[0-9]+)?$")
+_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
+
+
+def options(data: Any) -> dict[str, Any]:
+    """The ``service_*`` settings from host data (``data.get``) over DEFAULTS."""
+    return {key: data.get(key, default) for key, default in DEFAULTS.items()}
+
+
+def unit_name(spec: ServingSpec) -> str:
+    """``llmfleet-<name>``: the unit and the container share it."""
+    if not spec.name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", spec.name):
+        raise SpecError("name", f"{spec.name!r} cannot name a unit (letters, digits, '.', '_', '-')")
+    return f"llmfleet-{spec.name}"
+
+
+# --- secrets (control machine) ---------------------------------------------------------------
+
+
+def secrets_dir(data: Any) -> Path:
+    """Control-machine directory of secret files: host data, else env, else ``secrets``."""
+    configured = data.get("service_secrets_dir") or os.environ.get(SECRETS_ENV) or "secrets"
+    path = Path(configured)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def secret_files(spec: ServingSpec, data: Any) -> dict[str, str]:
+    """Environment name -> control-machine secret file for ``spec`` (checked: exists, one line).
+
+    Raises SpecError naming the missing or unusable file; called at plan time, before any host
+    is touched.
+    """
+    if not spec.api_key_secret:
+        return {}
+    path = secrets_dir(data) / spec.api_key_secret
+    if not path.is_file():
+        raise SpecError("api_key_secret", f"secret file {path} does not exist: write the API key "
+                        f"into it (one line, mode 600), or point service_secrets_dir / {SECRETS_ENV} "
+                        "at the directory that holds it")
+    _read_secret(path)
+    return {name: str(path) for name in ("VLLM_API_KEY",)}
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("api_key_secret", f"secret file {path} is unreadable: {exc.__class__.__name__}") from None
+    if not value or "\n" in value or "\r" in value or "\0" in value:
+        raise SpecError("api_key_secret", f"secret file {path} must hold exactly one non-empty line")
+    return value
+
+
+def env_file_content(secrets: dict[str, str]) -> bytes:
+    """The env file docker reads (``NAME=value`` lines, no quoting), from secret file paths."""
+    return "".join(f"{name}={_read_secret(Path(src))}\n" for name, src in sorted(secrets.items())).encode()
+
+
+# --- facts and the secret operation --------------------------------------------------------------
+
+
+class SecretFileState(FactBase):
+    """
+    ``{"mode": "600", "user": "root", "group": "root", "sha256": "..."}`` of a file, or None
+    when absent. Never reads the content back.
+    """
+
+    default = type(None)
+
+    def command(self, path: str) -> str:
+        q = shlex.quote(path)
+        return f"if [ -f {q} ]; then stat -c 'stat %a %U %G' {q} && sha256sum {q}; fi"
+
+    def process(self, output):
+        state: dict[str, str] = {}
+        for line in output:
+            parts = line.split()
+            if parts[:1] == ["stat"] and len(parts) == 4:
+                state.update(mode=parts[1], user=parts[2], group=parts[3])
+            elif len(parts) >= 2 and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+                state["sha256"] = parts[0]
+        return state or None
+
+
+@operation()
+def secret_env_file(path: str, secrets: dict[str, str]):
+    """
+    Write an environment file of secrets (root, 0600) without ever showing its content.
+
+    The secret values are read from files on the control machine here, never passed as
+    arguments (``--json`` prints arguments); the change check compares sha256 digests, and the
+    upload carries no diff (``--diff`` prints none). The file is uploaded under a temporary
+    name inside its 0750 root directory, made 0600, then renamed into place.
+
+    + path: the env file on the host (``/etc/llmfleet/<name>.env``)
+    + secrets: environment name -> control-machine path of the file holding its value
+
+    Example:
+
+    .. code:: python
+
+        secret_env_file(path="/etc/llmfleet/qwen235b.env",
+                        secrets={"VLLM_API_KEY": "secrets/qwen235b_api_key"})
+    """
+    content = env_file_content(secrets)
+    digest = hashlib.sha256(content).hexdigest()
+    remote = host.get_fact(SecretFileState, path=path)
+    owned = bool(remote) and remote.get("user") == "root" and remote.get("group") == "root"
+    if remote and remote.get("sha256") == digest and owned and remote.get("mode") == "600":
+        host.noop(f"secret env file {path} is up to date")
+        return
+    q = shlex.quote(path)
+    if remote and remote.get("sha256") == digest:
+        yield f"chown root:root {q} && chmod 600 {q}"
+        return
+    directory, base = os.path.split(path)
+    temp = f"{directory}/.{base}.new"
+    yield StringCommand("install", "-d", "-m", "750", "-o", "root", "-g", "root", directory)
+    escalated = any((host.current_op_global_arguments or {}).get(k) for k in ("_sudo", "_su_user", "_doas"))
+    remote_temp = None
+    if escalated:
+        # pyinfra uploads as the SSH user first, then copies with sudo and removes the copy.
+        yield StringCommand("mkdir", "-p", "-m", "700", PRIVATE_UPLOAD_DIR, _sudo=False, _su_user=None,
+                            _doas=False)
+        remote_temp = f"{PRIVATE_UPLOAD_DIR}/{base}"
+    yield FileUploadCommand(io.BytesIO(content), temp, remote_temp_filename=remote_temp)
+    qt = shlex.quote(temp)
+    yield f"chown root:root {qt} && chmod 600 {qt} && mv -f {qt} {q}"
+
+
+class UnitActiveState(FactBase):
+    """
+    The ``ActiveState`` of a systemd unit ("active", "failed", "inactive", ...).
+    """
+
+    default = str
+    requires_command = "systemctl"
+
+    def command(self, unit: str) -> str:
+        return f"systemctl show -p ActiveState --value {shlex.quote(unit)}"
+
+    def process(self, output):
+        return output[0].strip() if output else ""
+
+
+@operation()
+def reset_failed(unit: str):
+    """
+    Clear a unit's failed state (and its start-limit counter) so it can be started again.
+
+    A unit that hit ``StartLimitBurst`` refuses ``systemctl start`` until the interval passes;
+    a deploy that fixes it must not wait that out.
+
+    + unit: the unit name (``llmfleet-qwen30b.service``)
+
+    Example:
+
+    .. code:: python
+
+        reset_failed(unit="llmfleet-qwen30b.service")
+    """
+    if host.get_fact(UnitActiveState, unit=unit) != "failed":
+        host.noop(f"{unit} is not failed")
+        return
+    yield StringCommand("systemctl", "reset-failed", unit)
+
+
+# --- the unit ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Host paths of one service."""
+
+    name: str
+    unit: str
+    cache_dir: str
+    etc_dir: str
+    env_file: str
+    template_dir: str
+    verify_config: str
+
+    @classmethod
+    def of(cls, spec: ServingSpec, opts: dict[str, Any]) -> "Layout":
+        unit = unit_name(spec)
+        etc = str(opts["service_etc_dir"]).rstrip("/")
+        return cls(name=str(spec.name), unit=unit,
+                   cache_dir=f"{str(opts['service_cache_root']).rstrip('/')}/{spec.name}",
+                   etc_dir=etc, env_file=f"{etc}/{spec.name}.env",
+                   template_dir=f"{etc}/templates/{spec.name}", verify_config=f"{etc}/{spec.name}.verify.json")
+
+
+def accelerator_options(spec: ServingSpec) -> list[list[str]]:
+    """Docker options giving the container its GPUs or NPUs (grouped per line of the unit)."""
+    if spec.accelerator == "nvidia":
+        if spec.devices:
+            # docker's --gpus parser reads CSV: the inner quotes keep "device=0,1" one field.
+            return [["--gpus", '"device=' + ",".join(map(str, spec.devices)) + '"']]
+        return [["--gpus", "all"]]
+    count = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
+    devices = spec.devices if spec.devices else list(range(count))
+    out = [["--device", f"/dev/davinci{i}"] for i in devices]
+    out += [["--device", d] for d in ASCEND_SHARED_DEVICES]
+    out += [["-v", f"{m}:{m}:ro"] for m in ASCEND_DRIVER_MOUNTS]
+    return out
+
+
+def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered: Rendered,
+                    layout: Layout, opts: dict[str, Any], with_env_file: bool) -> list[list[str]]:
+    """The unit's ``docker run`` command line, one group of words per line.
+
+    + spec: the validated spec
+    + image_ref: the image to run (pulled or built by the image task)
+    + model_dir: the weights task's directory on the host (``<model_dir>/current`` is mounted)
+    + rendered: ``tasks.vllm.cmdline.render(spec)``
+    + layout: host paths of the service
+    + opts: ``service_*`` settings
+    + with_env_file: whether the service has secrets (adds ``--env-file``)
+    """
+    lines: list[list[str]] = [["/usr/bin/docker", "run", "--rm", "--name", layout.unit, "--pull=never"],
+                              ["--label", f"org.llmfleet.service={layout.name}"],
+                              ["--label", f"org.llmfleet.weights={spec.model.repo_id}@{spec.model.revision}"]]
+    lines += accelerator_options(spec)
+    if spec.ipc_host:
+        lines.append(["--ipc=host"])
+    else:
+        lines.append(["--shm-size", spec.shm_size or str(opts["service_shm_size"])])
+    lines.append([w for k, v in ulimits(opts) for w in ("--ulimit", f"{k}={v}")])
+    lines.append(["-p", f"{spec.port}:{spec.port}"])
+    lines.append(["-v", f"{model_dir.rstrip('/')}/current:{cmdline.MODEL_DIR}:ro"])
+    for container_path in sorted(rendered.files):
+        base = container_path.rsplit("/", 1)[-1]
+        lines.append(["-v", f"{layout.template_dir}/{base}:{container_path}:ro"])
+    lines.append(["-v", f"{layout.cache_dir}:{CONTAINER_CACHE}"])
+    for var, sub in CACHE_ENV.items():
+        lines.append(["-e", f"{var}={CONTAINER_CACHE}/{sub}"])
+    for key, value in sorted(rendered.env.items()):
+        lines.append(["-e", f"{key}={value}"])
+    if with_env_file:
+        lines.append(["--env-file", layout.env_file])
+    lines.append([image_ref])
+    lines += _group_args(rendered.args)
+    return lines
+
+
+def ulimits(opts: dict[str, Any]) -> list[tuple[str, str]]:
+    """``service_ulimits`` checked: docker's ulimit names, integer (or soft:hard) values."""
+    value = opts["service_ulimits"]
+    if not isinstance(value, dict):
+        raise SpecError("service_ulimits", f"must be a mapping NAME -> value, got {value!r}")
+    out = []
+    for name, limit in sorted(value.items()):
+        if name not in ULIMIT_NAMES or not _ULIMIT_VALUE.match(str(limit)):
+            raise SpecError("service_ulimits", f"{name}={limit!r}: names {', '.join(ULIMIT_NAMES)}; "
+                            "values an integer or soft:hard (-1: unlimited)")
+        out.append((name, str(limit)))
+    return out
+
+
+def _group_args(args: list[str]) -> list[list[str]]:
+    """Container args grouped as flag + values, one flag per unit line."""
+    groups: list[list[str]] = []
+    for arg in args:
+        if arg.startswith("-") or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return groups
+
+
+def systemd_quote(word: str) -> str:
+    """One word of an ``ExecStart=`` line, quoted for systemd's own parser (not a shell).
+
+    systemd splits on whitespace, honours double quotes with C escapes, expands ``$VAR`` and
+    ``%`` specifiers: both are doubled so the word reaches docker unchanged.
+    """
+    if not word:
+        return '""'
+    escaped = word.replace("%", "%%").replace("$", "$$")
+    if _SAFE_ARG.match(word):
+        return escaped
+    escaped = escaped.replace("\\", "\\\\").replace('"', '\\"')
+    if any(ch in word for ch in "\n\r\t\0"):
+        raise ValueError(f"{word!r}: control characters cannot go into a unit file")
+    return f'"{escaped}"'
+
+
+def exec_start(lines: list[list[str]]) -> str:
+    """``ExecStart=`` value: one group per line, joined with systemd's line continuation."""
+    return " \\\n    ".join(" ".join(systemd_quote(w) for w in group) for group in lines)
+
+
+def verify_config(spec: ServingSpec, layout: Layout, with_env_file: bool) -> dict[str, Any]:
+    """What the endpoint probe checks (``tasks/probe/verify_endpoint.py --config``); no secrets."""
+    return {
+        "name": layout.name, "unit": f"{layout.unit}.service", "container": layout.unit,
+        "port": spec.port, "served_model_name": spec.served_model_name,
+        "env_file": layout.env_file if with_env_file else None,
+        "startup_budget_s": spec.startup_budget_s,
+        "non_thinking": not spec.thinking.default,
+        "tool_calls": bool(spec.enable_auto_tool_choice and spec.tool_call_parser),
+    }
+
+
+@dataclass
+class Served:
+    """What ``serve`` did: ``started`` is true (at execution) when the service (re)started."""
+
+    unit: Any
+    restart: Any
+    running: Any
+    layout: Layout
+
+    @property
+    def started(self) -> Callable[[], bool]:
+        return any_changed(self.restart, self.running)
+
+
+@deploy("Service", data_defaults=DEFAULTS)
+def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
+    """
+    Install and run ``llmfleet-<spec.name>.service`` for a validated spec.
+
+    Restarts the service only when its unit, env file or chat templates changed; a run with
+    nothing to change reports no changes.
+
+    + spec: validated serving spec (``tasks.spec.load_spec``)
+    + image_ref: the pinned image to run (already present on the host)
+    + model_dir: the weights directory (``<model_dir>/current`` -> ``revisions/<rev>``)
+
+    Example:
+
+    .. code:: python
+
+        served = serve(spec, "vllm/vllm-openai:v0.8.5", "/srv/models/Qwen--Qwen3-30B-A3B")
+    """
+    opts = options(host.data)
+    layout = Layout.of(spec, opts)
+    rendered = cmdline.render(spec)
+    secrets = secret_files(spec, host.data)
+    tag = layout.name
+
+    files.directory(name=f"{tag}: config directory", path=layout.etc_dir, user="root", group="root",
+                    mode="750")
+    files.directory(name=f"{tag}: cache directory", path=layout.cache_dir, user="root", group="root",
+                    mode="750")
+    templates = []
+    if rendered.files:
+        files.directory(name=f"{tag}: template directory", path=layout.template_dir, user="root",
+                        group="root", mode="755")
+    for container_path, local in sorted(rendered.files.items()):
+        src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
+        templates.append(files.put(name=f"{tag}: chat template {src.name}", src=str(src),
+                                   dest=f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}",
+                                   user="root", group="root", mode="644"))
+    if secrets:
+        env = secret_env_file(name=f"{tag}: secret env file", path=layout.env_file, secrets=secrets)
+    else:
+        env = files.file(name=f"{tag}: no secret env file", path=layout.env_file, present=False)
+
+    lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets))
+    grace = int(opts["service_stop_grace_s"])
+    unit = files.template(
+        name=f"{tag}: unit {layout.unit}.service", src=str(TEMPLATES / "vllm.service.j2"),
+        dest=f"/etc/systemd/system/{layout.unit}.service", user="root", group="root", mode="644",
+        name_=layout.name, served_model_name=spec.served_model_name, port=spec.port,
+        weights=f"{spec.model.repo_id}@{spec.model.revision}",
+        env_file=layout.env_file if secrets else "", container=layout.unit,
+        exec_start=exec_start(lines), stop_grace_s=grace,
+        restart_sec=int(opts["service_restart_sec"]),
+        start_limit_burst=int(opts["service_start_limit_burst"]),
+        start_limit_interval_s=int(opts["service_start_limit_interval_s"]),
+        startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
+    )
+    files.put(name=f"{tag}: verification config", src=io.StringIO(
+        json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"),
+        dest=layout.verify_config, user="root", group="root", mode="644")
+    files.put(name="endpoint probe", src=str(PROBE_SRC), dest=PROBE_PATH, user="root", group="root",
+              mode="755", create_remote_dir=True)
+
+    systemd.daemon_reload(name=f"{tag}: reload units", _if=unit.did_change)
+    reset_failed(name=f"{tag}: clear failed state", unit=f"{layout.unit}.service")
+    restart = systemd.service(name=f"{tag}: restart (unit, env or template changed)",
+                              service=f"{layout.unit}.service", running=True, restarted=True,
+                              enabled=True, _if=any_changed(unit, env, *templates))
+    running = systemd.service(name=f"{tag}: running", service=f"{layout.unit}.service", running=True,
+                              enabled=True)
+    return Served(unit=unit, restart=restart, running=running, layout=layout)
