@@ -41,13 +41,14 @@ DEFAULTS (host data, prefix ``gateway_``):
 | gateway_port | None | port of a model's endpoint on the gateway; None: the model's own port |
 | gateway_api_keys_secret | None | control-machine secret file (one key per line) of accepted client keys; None: the recipe's ``api_key_secret`` |
 | gateway_upstream_address | None | (replica host data) address the gateway reaches the replica at; None: ``ssh_hostname``, else the host name |
-| gateway_max_fails | 1 | failed attempts before a replica is taken out (passive check) |
-| gateway_fail_timeout_s | 10 | seconds a failed replica stays out, and the window of ``max_fails`` |
+| gateway_max_fails | 3 | failed attempts before a replica is taken out (passive check) |
+| gateway_fail_timeout_s | 5 | seconds a failed replica stays out, and the window of ``max_fails`` |
 | gateway_next_upstream_tries | 3 | replicas one request may be tried on |
 | gateway_connect_timeout_s | 5 | connect timeout to a replica |
 | gateway_read_timeout_s | 900 | read/send timeout to a replica (long generations) |
 | gateway_client_max_body_size | "64m" | largest request body (long prompts, images) |
-| gateway_keepalive | 32 | idle keepalive connections to the replicas per worker |
+| gateway_keepalive | 0 | idle keepalive connections to the replicas per worker; 0: a connection per request (no reuse race with a replica closing an idle connection; a LAN connect is small beside a generation) |
+| gateway_keepalive_timeout_s | 4 | idle upstream connections close after this (below the replicas' keep-alive, uvicorn 5 s) |
 | gateway_drain_timeout_s | 300 | seconds a drain waits for in-flight requests of the old workers |
 | gateway_conf_dir | "/etc/nginx/llmfleet" | directory of upstream and key files (0750 root) |
 """
@@ -79,13 +80,14 @@ DEFAULTS: dict[str, Any] = {
     "gateway_port": None,
     "gateway_api_keys_secret": None,
     "gateway_upstream_address": None,
-    "gateway_max_fails": 1,
-    "gateway_fail_timeout_s": 10,
+    "gateway_max_fails": 3,
+    "gateway_fail_timeout_s": 5,
     "gateway_next_upstream_tries": 3,
     "gateway_connect_timeout_s": 5,
     "gateway_read_timeout_s": 900,
     "gateway_client_max_body_size": "64m",
-    "gateway_keepalive": 32,
+    "gateway_keepalive": 0,
+    "gateway_keepalive_timeout_s": 4,
     "gateway_drain_timeout_s": 300,
     "gateway_conf_dir": "/etc/nginx/llmfleet",
 }
@@ -148,7 +150,12 @@ def upstream_conf(name: str, replicas: Iterable[Replica], down: Iterable[str], o
         mark = " down" if r.host in down else ""
         lines.append(f"    server {r.address}:{int(r.port)} max_fails={int(opts['gateway_max_fails'])} "
                      f"fail_timeout={int(opts['gateway_fail_timeout_s'])}s{mark};  # {r.host}")
-    lines += [f"    keepalive {int(opts['gateway_keepalive'])};", "}", ""]
+    # Idle upstream connections close before the replica's own keep-alive timeout (uvicorn: 5 s),
+    # so nginx does not reuse a connection the replica is closing.
+    if int(opts["gateway_keepalive"]) > 0:
+        lines += [f"    keepalive {int(opts['gateway_keepalive'])};",
+                  f"    keepalive_timeout {int(opts['gateway_keepalive_timeout_s'])}s;"]
+    lines += ["}", ""]
     return "\n".join(lines)
 
 
@@ -416,6 +423,7 @@ def gateway(model: GatewayModel) -> None:
         client_max_body_size=str(opts["gateway_client_max_body_size"]),
         next_upstream_tries=int(opts["gateway_next_upstream_tries"]),
         connect_timeout_s=int(opts["gateway_connect_timeout_s"]), read_timeout_s=int(opts["gateway_read_timeout_s"]),
+        keepalive=int(opts["gateway_keepalive"]) > 0,
     )
     systemd.service(name="nginx running", service="nginx.service", running=True, enabled=True)
     reloaded(name=f"{model.name}: reload nginx", _if=any_changed(conf, *changed))

@@ -129,8 +129,8 @@ class Plan:
     gateways: list[str]
     model: gw.GatewayModel
     state: Any = None
-    #: replica -> "will its service restart?" (plan-time result of its unit/env/template operations)
-    will_restart: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    #: replica -> its operations whose change restarts the service (unit, env file, templates)
+    will_restart: dict[str, tuple] = field(default_factory=dict)
     #: replica -> outcome (UPGRADED, ROLLED_BACK, ROLLBACK_FAILED), set while the run executes
     outcomes: dict[str, str] = field(default_factory=dict)
     pre_failed: set[str] | None = None
@@ -166,10 +166,31 @@ class Plan:
 
     def to_drain(self, b: int) -> Callable[[], list[str]]:
         def select() -> list[str]:
-            failed = self._failed() if self.state is not None and self.state.is_executing else set()
-            return [h for h in self.batches[b] if h not in failed and self.will_restart.get(h, lambda: True)()]
+            executing = self.state is not None and self.state.is_executing
+            failed = self._failed() if executing else set()
+            chosen = [h for h in self.batches[b] if h not in failed and self.restarts(h, executing)]
+            logger.debug(f"rollout {self.name}: batch {b + 1} drains {chosen}")
+            return chosen
 
         return select
+
+    def restarts(self, name: str, executing: bool) -> bool:
+        """Whether a replica's service will restart: its unit, env file or templates will change.
+
+        While executing, the replica's own operations are asked (``will_change`` runs their
+        bodies in the replica's context: ``pyinfra -y`` does not detect changes at plan time).
+        """
+        metas = self.will_restart.get(name)
+        if metas is None:
+            return True
+        known = [m._maybe_is_change for m in metas]
+        if not executing:
+            return any(k is not False for k in known)
+        from pyinfra.context import ctx_host
+
+        replica = self.state.inventory.get_host(name)
+        with ctx_host.use(replica):
+            return any(m.will_change for m in metas)
 
     def to_restore(self, b: int) -> Callable[[], list[str]]:
         """Hosts of batch ``b`` to put back: passed their gate, rolled back and verified, or did not
@@ -564,7 +585,7 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     paths = Paths.of(layout, model_dir)
     served = serve(spec, image_ref, model_dir)
     inputs = tuple(getattr(served, "changes", ()) or (served.unit,))
-    plan.will_restart[host.name] = lambda: any(getattr(m, "_maybe_is_change", True) is not False for m in inputs)
+    plan.will_restart[host.name] = inputs
     wait = host.data.get("rollout_gate_wait_s", DEFAULTS["rollout_gate_wait_s"])
     name = spec.name
     checked = gate(name=f"{name}: verify endpoint", paths=paths, wait_s=wait, _if=served.started,
