@@ -320,6 +320,7 @@ class ServiceVersion(FactBase):
             f"echo \"live_active=$(systemctl show -p ActiveState --value {shlex.quote(unit_name)} 2>/dev/null)\"; "
             f"if [ -L {m} ]; then echo \"live_weights=$(readlink {m})\"; fi; "
             f"echo \"live_image=$(docker inspect -f '{{{{.Config.Image}}}}' {shlex.quote(container)} 2>/dev/null)\"; "
+            f"if [ -f {u} ]; then echo \"live_label=$(grep -o 'org.llmfleet.weights=[^ ]*' {u} | head -1 | cut -d= -f2)\"; fi; "
             f"if [ -f {d}/unit ]; then echo \"saved_unit=$(sha256sum {d}/unit | cut -d' ' -f1)\"; fi; "
             f"if [ -f {d}/state.json ]; then echo \"saved=$(tr -d '\\n' < {d}/state.json)\"; fi; true"
         )
@@ -328,8 +329,8 @@ class ServiceVersion(FactBase):
         out: dict[str, Any] = {}
         for line in output:
             key, sep, value = line.partition("=")
-            if not sep or key not in ("live_unit", "live_active", "live_weights", "live_image", "saved_unit",
-                                      "saved"):
+            if not sep or key not in ("live_unit", "live_active", "live_weights", "live_image", "live_label",
+                                      "saved_unit", "saved"):
                 continue
             if key == "saved":
                 try:
@@ -533,7 +534,7 @@ def finished(paths: Paths, plan_key: tuple, batch: str, later: list[str], image:
                 else "rollback did not verify: the host stays drained")
         message = (f"llmfleet rollout of {plan_key[1]} stopped at {host.name} (batch {batch}): the new version "
                    f"({image}) failed its verification: {reason}; {back}{left}")
-        yield StringCommand("sh", "-c", 'echo "$0" >&2; exit 1', message)
+        yield f"echo {shlex.quote(message)} >&2; exit 1"
 
 
 @operation()
@@ -583,7 +584,9 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     n = len(plan.batches)
     layout = Layout.of(spec, service_options(host.data))
     paths = Paths.of(layout, model_dir)
+    live = _fact(paths)  # plan time, one round trip: what the upgrade changes on this host
     served = serve(spec, image_ref, model_dir)
+    logger.info(f"{host.print_prefix}{upgrade_summary(spec, image_ref, live, served.unit, f'{b + 1}/{n}')}")
     inputs = tuple(getattr(served, "changes", ()) or (served.unit,))
     plan.will_restart[host.name] = inputs
     wait = host.data.get("rollout_gate_wait_s", DEFAULTS["rollout_gate_wait_s"])
@@ -596,6 +599,23 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     finished(name=f"{name}: rollout result", paths=paths, plan_key=(id(plan.state), plan.name),
              batch=f"{b + 1}/{n}", later=plan.later_hosts(b), image=image_ref, checked=checked, again=again,
              _if=served.started)
+
+
+def upgrade_summary(spec: ServingSpec, image_ref: str, live: dict, unit_op: Any, batch: str) -> str:
+    """One line per replica: what its batch would change (image, weights, unit)."""
+    wanted = f"{spec.model.repo_id}@{spec.model.revision}"
+    parts = []
+    if not live.get("live_unit"):
+        parts.append(f"new service: image {image_ref}, weights {wanted}")
+    else:
+        old = live.get("live_image") or "(not running)"
+        parts.append(f"image {old} -> {image_ref}" if old != image_ref else f"image {image_ref} unchanged")
+        have = live.get("live_label")
+        parts.append(f"weights {have} -> {wanted} (fetched before the restart)" if have != wanted
+                     else f"weights {wanted} unchanged")
+    change = getattr(unit_op, "_maybe_is_change", None)
+    parts.append("unit changes: restart" if change else "unit unchanged" if change is False else "unit: decided at run")
+    return f"rollout {spec.name} batch {batch}: " + "; ".join(parts)
 
 
 def rolling(recipe: Any, specs: dict[str, ServingSpec], spec: ServingSpec | None, image_ref: str | None,

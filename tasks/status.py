@@ -195,7 +195,8 @@ def status_host() -> list[dict]:
                             timeout_s=float(opts["status_http_timeout_s"]))
     run = _FLEET.setdefault(id(real.state), {"started": time.time(), "hosts": {}})
     run["hosts"][real.name] = records
-    active = [h.name for h in real.state.inventory.get_active_hosts()]
+    live = {h.name for h in real.state.inventory.get_active_hosts()}
+    active = [h.name for h in real.state.inventory if h.name in live]
     if set(active) <= set(run["hosts"]):
         now = time.time()
         rows = [row(name, r, now) for name in active for r in run["hosts"][name]]
