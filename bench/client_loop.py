@@ -94,6 +94,13 @@ class ClientLoop:
         self.result.seconds = round(time.monotonic() - self._started, 1)
         return self.result
 
+    def run(self) -> LoopResult:
+        """Send until ``max_requests`` or ``max_seconds``, then return the result."""
+        self.start()
+        for t in self._workers:
+            t.join(timeout=self.max_seconds + self.timeout_s + 5)
+        return self.stop()
+
     def __enter__(self) -> "ClientLoop":
         return self.start()
 
