@@ -27,6 +27,11 @@ after the rollout began, no later batch touches anything (the "rollout marker" i
 preflight or a failed download). The failed host's run fails with a message naming the host,
 the batch, the probe's reason, what it was rolled back to, and the hosts left on the old version.
 
+Replicas are the hosts outside the gateway group that run the recipe; they must agree on
+``served_model_name`` (one gateway endpoint) but may differ in service name and port (several
+replicas on one machine, as the 8-replica benchmark does); gateway files are named after the
+first replica's service name.
+
 Rollback point: ``<service_etc_dir>/<name>.previous/`` (0750 root) holds ``unit``, ``env``
 (0600), ``templates/``, ``verify.json`` and ``state.json`` (image the container ran, ``current``
 link target, no secret). It is the *last verified* version: written before staging when the
@@ -234,7 +239,7 @@ def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
     from tasks.model import recipe_of
 
     active = {h.name for h in state.inventory.get_active_hosts()}
-    replicas, names, served = [], set(), None
+    replicas, names, served = [], set(), None  # names: served model names (one endpoint)
     for h in state.inventory:
         if gw.is_gateway(h):
             continue
@@ -246,11 +251,12 @@ def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
             except SpecError as exc:
                 logger.warning(f"rollout: {h.name} left out of the gateway upstream: {exc}")
                 continue
-        names.add(str(spec.name))
+        names.add(str(spec.served_model_name))
         served = served or spec
         replicas.append(gw.Replica(h.name, gw.replica_address(h.data, h.name), int(spec.port)))
     if len(names) > 1:
-        raise SpecError("name", f"replicas of one rollout serve different services: {', '.join(sorted(names))}")
+        raise SpecError("served_model_name", f"replicas of one rollout serve different models: "
+                        f"{', '.join(sorted(names))}")
     ordered = [h.name for h in state.inventory if h.name in specs and h.name in active]
     datas = {h.name: h.data for h in state.inventory if h.name in ordered}
     batch_opts = {k: fleet_setting(datas, k) for k in BATCH_KEYS}
