@@ -1,0 +1,194 @@
+"""Serving end to end in the lab (lab "sv": sv-h1 gpu22gx4, sv-h2 rtx4090x2).
+
+Deploys converge and verify through the stand-in vLLM images, a second run changes nothing, an
+image change restarts only its service, ``--dry --diff`` shows the unit diff and never the key, a
+removed flag is translated (or a spec the image cannot express refused before any host is
+touched), a failing endpoint names the host with the container's log, and the API key is in no
+pyinfra output, unit file, process argv or world-readable file on the host.
+
+Lab limitation: the lab machine has no CAP_SYS_RESOURCE and an 8 MiB hard memlock limit, so lab
+hosts run with ``service_ulimits`` memlock at that limit instead of -1 (stack as in production).
+Until ``tasks.weights.deploy`` exists, tests/lab/shims provides a stand-in ``fetch_weights``
+writing a tiny checkpoint in the weights layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+
+import pytest
+
+from tasks.lab import lab as lablib
+from tasks.lab.config import LabConfig
+
+from .helpers import REPO, Run, pyinfra, ssh
+
+PROFILES = ["gpu22gx4", "rtx4090x2"]
+SECRET_NAME = "sv_api_key"
+COMMON = {"service_ulimits": json.dumps({"memlock": "8388608", "stack": "67108864"}),
+          "model_weights_bytes": 1_000_000}
+RUNS: list[Run] = []
+
+
+@pytest.fixture(scope="module")
+def sv(tmp_path_factory):
+    cfg = LabConfig("sv")
+    lablib.down(cfg, log=lambda *_: None)
+    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    key = "sk-sv-" + secrets.token_hex(16)
+    (secrets_dir / SECRET_NAME).write_text(key + "\n")
+    os.chmod(secrets_dir / SECRET_NAME, 0o600)
+    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR", "PYTHONPATH")}
+    os.environ["LLMFLEET_SECRETS_DIR"] = str(secrets_dir)
+    if not (REPO / "tasks/weights/deploy.py").exists():
+        os.environ["PYTHONPATH"] = str(REPO / "tests/lab/shims")
+    hosts = {h["name"]: h["ip"] for h in state["hosts"]}
+    try:
+        yield {"inventory": state["inventory"], "ips": hosts, "key": key, "secrets": secrets_dir,
+               "reports": tmp_path_factory.mktemp("reports")}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
+            lablib.down(cfg, log=lambda *_: None)
+
+
+def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, **data) -> Run:
+    run = pyinfra(sv["inventory"], f"deploys/{recipe}.py", "--limit", host, *args,
+                  data={**COMMON, "serve_api_key_secret": SECRET_NAME, **data}, check=check, timeout=600)
+    RUNS.append(run)
+    return run
+
+
+def started_at(sv, host: str, container: str) -> str:
+    return ssh(sv["ips"][host], f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
+
+
+QWEN32B = {"serve_port": 8001}
+
+
+def test_qwen30b_converges_verifies_then_no_changes(sv):
+    first = deploy(sv, "qwen30b", "sv-h1")
+    changed = first.changed()
+    assert changed["Model | Service | qwen30b: unit llmfleet-qwen30b.service"] == ["sv-h1"]
+    assert changed["Model | qwen30b: verify endpoint"] == ["sv-h1"]
+    unit = ssh(sv["ips"]["sv-h1"], "cat /etc/systemd/system/llmfleet-qwen30b.service").stdout
+    assert "--env-file /etc/llmfleet/qwen30b.env" in unit and "--ipc=host" in unit
+    assert ssh(sv["ips"]["sv-h1"], "stat -c '%a %U' /etc/llmfleet/qwen30b.env").stdout.split() == ["600", "root"]
+
+    second = deploy(sv, "qwen30b", "sv-h1")
+    assert second.operations and second.changed() == {}
+    assert deploy(sv, "qwen30b", "sv-h1", "--dry").planned_changes() == {}
+
+
+def test_qwen32b_awq_non_thinking_beside_it_and_fleet_table(sv):
+    before = started_at(sv, "sv-h1", "llmfleet-qwen30b")
+    run = deploy(sv, "qwen32b_awq", "sv-h1", **QWEN32B)
+    assert run.changed()["Model | qwen32b_awq: verify endpoint"] == ["sv-h1"]
+    assert started_at(sv, "sv-h1", "llmfleet-qwen30b") == before  # the other service was left alone
+
+    table = pyinfra(sv["inventory"], "deploys/verify.py", "--limit", "sv-h1",
+                    data={"verify_report_dir": str(sv["reports"])})
+    RUNS.append(table)
+    assert table.changed() == {}
+    results = {r["name"]: r for r in json.loads((sv["reports"] / "sv-h1.json").read_text())}
+    assert results["qwen32b_awq"]["ok"] and results["qwen32b_awq"]["checks"]["chat"]["thinking"] is False
+    assert results["qwen30b"]["ok"] and results["qwen30b"]["checks"]["models"] == ["coder"]
+    assert "qwen32b_awq" in table.stderr + table.stdout and "no thinking" in table.stderr + table.stdout
+
+
+def test_image_tag_change_restarts_only_that_service(sv):
+    other = started_at(sv, "sv-h1", "llmfleet-qwen32b_awq")
+    mine = started_at(sv, "sv-h1", "llmfleet-qwen30b")
+    time.sleep(1)  # StartedAt has sub-second precision; make a restart unmistakable
+    run = deploy(sv, "qwen30b", "sv-h1", serve_image="vllm/vllm-openai:v0.8.5.post1")
+    changed = run.changed()
+    assert changed["Model | qwen30b: image vllm/vllm-openai:v0.8.5.post1"] == ["sv-h1"]
+    assert changed["Model | qwen30b: verify endpoint"] == ["sv-h1"]
+    assert started_at(sv, "sv-h1", "llmfleet-qwen30b") != mine
+    assert started_at(sv, "sv-h1", "llmfleet-qwen32b_awq") == other
+    assert not any("qwen32b" in name for name in changed)
+    again = deploy(sv, "qwen30b", "sv-h1", serve_image="vllm/vllm-openai:v0.8.5.post1")
+    assert again.changed() == {}
+
+
+def test_dry_diff_shows_unit_diff_and_never_the_key(sv):
+    path = sv["secrets"] / SECRET_NAME
+    rotated = "sk-sv-rotated-" + secrets.token_hex(12)
+    path.write_text(rotated + "\n")
+    try:
+        run = deploy(sv, "qwen30b", "sv-h1", "--dry", "--diff", serve_image="vllm/vllm-openai:v0.8.5",
+                     serve_max_num_seqs=64)
+    finally:
+        path.write_text(sv["key"] + "\n")
+    text = run.stdout + run.stderr
+    assert "Will modify" in text and "/etc/systemd/system/llmfleet-qwen30b.service" in text
+    assert "vllm/vllm-openai:v0.8.5.post1" in text and "--max-num-seqs 64" in text  # both sides of the diff
+    planned = run.planned_changes()
+    assert planned["Model | Service | qwen30b: secret env file"] == ["sv-h1"]  # rotation seen...
+    assert rotated not in text and sv["key"] not in text  # ...but never shown
+    assert "VLLM_API_KEY=" not in text
+
+
+def test_removed_flag_translated_and_impossible_spec_refused(sv):
+    run = deploy(sv, "qwen30b_fp8", "sv-h2", serve_image="vllm/vllm-openai:v0.12.0",
+                 serve_extra_args=json.dumps(["--max-seq-len-to-capture", "8192"]))
+    assert "--max-seq-len-to-capture dropped for vLLM 0.12.0" in run.stdout + run.stderr
+    assert run.changed()["Model | qwen30b_fp8: verify endpoint"] == ["sv-h2"]
+    unit = ssh(sv["ips"]["sv-h2"], "cat /etc/systemd/system/llmfleet-qwen30b_fp8.service").stdout
+    assert "--max-seq-len-to-capture" not in unit and "--shm-size 16g" in unit and '"\\"device=' not in unit
+
+    mtime = ssh(sv["ips"]["sv-h2"], "stat -c %Y /etc/systemd/system/llmfleet-qwen30b_fp8.service").stdout
+    refused = deploy(sv, "qwen30b_fp8", "sv-h2", check=False, serve_image="vllm/vllm-openai:v0.12.0",
+                     serve_tool_call_parser="glm47", serve_enable_auto_tool_choice="true")
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "sv-h2: tool_call_parser" in text and "needs vLLM >= 0.14.0" in text
+    assert "Starting operation" not in text and "memory plan" not in text  # no fact, no operation
+    assert ssh(sv["ips"]["sv-h2"], "stat -c %Y /etc/systemd/system/llmfleet-qwen30b_fp8.service").stdout == mtime
+
+
+def test_failing_endpoint_names_host_and_shows_container_log(sv):
+    run = deploy(sv, "qwen30b_fp8", "sv-h2", check=False, serve_image="vllm/vllm-openai:v0.19.0-standin-unhealthy",
+                 serve_startup_budget_s=30)
+    text = run.stdout + run.stderr
+    assert run.returncode != 0 and "Starting operation: Model | qwen30b_fp8: verify endpoint" in text
+    assert "llmfleet verify FAILED on host sv-h2: qwen30b_fp8" in text
+    assert "last 30 lines of the log of llmfleet-qwen30b_fp8" in text and "Uvicorn running" in text
+
+
+def test_api_key_appears_nowhere(sv):
+    key = sv["key"]
+    assert RUNS, "no pyinfra run recorded"
+    for run in RUNS:
+        assert key not in run.stdout and key not in run.stderr
+    for host, ip in sv["ips"].items():
+        assert key not in ssh(ip, "cat /etc/systemd/system/llmfleet-*.service").stdout
+        assert key not in ssh(ip, "ps -eo args").stdout
+        # grep for the key from a root-only file so the key is not in grep's own argv
+        probe = ssh_stdin(ip, "umask 077; cat > /root/.sv-key-probe", key + "\n")
+        assert probe.returncode == 0
+        found = ssh(ip, "find /etc /var/cache/llmfleet /usr/local/lib/llmfleet /srv -xdev -type f -perm -o=r "
+                        "-print0 | xargs -0 -r grep -lF -f /root/.sv-key-probe; rm -f /root/.sv-key-probe",
+                    check=False)
+        assert found.stdout.strip() == "", f"{host}: key in world-readable files: {found.stdout}"
+        env_files = ssh(ip, "stat -c '%a %U %n' /etc/llmfleet/*.env").stdout.splitlines()
+        assert env_files and all(line.startswith("600 root ") for line in env_files)
+
+
+def ssh_stdin(ip: str, command: str, data: str):
+    import subprocess
+
+    from tasks.lab.config import CACHE_DIR
+
+    return subprocess.run(
+        ["ssh", "-i", str(CACHE_DIR / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error", "-o", "BatchMode=yes",
+         f"root@{ip}", command], input=data, capture_output=True, text=True, timeout=60)
