@@ -21,6 +21,10 @@ Order of a run (pyinfra runs each operation on all hosts, then the next):
 Batches become pyinfra's operation order through three *barrier* operations per batch that every
 host of the run calls from the same lines (same operation hash on all hosts, so the DAG of
 ``State.get_op_order`` is one chain: begin -> drain -> drained -> restart/gate -> gated -> put back).
+This relies on pyinfra's CLI ordering (operation hash from the call site): ``pyinfra INV
+deploys/<recipe>.py``. In pyinfra's API mode (``add_deploy``) hashes come from each host's
+operation count instead, so hosts with different staging would not meet at the barriers; API
+users set ``pyinfra.is_cli = True`` (tests/unit/test_rollout.py does).
 Batch ``b``'s operations carry ``_if=plan.opener(b)``: once a host of an earlier batch failed
 after the rollout began, no later batch touches anything (the "rollout marker" is pyinfra's own
 ``state.failed_hosts``, minus hosts that had failed before the first batch, e.g. refused by
