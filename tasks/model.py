@@ -12,8 +12,11 @@ the field. Then, per host, in order:
    ``<weights_root>/<owner>--<name>`` with ``current -> revisions/<rev>``;
 4. image: ``tasks.image.pulled`` of the pinned image, or for specs with ``build``
    ``tasks.image_build.ensure_image(spec) -> ref``;
-5. service (``tasks.service.serve``);
-6. verification (``tasks.verify.endpoint_verified``), only when the service (re)started.
+5. service (``tasks.service.serve``) and verification, in batches with rollback and gateway
+   drain (``tasks.rollout.rolling``; a rollback point is kept before step 3).
+
+Hosts of the inventory group ``gateway`` (``tasks.gateway``) serve no model: they get nginx
+balancing the replicas.
 
 DEFAULTS (host data, prefix ``model_``):
 
@@ -34,9 +37,9 @@ from tasks import image as image_task
 from tasks.preflight import preflight
 from tasks.requirement import model_config_for, requirement_from_spec
 from tasks.runtime import install_runtime
-from tasks.service import secret_files, serve
+from tasks.service import secret_files
 from tasks.spec import ServingSpec, SpecError, load_spec
-from tasks.verify import endpoint_verified
+from tasks.gateway import is_gateway
 from tasks.vllm.cmdline import render
 
 DEFAULTS: dict[str, Any] = {
@@ -94,6 +97,8 @@ def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
         specs: dict[str, ServingSpec] = {}
         problems: list[tuple[str, str]] = []
         for h in state.inventory.get_active_hosts():
+            if is_gateway(h):
+                continue
             data = h.data.dict()
             try:
                 spec = load_spec(recipe_of(recipe, data), data)
@@ -129,27 +134,35 @@ def deploy_model(recipe: Recipe) -> None:
         from tasks.model import deploy_model
         deploy_model("qwen30b")
     """
-    spec = validate_fleet(recipe)[host.name]
-    from tasks.weights.deploy import fetch_weights, model_dest  # importable: checked by validate_fleet
-    data = host.data
-    for warning in render(spec).warnings:
-        logger.warning(f"{host.print_prefix}{spec.name}: {warning}")
-    model_dir = model_dest(spec, data)
+    from tasks.rollout import point_kept, rolling
 
-    if _opt(data, "model_preflight") and not preflight(requirement_from_spec(spec, model_dir, data)):
-        return  # refused: this host gets nothing installed, the others go on
-    install_runtime(spec.accelerator)
-    fetch_weights(spec)
-    if spec.build:
-        from tasks.image_build import ensure_image
+    specs = validate_fleet(recipe)
+    spec = specs.get(host.name)  # None on a gateway host: it balances the replicas, serves nothing
+    image_ref = model_dir = None
+    if spec is not None:
+        from tasks.weights.deploy import fetch_weights, model_dest  # importable: checked by validate_fleet
+        data = host.data
+        for warning in render(spec).warnings:
+            logger.warning(f"{host.print_prefix}{spec.name}: {warning}")
+        model_dir = model_dest(spec, data)
 
-        image_ref = ensure_image(spec)
-    else:
-        image_ref = spec.image.ref
-        image_task.pulled(name=f"{spec.name}: image {image_ref}", image=image_ref)
-    served = serve(spec, image_ref, model_dir)
-    endpoint_verified(name=f"{spec.name}: verify endpoint", config_path=served.layout.verify_config,
-                      _if=served.started)
+        # A refused host is failed for the run: no install step; below it serves nothing.
+        go = not _opt(data, "model_preflight") or preflight(requirement_from_spec(spec, model_dir, data))
+        if go:
+            install_runtime(spec.accelerator)
+            point_kept(spec, model_dir)
+            fetch_weights(spec)
+            if spec.build:
+                from tasks.image_build import ensure_image
+
+                image_ref = ensure_image(spec)
+            else:
+                image_ref = spec.image.ref
+                image_task.pulled(name=f"{spec.name}: image {image_ref}", image=image_ref)
+        else:
+            spec = None
+    # Every host calls this from this one line: the rollout's batch barriers need one call site.
+    rolling(recipe, specs, spec, image_ref, model_dir)
 
 
 def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Callable[[dict], str]:

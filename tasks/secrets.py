@@ -27,7 +27,7 @@ import posixpath
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
@@ -102,14 +102,16 @@ class SecretFileState(FactBase):
 
 
 @operation()
-def secret_file(dest: str, src_path: str | None = None, env: dict[str, str] | None = None, mode: str = "600",
-                owner: str = "root", group: str = "root", dir_mode: str = "700"):
+def secret_file(dest: str, src_path: str | None = None, env: dict[str, str] | None = None,
+                content_of: Callable[[], bytes] | None = None, mode: str = "600", owner: str = "root",
+                group: str = "root", dir_mode: str = "700"):
     """
     Install a secret file from the control machine: root-only, uploaded only when its digest differs.
 
     + dest: absolute path on the host; its directory is created with ``dir_mode``, owned by ``owner``
     + src_path: a local secret file copied as it is (e.g. ``local_secret("hf-token")``), or
-    + env: env name -> local secret file: an env file of ``NAME=value`` lines (docker ``--env-file``)
+    + env: env name -> local secret file: an env file of ``NAME=value`` lines (docker ``--env-file``), or
+    + content_of: a function building the content from local secret files (e.g. nginx key includes)
     + mode/owner/group: of the installed file
 
     The values are read here, never passed as arguments (``--json`` prints arguments); there is no
@@ -126,9 +128,14 @@ def secret_file(dest: str, src_path: str | None = None, env: dict[str, str] | No
     """
     if not posixpath.isabs(dest):
         raise ValueError(f"dest: {dest!r} must be an absolute path")
-    if (src_path is None) == (env is None):
-        raise ValueError("secret_file: give exactly one of src_path or env")
-    content = Path(src_path).read_bytes() if src_path is not None else env_file_content(env or {})
+    if sum(x is not None for x in (src_path, env, content_of)) != 1:
+        raise ValueError("secret_file: give exactly one of src_path, env or content_of")
+    if src_path is not None:
+        content = Path(src_path).read_bytes()
+    elif env is not None:
+        content = env_file_content(env)
+    else:
+        content = content_of()
     want = hashlib.sha256(content).hexdigest()
     have = host.get_fact(SecretFileState, path=dest)
     owned = have.get("owner") == f"{owner}:{group}" and have.get("mode") == mode

@@ -314,6 +314,8 @@ class Served:
     restart: Any
     running: Any
     layout: Layout
+    #: the operations whose change restarts the service (unit, env file, chat templates)
+    changes: tuple = ()
 
     @property
     def started(self) -> Callable[[], bool]:
@@ -389,4 +391,4 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
                               enabled=True, _if=any_changed(unit, env, *templates))
     running = systemd.service(name=f"{tag}: running", service=f"{layout.unit}.service", running=True,
                               enabled=True)
-    return Served(unit=unit, restart=restart, running=running, layout=layout)
+    return Served(unit=unit, restart=restart, running=running, layout=layout, changes=(unit, env, *templates))

@@ -1,0 +1,214 @@
+"""Fleet status: one row per served model per host (and one per gateway endpoint), read in one
+round trip per host, printed as a table and written as JSON. Changes nothing.
+
+Per service (``/etc/llmfleet/*.verify.json`` on the host, written by ``tasks.service``):
+host, model (served name), image the container runs, vLLM version (``GET /version`` on the
+endpoint), unit state (``ActiveState``), health (``GET /health``), last verification (the gate's
+``<name>.last-verify.json``: ok/FAIL and when), weights (the unit's ``org.llmfleet.weights``
+label and the ``current`` link's target), last rollout (``<name>.rollout.json``: upgraded,
+rolled_back with its reason, rollback_failed). Gateway hosts add a row per endpoint: nginx state
+and the replicas in/out of its upstream.
+
+DEFAULTS (host data, prefix ``status_``):
+
+| key | default | meaning |
+|---|---|---|
+| status_report_dir | "reports/status" | control-machine directory of ``<timestamp>.json`` |
+| status_http_timeout_s | 3 | timeout of the /health and /version requests |
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from pyinfra import logger
+from pyinfra.api import FactBase
+
+DEFAULTS: dict[str, Any] = {"status_report_dir": "reports/status", "status_http_timeout_s": 3}
+COLUMNS = ("host", "model", "image", "vllm", "unit", "health", "verified", "weights", "rollout")
+
+#: Runs on the host (python3, stdlib): one JSON line per service, then one per gateway endpoint.
+SCRIPT = r'''
+import glob, json, os, re, subprocess, sys, time, urllib.request
+etc, nginx_dir, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def run(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout.strip()
+    except Exception:
+        return ""
+def load(path):
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except Exception:
+        return None
+def get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read(2000).decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except Exception as e:
+        return None, e.__class__.__name__
+for cfg_path in sorted(glob.glob(os.path.join(etc, "*.verify.json"))):
+    cfg = load(cfg_path) or {}
+    name, unit, container, port = cfg.get("name"), cfg.get("unit"), cfg.get("container"), cfg.get("port")
+    if not name:
+        continue
+    row = {"kind": "service", "name": name, "model": cfg.get("served_model_name"), "port": port, "unit": unit}
+    row["unit_state"] = run("systemctl", "show", "-p", "ActiveState", "--value", unit) or "unknown"
+    row["image"] = run("docker", "inspect", "-f", "{{.Config.Image}}", container) or None
+    unit_text = ""
+    try:
+        with open(f"/etc/systemd/system/{unit}") as fh:
+            unit_text = fh.read()
+    except OSError:
+        pass
+    m = re.search(r"org\.llmfleet\.weights=(\S+)", unit_text)
+    row["weights"] = m.group(1) if m else None
+    m = re.search(r"-v (\S+)/current:", unit_text)
+    row["weights_current"] = os.readlink(m.group(1) + "/current") if m and os.path.islink(m.group(1) + "/current") else None
+    status, _ = get(port, "/health")
+    row["health"] = status
+    status, body = get(port, "/version")
+    try:
+        row["vllm_version"] = json.loads(body).get("version") if status == 200 else None
+    except ValueError:
+        row["vllm_version"] = None
+    last = load(os.path.join(etc, f"{name}.last-verify.json"))
+    row["last_verify"] = ({"ok": bool(last.get("ok")), "error": last.get("error"),
+                           "at": int(os.path.getmtime(os.path.join(etc, f"{name}.last-verify.json")))}
+                          if isinstance(last, dict) else None)
+    row["rollout"] = load(os.path.join(etc, f"{name}.rollout.json"))
+    print(json.dumps(row, sort_keys=True))
+for up in sorted(glob.glob(os.path.join(nginx_dir, "*.upstream.conf"))):
+    servers = {}
+    with open(up) as fh:
+        for line in fh:
+            m = re.match(r"\s*server\s+(\S+)\s+([^#]*?);\s*#\s*(\S+)", line)
+            if m:
+                servers[m.group(3)] = {"address": m.group(1), "down": "down" in m.group(2).split()}
+    name = os.path.basename(up)[:-len(".upstream.conf")]
+    conf = f"/etc/nginx/conf.d/llmfleet-{name}.conf"
+    port = None
+    try:
+        with open(conf) as fh:
+            m = re.search(r"listen (\d+);", fh.read())
+            port = int(m.group(1)) if m else None
+    except OSError:
+        pass
+    print(json.dumps({"kind": "gateway", "name": name, "port": port, "servers": servers,
+                      "unit_state": run("systemctl", "show", "-p", "ActiveState", "--value", "nginx.service"),
+                      "health": get(port, "/health")[0] if port else None}, sort_keys=True))
+'''
+
+
+class FleetStatus(FactBase):
+    """
+    Every llmfleet service (and gateway endpoint) of the host as a list of dicts (see the module
+    docstring); [] when there is none. Side-effect free: reads files, ``systemctl show``,
+    ``docker inspect``, ``GET /health`` and ``GET /version`` on loopback.
+    """
+
+    default = list
+    requires_command = "python3"
+
+    def command(self, etc_dir: str = "/etc/llmfleet", nginx_dir: str = "/etc/nginx/llmfleet",
+                timeout_s: float = 3) -> str:
+        return (f"python3 -c {shlex.quote(SCRIPT)} {shlex.quote(etc_dir)} {shlex.quote(nginx_dir)} "
+                f"{float(timeout_s)} 2>/dev/null; true")
+
+    def process(self, output):
+        rows = []
+        for line in output:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue
+        return rows
+
+
+def _ago(at: Any, now: float) -> str:
+    if not isinstance(at, (int, float)):
+        return "?"
+    s = max(0, int(now - at))
+    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
+
+
+def row(host: str, r: dict, now: float | None = None) -> dict[str, str]:
+    """One table row of a status record."""
+    now = time.time() if now is None else now
+    if r.get("kind") == "gateway":
+        servers = r.get("servers") or {}
+        up = sorted(h for h, s in servers.items() if not s.get("down"))
+        down = sorted(h for h, s in servers.items() if s.get("down"))
+        return {"host": host, "model": f"gateway {r.get('name')} :{r.get('port')}", "image": "nginx", "vllm": "-",
+                "unit": str(r.get("unit_state") or "?"), "health": str(r.get("health") or "-"), "verified": "-",
+                "weights": "-",
+                "rollout": f"in: {', '.join(up) or '-'}" + (f"; drained: {', '.join(down)}" if down else "")}
+    last = r.get("last_verify") or {}
+    verified = "-" if not last else (("ok " if last.get("ok") else "FAIL ") + _ago(last.get("at"), now))
+    ro = r.get("rollout") or {}
+    rollout = "-"
+    if ro:
+        rollout = f"{ro.get('outcome')} (batch {ro.get('batch')}, {_ago(ro.get('at'), now)})"
+        if ro.get("outcome") != "upgraded":
+            rollout += f": {ro.get('image')} failed: {ro.get('reason')}"
+    weights = str(r.get("weights") or "?")
+    if r.get("weights_current"):
+        weights += f" -> {r['weights_current']}"
+    return {"host": host, "model": str(r.get("model") or r.get("name")), "image": str(r.get("image") or "(not running)"),
+            "vllm": str(r.get("vllm_version") or "?"), "unit": str(r.get("unit_state") or "?"),
+            "health": str(r.get("health") or "down"), "verified": verified, "weights": weights, "rollout": rollout}
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    if not rows:
+        return "no llmfleet services found"
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in COLUMNS}
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS), "  ".join("-" * widths[c] for c in COLUMNS)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+_FLEET: dict[int, dict[str, Any]] = {}
+
+
+def status_host() -> list[dict]:
+    """
+    Plan-time, per host (``deploys/status.py``): read the host's status, and once every active
+    host has answered, print the fleet table and write ``<status_report_dir>/<timestamp>.json``.
+    Adds no operation: the run reports no change.
+    """
+    from pyinfra.context import ctx_host
+
+    real = ctx_host.get()
+    opts = {k: real.data.get(k, v) for k, v in DEFAULTS.items()}
+    records = real.get_fact(FleetStatus, etc_dir=str(real.data.get("service_etc_dir", "/etc/llmfleet")),
+                            nginx_dir=str(real.data.get("gateway_conf_dir", "/etc/nginx/llmfleet")),
+                            timeout_s=float(opts["status_http_timeout_s"]))
+    run = _FLEET.setdefault(id(real.state), {"started": time.time(), "hosts": {}})
+    run["hosts"][real.name] = records
+    live = {h.name for h in real.state.inventory.get_active_hosts()}
+    active = [h.name for h in real.state.inventory if h.name in live]
+    if set(active) <= set(run["hosts"]):
+        now = time.time()
+        rows = [row(name, r, now) for name in active for r in run["hosts"][name]]
+        logger.info("llmfleet fleet status:\n" + table(rows))
+        report_dir = Path(str(opts["status_report_dir"]))
+        report_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(run["started"]))
+        path = report_dir / f"{stamp}.json"
+        path.write_text(json.dumps({"at": int(now), "hosts": {n: run["hosts"][n] for n in active}, "rows": rows},
+                                   indent=2, sort_keys=True) + "\n")
+        logger.info(f"status report: {path}")
+    return records
+
+
+__all__ = ["COLUMNS", "DEFAULTS", "FleetStatus", "row", "status_host", "table"]

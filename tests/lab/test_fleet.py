@@ -1,0 +1,175 @@
+"""Fleet operations end to end in the lab ("fl": fl-h1..fl-h3 replicas on rtx4090x2, fl-h4 the nginx
+gateway): a rolling image upgrade under a bounded client loop through the gateway fails no request;
+an upgrade to the stand-in image whose /health answers 500 rolls the first host back (old image
+running and verified), stops the rollout (fl-h2, fl-h3 not restarted), fails the run with the
+reason, and the fleet still answers; status shows both outcomes; ``--dry --diff`` shows each host's
+change and touches nothing.
+
+Lab limitations as in test_serving.py: memlock at the lab's hard limit; the weights stand-in shim
+while ``tasks.weights.deploy`` is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+
+import pytest
+
+from bench.client_loop import ClientLoop
+from tasks.lab import lab as lablib
+from tasks.lab.config import LabConfig
+
+from .helpers import REPO, Run, pyinfra, ssh
+
+PROFILES = ["rtx4090x2", "rtx4090x2", "rtx4090x2", "cpu"]
+REPLICAS = ["fl-h1", "fl-h2", "fl-h3"]
+SECRET = "fl_api_key"
+OLD, NEW = "vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:v0.19.0"
+BAD = "vllm/vllm-openai:v0.19.0-standin-unhealthy"
+COMMON = {"service_ulimits": json.dumps({"memlock": "8388608", "stack": "67108864"}),
+          "model_weights_bytes": 1_000_000, "serve_api_key_secret": SECRET, "rollout_gate_wait_s": 15}
+UNIT = "/etc/systemd/system/llmfleet-qwen30b_fp8.service"
+
+
+@pytest.fixture(scope="module")
+def fl(tmp_path_factory):
+    cfg = LabConfig("fl")
+    lablib.down(cfg, log=lambda *_: None)
+    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
+    work = tmp_path_factory.mktemp("fl")
+    inv = work / "inventory.py"
+    # The lab's inventory plus the gateway group (what an operator's inventory says).
+    inv.write_text(open(state["inventory"]).read() + "\ngateway = cpu\n")
+    (work / "secrets").mkdir()
+    key = "sk-fl-" + secrets.token_hex(16)
+    (work / "secrets" / SECRET).write_text(key + "\n")
+    os.chmod(work / "secrets" / SECRET, 0o600)
+    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR", "PYTHONPATH")}
+    os.environ["LLMFLEET_SECRETS_DIR"] = str(work / "secrets")
+    if not (REPO / "tasks/weights/deploy.py").exists():
+        os.environ["PYTHONPATH"] = str(REPO / "tests/lab/shims")
+    ips = {h["name"]: h["ip"] for h in state["hosts"]}
+    try:
+        first = pyinfra(inv, "deploys/qwen30b_fp8.py", data={**COMMON, "serve_image": OLD}, timeout=600)
+        yield {"inventory": inv, "ips": ips, "key": key, "work": work, "first": first}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
+            lablib.down(cfg, log=lambda *_: None)
+
+
+def deploy(fl, image: str, *args: str, check: bool = True) -> Run:
+    return pyinfra(fl["inventory"], "deploys/qwen30b_fp8.py", *args, data={**COMMON, "serve_image": image},
+                   check=check, timeout=600)
+
+
+def gateway_url(fl) -> str:
+    return f"http://{fl['ips']['fl-h4']}:8000"
+
+
+def running_image(fl, host: str) -> str:
+    return ssh(fl["ips"][host], "docker inspect -f '{{.Config.Image}}' llmfleet-qwen30b_fp8").stdout.strip()
+
+
+def started_at(fl, host: str) -> str:
+    return ssh(fl["ips"][host], "docker inspect -f '{{.State.StartedAt}}' llmfleet-qwen30b_fp8").stdout.strip()
+
+
+def test_fleet_converged_behind_the_gateway_with_key_checking(fl):
+    changed = fl["first"].changed()
+    assert sorted(changed["Model | Gateway | qwen30b_fp8: gateway server block"]) == ["fl-h4"]
+    for b, host in enumerate(REPLICAS, 1):
+        assert changed[f"Model | Batch {b}/3 | qwen30b_fp8: verify endpoint"] == [host]
+    loop = ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=30, max_seconds=30)
+    result = loop.run()
+    assert result.served == 30 and result.failed == 0
+    bad = ClientLoop(gateway_url(fl), "sk-wrong-key-000", "qwen-30b", threads=1, max_requests=3, max_seconds=10)
+    assert dict(bad.run().errors) == {"HTTP 401": 3}
+    # Keys live only in the root-only includes, never in the server block or pyinfra's output.
+    gw = fl["ips"]["fl-h4"]
+    assert fl["key"] not in ssh(gw, "cat /etc/nginx/conf.d/llmfleet-qwen30b_fp8.conf").stdout
+    assert ssh(gw, "stat -c '%a %U' /etc/nginx/llmfleet/qwen30b_fp8.keys /etc/nginx/llmfleet/qwen30b_fp8.backend"
+               ).stdout.split() == ["600", "root", "600", "root"]
+    assert fl["key"] not in fl["first"].stdout + fl["first"].stderr
+    assert deploy(fl, OLD).changed() == {}  # converged: nothing drains, nothing restarts
+
+
+def test_rolling_image_upgrade_fails_no_request(fl):
+    with ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=4, max_requests=20000,
+                    max_seconds=240) as loop:
+        run = deploy(fl, NEW)
+    result = loop.result
+    assert result.failed == 0, dict(result.errors)
+    assert result.served > 100 and set(result.versions) == {"vllm-standin/0.18.0", "vllm-standin/0.19.0"}
+    changed = run.changed()
+    for b, host in enumerate(REPLICAS, 1):
+        assert changed[f"Model | qwen30b_fp8: drain batch {b}/3"] == ["fl-h4"]
+        assert changed[f"Model | qwen30b_fp8: put back batch {b}/3"] == ["fl-h4"]
+        assert running_image(fl, host) == NEW
+        record = json.loads(ssh(fl["ips"][host], "cat /etc/llmfleet/qwen30b_fp8.rollout.json").stdout)
+        assert record["outcome"] == "upgraded" and record["batch"] == f"{b}/3"
+    # The batches really ran one after another: each host restarted after the previous one.
+    starts = [started_at(fl, h) for h in REPLICAS]
+    assert starts == sorted(starts)
+
+
+def test_unhealthy_image_rolls_back_first_host_and_stops(fl):
+    before = {h: started_at(fl, h) for h in REPLICAS[1:]}
+    units = {h: ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout for h in REPLICAS[1:]}
+    with ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=5000, max_seconds=120) as loop:
+        run = deploy(fl, BAD, check=False)
+    assert run.returncode != 0
+    text = run.stdout + run.stderr
+    assert "rollout of qwen30b_fp8 stopped at fl-h1 (batch 1/3)" in text
+    assert "/health: not healthy within the wait (HTTP 500)" in text
+    assert f"rolled back to {NEW} and verified again" in text and "not upgraded (still on the old version): fl-h2, fl-h3" in text
+    assert running_image(fl, "fl-h1") == NEW
+    verified = json.loads(ssh(fl["ips"]["fl-h1"], "cat /etc/llmfleet/qwen30b_fp8.last-verify.json").stdout)
+    assert verified["ok"] is True  # the rolled-back version passed the probe again
+    for h in REPLICAS[1:]:  # untouched: same container, same unit file
+        assert started_at(fl, h) == before[h] and ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout == units[h]
+    assert loop.result.failed == 0, dict(loop.result.errors)
+    upstream = ssh(fl["ips"]["fl-h4"], "cat /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout
+    assert " down;" not in upstream  # fl-h1 is back in the gateway after its rollback verified
+    after = ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=20, max_seconds=30)
+    assert after.run().served == 20
+
+
+def test_status_shows_upgrade_and_rollback(fl):
+    reports = fl["work"] / "status"
+    run = pyinfra(fl["inventory"], "deploys/status.py", data={"status_report_dir": str(reports)})
+    assert run.changed() == {}
+    report = json.loads(next(reports.glob("*.json")).read_text())
+    rows = {r["host"]: r for r in report["rows"]}
+    assert rows["fl-h1"]["rollout"].startswith("rolled_back (batch 1/3") and BAD in rows["fl-h1"]["rollout"]
+    for h in REPLICAS[1:]:
+        assert rows[h]["rollout"].startswith("upgraded (batch")
+    for h in REPLICAS:
+        assert rows[h]["image"] == NEW and rows[h]["vllm"] == "0.19.0" and rows[h]["health"] == "200"
+        assert rows[h]["unit"] == "active" and rows[h]["verified"].startswith("ok")
+        assert rows[h]["weights"].startswith("Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master -> revisions/")
+    assert rows["fl-h4"]["rollout"] == "in: fl-h1, fl-h2, fl-h3"
+    assert "rolled_back" in run.stdout + run.stderr  # the table is printed
+
+
+def test_dry_diff_shows_per_host_changes_and_touches_nothing(fl):
+    before = {h: (started_at(fl, h), ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout) for h in REPLICAS}
+    upstream = ssh(fl["ips"]["fl-h4"], "sha256sum /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout
+    run = deploy(fl, OLD, "--dry", "--diff")
+    text = run.stdout + run.stderr
+    for b, host in enumerate(REPLICAS, 1):
+        assert (f"[{host}] rollout qwen30b_fp8 batch {b}/3: image {NEW} -> {OLD}; weights "
+                "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master unchanged; unit changes: restart") in text
+        assert f"[{host}] Will modify {UNIT}" in text
+    assert f"-     {NEW} \\" in text and f"+     {OLD} \\" in text
+    assert fl["key"] not in text
+    for h in REPLICAS:
+        assert (started_at(fl, h), ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout) == before[h]
+    assert ssh(fl["ips"]["fl-h4"], "sha256sum /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout == upstream

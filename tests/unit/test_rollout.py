@@ -1,0 +1,182 @@
+"""Rollout planning: batches, fleet-wide settings, the operation order of a 3-replica fleet with a
+gateway (pyinfra's CLI ordering on @fake hosts), the halt rule, and the rollback point's fact."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pyinfra
+import pytest
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host, ctx_state
+
+from tasks import rollout
+from tasks.gateway import GatewayModel, Replica
+from tasks.spec import SpecError
+
+from .conftest import run_sh
+
+
+def test_batches_by_size_percentage_and_cap():
+    hosts = [f"h{i}" for i in range(1, 9)]
+    assert rollout.make_batches(hosts[:3]) == [["h1"], ["h2"], ["h3"]]
+    assert rollout.make_batches(hosts, 3) == [hosts[0:3], hosts[3:6], hosts[6:8]]
+    assert rollout.make_batches(hosts, "25%") == [hosts[0:2], hosts[2:4], hosts[4:6], hosts[6:8]]
+    assert rollout.make_batches(hosts, 4, max_unavailable=2) == [hosts[i:i + 2] for i in range(0, 8, 2)]
+    assert rollout.make_batches(hosts[:3], "10%") == [["h1"], ["h2"], ["h3"]]  # at least one host
+    assert rollout.make_batches(hosts, 1, enabled=False) == [hosts]
+    assert rollout.make_batches([], 2) == []
+
+
+@pytest.mark.parametrize("bad", [0, -1, "x", "0%", "150%", 1.5])
+def test_bad_batch_size_names_the_key(bad):
+    with pytest.raises(SpecError, match="rollout_batch_size"):
+        rollout.make_batches(["a", "b"], bad)
+
+
+def test_batch_settings_must_agree_across_replicas():
+    assert rollout.fleet_setting({"a": {"rollout_batch_size": 2}, "b": {"rollout_batch_size": 2}},
+                                 "rollout_batch_size") == 2
+    with pytest.raises(SpecError, match="a has 2, b has 3"):
+        rollout.fleet_setting({"a": {"rollout_batch_size": 2}, "b": {"rollout_batch_size": 3}}, "rollout_batch_size")
+
+
+class _FakeHost:
+    def __init__(self, name):
+        self.name = name
+
+
+class _FakeState:
+    def __init__(self):
+        self.failed_hosts = set()
+        self.is_executing = True
+
+
+def test_halt_rule_ignores_failures_from_before_the_rollout():
+    state = _FakeState()
+    state.failed_hosts = {_FakeHost("h2")}  # refused by preflight before the first batch
+    model = GatewayModel("m", "m", 8000, (), None)
+    plan = rollout.Plan("m", [["h1"], ["h2"], ["h3"]], ["gw"], model, state=state)
+    assert plan.is_open(0) and plan.is_open(1) and plan.is_open(2)
+    state.failed_hosts.add(_FakeHost("h1"))  # h1 failed its gate in batch 1
+    assert plan.is_open(0) and not plan.is_open(1) and not plan.is_open(2)
+    assert plan.skipped("h3")() and not plan.skipped("h1")()
+    # Put back: the rolled-back host (verified again) yes; a host whose rollback failed no.
+    plan.outcomes.update(h1=rollout.ROLLED_BACK)
+    assert plan.to_restore(0)() == ["h1"]
+    plan.outcomes.update(h1=rollout.ROLLBACK_FAILED)
+    assert plan.to_restore(0)() == []
+    assert plan.later_hosts(0) == ["h2", "h3"]
+
+
+@pytest.fixture
+def cli_order(monkeypatch):
+    """pyinfra's CLI orders operations by call site (what the rollout relies on)."""
+    import tasks.weights.deploy as real_weights
+
+    module = types.ModuleType("tasks.weights.deploy")
+    module.fetch_weights = lambda spec: None  # weights are not this test's subject
+    module.model_dest = real_weights.model_dest
+    monkeypatch.setitem(sys.modules, "tasks.weights.deploy", module)
+    monkeypatch.setattr(pyinfra, "is_cli", True)
+
+
+def _plan_fleet(n: int, **data) -> State:
+    from tasks.model import deploy_model
+
+    fd = {"fake_delay": 0, "fake_delay_jitter": 0, "model_preflight": False, "serve_api_key_secret": None, **data}
+    replicas = [(f"@fake/r{i}", dict(fd, ssh_hostname=f"10.0.0.{i + 1}")) for i in range(n)]
+    state = State(Inventory((replicas + [("@fake/gw", dict(fd))], fd), gateway=(["@fake/gw"], {})), Config())
+    connect_all(state)
+    state.set_stage(StateStage.Prepare)
+    with ctx_state.use(state):
+        for h in list(state.inventory.get_active_hosts()):
+            with ctx_host.use(h):
+                deploy_model("qwen30b")
+    return state
+
+
+def _order(state: State) -> list[tuple[str, list[str]]]:
+    out = []
+    for op_hash in state.get_op_order():
+        name = sorted(state.op_meta[op_hash].names)[0]
+        out.append((name, [h.name for h in state.inventory if op_hash in state.ops[h]]))
+    return out
+
+
+def test_batches_are_pyinfra_operation_order_with_gateway_drain(cli_order):
+    order = _order(_plan_fleet(3))
+    names = [n for n, _ in order]
+    everyone = ["@fake/r0", "@fake/r1", "@fake/r2", "@fake/gw"]
+    for b, replica in enumerate(["@fake/r0", "@fake/r1", "@fake/r2"], 1):
+        begin = names.index(f"Model | qwen30b batch {b}/3 ({replica}): begin")
+        drain = names.index(f"Model | qwen30b: drain batch {b}/3")
+        drained = names.index(f"Model | qwen30b batch {b}/3 ({replica}): drained")
+        unit = names.index(f"Model | Batch {b}/3 | Service | qwen30b: unit llmfleet-qwen30b.service")
+        verify = names.index(f"Model | Batch {b}/3 | qwen30b: verify endpoint")
+        rollback = names.index(f"Model | Batch {b}/3 | qwen30b: roll back to the previous version")
+        gated = names.index(f"Model | qwen30b batch {b}/3 ({replica}): gated")
+        back = names.index(f"Model | qwen30b: put back batch {b}/3")
+        assert begin < drain < drained < unit < verify < rollback < gated < back
+        assert order[begin][1] == everyone and order[gated][1] == everyone  # barriers: one op on all hosts
+        assert order[unit][1] == [replica] and order[drain][1] == ["@fake/gw"]
+        if b < 3:
+            assert back < names.index(f"Model | qwen30b batch {b + 1}/3 (@fake/r{b}): begin")
+    # Staging (image pull, rollback point) comes before the first batch, on all replicas at once.
+    assert names.index("Model | qwen30b: image vllm/vllm-openai:v0.8.5") < names.index(
+        "Model | qwen30b batch 1/3 (@fake/r0): begin")
+    assert "Model | Gateway | qwen30b: gateway server block" in names
+
+
+def test_batch_size_two_restarts_two_hosts_per_batch(cli_order):
+    order = dict(_order(_plan_fleet(4, rollout_batch_size=2)))
+    assert order["Model | Batch 1/2 | Service | qwen30b: unit llmfleet-qwen30b.service"] == ["@fake/r0", "@fake/r1"]
+    assert order["Model | Batch 2/2 | Service | qwen30b: unit llmfleet-qwen30b.service"] == ["@fake/r2", "@fake/r3"]
+
+
+def test_service_version_fact_and_rollback_point_comparison(tmp_path):
+    unit = tmp_path / "llmfleet-m.service"
+    unit.write_text("[Service]\nExecStart=/usr/bin/docker run --label org.llmfleet.weights=Q/M@abc img:1\n")
+    model = tmp_path / "model"
+    (model / "revisions" / "abc").mkdir(parents=True)
+    (model / "current").symlink_to("revisions/abc")
+    previous = tmp_path / "m.previous"
+    previous.mkdir()
+    (previous / "unit").write_text(unit.read_text())
+    (previous / "state.json").write_text('{"image": "img:1", "weights": "revisions/abc"}\n')
+    fact = rollout.ServiceVersion()
+    lines, _ = run_sh(fact.command(str(unit), "llmfleet-m.service", "llmfleet-m", str(model), str(previous)))
+    v = fact.process(lines)
+    assert v["live_weights"] == "revisions/abc" and v["live_label"] == "Q/M@abc"
+    assert v["live_unit"] == v["saved_unit"] and v["saved"]["image"] == "img:1"
+    assert not rollout.point_is_current(v)  # no container answers docker inspect here
+    assert rollout.point_is_current({**v, "live_image": "img:1"})
+    assert not rollout.point_is_current({**v, "live_image": "img:1", "live_weights": "revisions/new"})
+
+
+def test_probe_error_reads_the_probe_json():
+    class Meta:
+        stdout_lines = ['{"ok": false, "error": "/health: not healthy within the wait (HTTP 500)"}']
+        stderr_lines = ["llmfleet verify FAILED ..."]
+
+    assert rollout.probe_error(Meta()) == "/health: not healthy within the wait (HTTP 500)"
+
+
+def test_upgrade_summary_names_image_weights_and_unit():
+    class Spec:
+        name = "m"
+
+        class model:
+            repo_id, revision = "Q/M", "def"
+
+    class Unit:
+        _maybe_is_change = True
+
+    live = {"live_unit": "x", "live_image": "img:1", "live_label": "Q/M@abc"}
+    text = rollout.upgrade_summary(Spec, "img:2", live, Unit, "2/3")
+    assert text == ("rollout m batch 2/3: image img:1 -> img:2; weights Q/M@abc -> Q/M@def (fetched before the "
+                    "restart); unit changes: restart")
+    assert "new service" in rollout.upgrade_summary(Spec, "img:2", {}, Unit, "1/1")
