@@ -11,8 +11,7 @@ import shutil
 
 import pytest
 
-from tasks.lab import lab as lablib
-from tasks.lab.config import LabConfig
+from .helpers import own_lab
 
 # index -> profile of the session lab; tests pick hosts by group (profile) with --limit.
 SESSION_PROFILES = ["rtx4090x8", "ascend910b", "rtx4090-drv530", "h100x8"]
@@ -39,14 +38,8 @@ def _lab_allowed():
 @pytest.fixture(scope="session")
 def lab():
     """A session lab named 't' (kept apart from a user's own 'lab')."""
-    cfg = LabConfig("t")
-    lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, len(SESSION_PROFILES), SESSION_PROFILES)
-    try:
+    with own_lab("t", SESSION_PROFILES) as state:
         yield state
-    finally:
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(cfg)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -102,3 +103,38 @@ def inventory_with(lab_state: dict, path: Path, extra: dict[str, dict]) -> Path:
     from tasks.lab.config import CACHE_DIR, LabConfig
 
     return inventory.write(LabConfig(lab_state["name"]), lab_state, CACHE_DIR / "id_ed25519", path, extra)
+
+
+@contextlib.contextmanager
+def own_lab(name: str, profiles: list[str]):
+    """A lab of its own for one test module: up (after removing leftovers), yielded, down
+    (kept with LLMFLEET_KEEP_LAB=1 for debugging)."""
+    from tasks.lab import lab as lablib
+    from tasks.lab.config import LabConfig
+
+    cfg = LabConfig(name)
+    lablib.down(cfg, log=lambda *_: None)
+    state = lablib.up(cfg, len(profiles), profiles, log=lambda *_: None)
+    try:
+        yield state
+    finally:
+        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
+            lablib.down(cfg, log=lambda *_: None)
+
+
+@contextlib.contextmanager
+def secrets_env(directory: Path, **secrets: str):
+    """Write secret files (name -> value, mode 600) into ``directory`` and point LLMFLEET_SECRETS_DIR at it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, value in secrets.items():
+        (directory / name).write_text(value + "\n")
+        os.chmod(directory / name, 0o600)
+    saved = os.environ.get("LLMFLEET_SECRETS_DIR")
+    os.environ["LLMFLEET_SECRETS_DIR"] = str(directory)
+    try:
+        yield directory
+    finally:
+        if saved is None:
+            os.environ.pop("LLMFLEET_SECRETS_DIR", None)
+        else:
+            os.environ["LLMFLEET_SECRETS_DIR"] = saved

@@ -12,57 +12,34 @@ while ``tasks.weights.deploy`` is missing.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import time
 
 import pytest
 
 from bench.client_loop import ClientLoop
-from tasks.lab import lab as lablib
-from tasks.lab.config import LabConfig
 
-from .helpers import REPO, Run, pyinfra, ssh
+from .helpers import Run, pyinfra, ssh, own_lab, secrets_env
 
 PROFILES = ["rtx4090x2", "rtx4090x2", "rtx4090x2", "cpu"]
 REPLICAS = ["fl-h1", "fl-h2", "fl-h3"]
 SECRET = "fl_api_key"
 OLD, NEW = "vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:v0.19.0"
 BAD = "vllm/vllm-openai:v0.19.0-standin-unhealthy"
-COMMON = {"service_ulimits": json.dumps({"memlock": "8388608", "stack": "67108864"}),
-          "model_weights_bytes": 1_000_000, "serve_api_key_secret": SECRET, "rollout_gate_wait_s": 15}
+COMMON = {"preflight_weights_bytes": 1_000_000, "serve_api_key_secret": SECRET, "rollout_gate_wait_s": 15}
 UNIT = "/etc/systemd/system/llmfleet-qwen30b_fp8.service"
 
 
 @pytest.fixture(scope="module")
 def fl(tmp_path_factory):
-    cfg = LabConfig("fl")
-    lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
     work = tmp_path_factory.mktemp("fl")
-    inv = work / "inventory.py"
-    # The lab's inventory plus the gateway group (what an operator's inventory says).
-    inv.write_text(open(state["inventory"]).read() + "\ngateway = cpu\n")
-    (work / "secrets").mkdir()
     key = "sk-fl-" + secrets.token_hex(16)
-    (work / "secrets" / SECRET).write_text(key + "\n")
-    os.chmod(work / "secrets" / SECRET, 0o600)
-    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR", "PYTHONPATH")}
-    os.environ["LLMFLEET_SECRETS_DIR"] = str(work / "secrets")
-    if not (REPO / "tasks/weights/deploy.py").exists():
-        os.environ["PYTHONPATH"] = str(REPO / "tests/lab/shims")
-    ips = {h["name"]: h["ip"] for h in state["hosts"]}
-    try:
+    with own_lab("fl", PROFILES) as state, secrets_env(work / "secrets", **{SECRET: key}):
+        inv = work / "inventory.py"
+        # The lab's inventory plus the gateway group (what an operator's inventory says).
+        inv.write_text(open(state["inventory"]).read() + "\ngateway = cpu\n")
+        ips = {h["name"]: h["ip"] for h in state["hosts"]}
         first = pyinfra(inv, "deploys/qwen30b_fp8.py", data={**COMMON, "serve_image": OLD}, timeout=600)
         yield {"inventory": inv, "ips": ips, "key": key, "work": work, "first": first}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(cfg, log=lambda *_: None)
 
 
 def deploy(fl, image: str, *args: str, check: bool = True) -> Run:

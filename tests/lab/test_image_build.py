@@ -9,30 +9,22 @@ stand-in container on h1 and prints the fleet table.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from tasks.image_build import build_plan
-from tasks.lab import lab as lablib
 from tasks.lab.config import LabConfig
 from tasks.spec import load_spec
 
-from .helpers import pyinfra, ssh
+from .helpers import pyinfra, ssh, own_lab
 
 IMAGE_DEPLOY = "deploys/image.py"
 
 
 @pytest.fixture(scope="module")
 def ib():
-    cfg = LabConfig("ib")
-    lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, 2, ["cpu"])
-    try:
+    with own_lab("ib", ["cpu"] * 2) as state:
         yield state
-    finally:
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(cfg)
 
 
 def _ip(state, index: int) -> str:

@@ -7,15 +7,12 @@ rc-h3 ascend910b (qwen3_ascend), rc-h4 h200x8 (glm5).
 
 from __future__ import annotations
 
-import os
 import secrets
 
 import pytest
 
-from tasks.lab import lab as lablib
-from tasks.lab.config import LabConfig
 
-from .helpers import pyinfra, ssh
+from .helpers import pyinfra, ssh, own_lab, secrets_env
 
 PROFILES = ["rtx4090x8", "gpu22gx4", "ascend910b", "h200x8"]
 # deploy, host, host data, unit name, port
@@ -31,23 +28,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory):
-    cfg = LabConfig("rc")
-    lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
-    secrets_dir = tmp_path_factory.mktemp("secrets")
-    for name in ("qwen235b_api_key", "rc_key"):
-        (secrets_dir / name).write_text("sk-rc-" + secrets.token_hex(16) + "\n")
-    saved = os.environ.get("LLMFLEET_SECRETS_DIR")
-    os.environ["LLMFLEET_SECRETS_DIR"] = str(secrets_dir)
-    try:
+    keys = {name: "sk-rc-" + secrets.token_hex(16) for name in ("qwen235b_api_key", "rc_key")}
+    with own_lab("rc", PROFILES) as state, secrets_env(tmp_path_factory.mktemp("secrets"), **keys):
         yield {"inventory": state["inventory"], "ips": {h["name"]: h["ip"] for h in state["hosts"]}}
-    finally:
-        if saved is None:
-            os.environ.pop("LLMFLEET_SECRETS_DIR", None)
-        else:
-            os.environ["LLMFLEET_SECRETS_DIR"] = saved
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(cfg, log=lambda *_: None)
 
 
 @pytest.mark.parametrize("deploy,host,data,name,port", CASES, ids=[c[3] for c in CASES])

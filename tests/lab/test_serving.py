@@ -14,16 +14,13 @@ Weights come from the lab's hub stand-in, which carries a small stand-in checkpo
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 
 import pytest
 
-from tasks.lab import lab as lablib
-from tasks.lab.config import LabConfig
 
-from .helpers import REPO, Run, pyinfra, ssh
+from .helpers import Run, pyinfra, ssh, own_lab, secrets_env
 
 PROFILES = ["gpu22gx4", "rtx4090x2"]
 SECRET_NAME = "sv_api_key"
@@ -33,27 +30,11 @@ RUNS: list[Run] = []
 
 @pytest.fixture(scope="module")
 def sv(tmp_path_factory):
-    cfg = LabConfig("sv")
-    lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, len(PROFILES), PROFILES, log=lambda *_: None)
-    secrets_dir = tmp_path_factory.mktemp("secrets")
     key = "sk-sv-" + secrets.token_hex(16)
-    (secrets_dir / SECRET_NAME).write_text(key + "\n")
-    os.chmod(secrets_dir / SECRET_NAME, 0o600)
-    saved = {k: os.environ.get(k) for k in ("LLMFLEET_SECRETS_DIR",)}
-    os.environ["LLMFLEET_SECRETS_DIR"] = str(secrets_dir)
-    hosts = {h["name"]: h["ip"] for h in state["hosts"]}
-    try:
-        yield {"inventory": state["inventory"], "ips": hosts, "key": key, "secrets": secrets_dir,
-               "reports": tmp_path_factory.mktemp("reports")}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(cfg, log=lambda *_: None)
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    with own_lab("sv", PROFILES) as state, secrets_env(secrets_dir, **{SECRET_NAME: key}):
+        yield {"inventory": state["inventory"], "ips": {h["name"]: h["ip"] for h in state["hosts"]}, "key": key,
+               "secrets": secrets_dir, "reports": tmp_path_factory.mktemp("reports")}
 
 
 def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, **data) -> Run:

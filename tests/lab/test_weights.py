@@ -7,21 +7,18 @@ The lab's hub stand-in (bridge address, HUB_PORT) serves repositories published 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tasks.lab import lab as lablib
 from tasks.lab.config import HUB_PORT, LabConfig
 from tasks.lab.standins.model_repo import publish, write_model_repo
 from tasks.weights.deploy import model_dirname
 
-from .helpers import REPO, pyinfra, ssh
+from .helpers import REPO, pyinfra, ssh, own_lab
 
 CFG = LabConfig("wt")
 HUB = f"http://{CFG.bridge_ip}:{HUB_PORT}"
@@ -32,13 +29,8 @@ HUBS = ["huggingface", "modelscope"]
 
 @pytest.fixture(scope="module")
 def wlab():
-    lablib.down(CFG, log=lambda *_: None)
-    state = lablib.up(CFG, 4, ["cpu"])
-    try:
+    with own_lab(CFG.name, ["cpu"] * 4) as state:
         yield state
-    finally:
-        if os.environ.get("LLMFLEET_KEEP_LAB") != "1":
-            lablib.down(CFG)
 
 
 @pytest.fixture(scope="module")
