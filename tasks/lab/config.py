@@ -8,6 +8,8 @@ lab alone: nothing else on the machine or beyond is ever addressed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -22,6 +24,18 @@ REGISTRY_PORT = 5000
 APT_PORT = 8080
 HUB_PORT = 8090
 PYPI_PORT = 8081
+
+@contextlib.contextmanager
+def cache_lock():
+    """Serialise work on the shared cache (rootfs, layers, keys, wheels) between labs brought up at once."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 _NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 

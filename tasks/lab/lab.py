@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, wheelhouse
-from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig
+from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig, cache_lock
 from .standins import cann_run
 from .hosts import Host
 from .registry import registry_command
@@ -66,6 +66,12 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
 
 
 def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> dict:
+    """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state."""
+    with cache_lock():  # several labs may come up at once (parallel test workers)
+        return _up(cfg, n, profiles, log)
+
+
+def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     if n < 1 or n > 64:
         raise SystemExit("lab up: N must be between 1 and 64")
     if load_state(cfg):

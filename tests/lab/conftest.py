@@ -37,8 +37,9 @@ def _lab_allowed():
 
 @pytest.fixture(scope="session")
 def lab():
-    """A session lab named 't' (kept apart from a user's own 'lab')."""
-    with own_lab("t", SESSION_PROFILES) as state:
+    """A session lab named 't' (kept apart from a user's own 'lab'); one per pytest-xdist worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    with own_lab("t" + worker, SESSION_PROFILES) as state:
         yield state
 
 
