@@ -6,9 +6,9 @@ Controller side (pyinfra). The on-host scripts are the siblings ``fetch.py``, ``
 markers and exit codes); they are uploaded to ``weights_scripts_dir`` and run with the venv's python.
 
 Per host, in order: ``python3-venv`` (apt), the venv with the pinned clients (a fact reads the
-installed versions; pip runs only when they differ), the scripts (``files.put``: no change when
-equal), the token (``tasks.secrets.secret_file``: root-only, digest compared, never printed), then
-the fetch. A fact reads ``<dest>/current/manifest.json`` and stats every file it lists (with
+installed versions; pip runs only when they differ), the scripts and the model root
+(``tasks.converge.files_synced``: one digest round trip, no change when equal), the token
+(``tasks.secrets.secret_file``: root-only, digest compared, never printed), then the fetch. A fact reads ``<dest>/current/manifest.json`` and stats every file it lists (with
 ``weights_deep_verify`` it also re-hashes them -- at plan time, on all hosts in parallel), so a
 converged host yields no operation at all: no network, no change, and ``--dry`` tells the truth.
 
@@ -85,7 +85,8 @@ from urllib.parse import urlsplit
 
 from pyinfra import host, state
 from pyinfra.api import FactBase, deploy, operation
-from pyinfra.operations import apt, files
+
+from tasks.converge import deb_packages, files_synced
 
 from tasks.secrets import local_secret, secret_file
 from tasks.weights import fetch as fetch_script
@@ -641,19 +642,18 @@ def fetch_weights(spec: Any) -> Any:
     plan = fleet_plan(spec)
     role = plan.roles[host.name]
 
-    apt.packages(name="python3-venv", packages=["python3-venv"], update=True, cache_time=86400)
+    deb_packages(name="python3-venv", packages=["python3-venv"], cache_time=86400)
     client_venv(name="Hub clients in the llmfleet venv", venv=data.weights_venv,
                 versions=dict(data.weights_client_versions), index_url=data.weights_pip_index_url,
                 find_links=data.weights_pip_find_links)
-    files.directory(name="Scripts directory", path=data.weights_scripts_dir, mode="755")
-    for script in SCRIPTS:
-        files.put(name=f"Upload {script}", src=str(HERE / script), dest=f"{data.weights_scripts_dir}/{script}",
-                  mode="644")
+    scripts_dir = str(data.weights_scripts_dir).rstrip("/")
+    # One digest round trip for the scripts, their directory and the model root (was 14).
+    files_synced(name="Weights scripts and model root", dirs=[scripts_dir, str(data.weights_root)],
+                 files={f"{scripts_dir}/{script}": HERE / script for script in SCRIPTS}, mode="644", dir_mode="755")
     if data.weights_token_secret:
         secret_file(name="Hub token (root-only)",
                     src_path=str(local_secret(data.weights_token_secret, "weights_token_secret")),
                     dest=req.token_file)
-    files.directory(name="Model root", path=str(data.weights_root), mode="755")
 
     fallback = bool(data.weights_fanout_fallback_hub)
     port, max_s = int(data.weights_peer_port), int(data.weights_peer_max_s)
