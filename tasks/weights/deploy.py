@@ -542,7 +542,7 @@ def plan_fleet(
     return plan
 
 
-_PLANS: dict[tuple, FleetPlan] = {}
+_PLANS: dict[tuple, Any] = {}  # key -> FleetPlan, or the gevent AsyncResult of a plan being made
 
 
 def _request_for(spec: Any, data: Any) -> FetchRequest:
@@ -587,11 +587,30 @@ class _DataWithDefaults:
 def fleet_plan(spec: Any) -> FleetPlan:
     """Gather every active host's WeightsState in parallel (once per run and model), then plan."""
     import gevent
+    from gevent.event import AsyncResult
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
     key = (id(state), spec.model.repo_id, spec.model.revision, tuple(h.name for h in hosts))
     if key in _PLANS:
-        return _PLANS[key]
+        found = _PLANS[key]
+        return found.get() if isinstance(found, AsyncResult) else found
+    # pyinfra plans hosts in parallel greenlets: the others wait for this plan instead of
+    # reading every host's state again (N hosts would cost N round trips per host).
+    pending = _PLANS[key] = AsyncResult()
+    try:
+        plan = _fleet_plan(spec, hosts)
+    except BaseException as exc:
+        del _PLANS[key]
+        pending.set_exception(exc)
+        raise
+    _PLANS[key] = plan
+    pending.set(plan)
+    return plan
+
+
+def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
+    import gevent
+
     data = {h.name: _DataWithDefaults(h) for h in hosts}
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
     jobs = {h.name: gevent.spawn(h.get_fact, WeightsState, dest=requests[h.name].dest,
@@ -609,7 +628,6 @@ def fleet_plan(spec: Any) -> FleetPlan:
         groups={h.name: data[h.name].weights_fanout_group for h in hosts},
         cache_host=me.weights_cache_host, peer_urls=urls,
     )
-    _PLANS[key] = plan
     return plan
 
 
