@@ -15,6 +15,17 @@ host. The API key is a random secret ``secrets/bench_key`` (written when missing
 Columns: ``first s`` = the first run (bring-up); ``no-op s`` = the second run's wall time;
 ``cmds/host`` = remote commands of the no-op run per host (min-max over hosts); ``changed`` =
 operations the no-op run changed (must be 0).
+
+One run on the 2-core development machine (the lab's hosts share those 2 cores with the
+controller, so every remote command of every host competes for the same CPUs)::
+
+    | N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed |
+    | 1 |    38.3 |     2.6 |  1.00x |        30-30        |       0 |
+    | 4 |    92.8 |     3.9 |  1.50x |        30-30        |       0 |
+    | 8 |   191.2 |     5.8 |  2.27x |        30-30        |       0 |
+
+Before tasks/converge.py the no-op cost 55 commands per host at N=1 (4.5 s), and the weights fleet
+plan added about one more per extra host (planned in parallel greenlets, each re-read every host).
 """
 
 from __future__ import annotations
