@@ -19,12 +19,12 @@ DEFAULTS (host/group data overrides each key):
 from __future__ import annotations
 
 import json
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, systemd
+
+from tasks.converge import apt_source, deb_packages, files_synced, units_running
 
 DEFAULTS = {
     "docker_source": "distro",
@@ -38,6 +38,7 @@ DEFAULTS = {
     "docker_daemon_extra": {},
 }
 SOURCES = ("distro", "docker-ce")
+DOCKER_CE_KEYRING = "/etc/apt/keyrings/docker.gpg"
 NVIDIA_RUNTIME = {"args": [], "path": "nvidia-container-runtime"}
 
 
@@ -108,30 +109,26 @@ def install_docker(nvidia_runtime: bool | None = None, restart_if=None) -> None:
     """
     validate(host.data)
     if host.data.docker_source == "distro":
-        apt.packages(name="Install docker.io", packages=["docker.io"], update=True, cache_time=86400)
+        deb_packages(name="Install docker.io", packages=["docker.io"], cache_time=86400)
     else:
         distro = host.get_fact(LinuxDistribution)
         os_id = (distro.get("name") or "debian").lower()
         codename = distro.get("release_meta", {}).get("VERSION_CODENAME") or distro.get("release_meta", {}).get(
             "CODENAME", "bookworm")
         base = f"{host.data.docker_ce_repo_url}/{os_id}"
-        files.download(name="Docker CE repository key", src=f"{base}/gpg",
-                       dest="/etc/apt/keyrings/docker.asc", mode="644")
-        apt.repo(name="Docker CE repository",
-                 src=f"deb [signed-by=/etc/apt/keyrings/docker.asc] {base} {codename} stable",
-                 filename="docker")
+        apt_source(name="Docker CE repository", list_name="docker", key_url=f"{base}/gpg",
+                   keyring=DOCKER_CE_KEYRING, source=f"deb [signed-by={DOCKER_CE_KEYRING}] {base} {codename} stable")
         version = host.data.docker_ce_version
         pkgs = ["docker-ce", "docker-ce-cli", "containerd.io"]
         if version:
             pkgs = [f"docker-ce={version}", f"docker-ce-cli={version}", "containerd.io"]
-        apt.packages(name="Install docker-ce", packages=pkgs, update=True)
-    files.directory(name="/etc/docker", path="/etc/docker", mode="755")
+        deb_packages(name="Install docker-ce", packages=pkgs, cache_time=86400)
     data = host.data
     if nvidia_runtime is not None:
         data = _Override(host.data, docker_nvidia_runtime=nvidia_runtime)
-    daemon = files.put(name="daemon.json", src=StringIO(render_daemon_json(data)),
-                       dest="/etc/docker/daemon.json", mode="644")
-    systemd.service(name="Restart dockerd (daemon.json changed)", service="docker", running=True,
-                    restarted=True, enabled=True,
-                    _if=lambda: daemon.did_change() or bool(restart_if and restart_if()))
-    systemd.service(name="dockerd running", service="docker", running=True, enabled=True)
+    # files_synced shows daemon.json's diff under --diff, as files.put did, at one round trip.
+    daemon = files_synced(name="daemon.json", files={"/etc/docker/daemon.json": render_daemon_json(data).encode()},
+                          dirs=["/etc/docker"], mode="644", dir_mode="755")
+    units_running(name="Restart dockerd (daemon.json changed)", units=["docker.service"], restarted=True,
+                  _if=lambda: daemon.did_change() or bool(restart_if and restart_if()))
+    units_running(name="dockerd running", units=["docker.service"])

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from typing import Callable
 
-from pyinfra import host
-from pyinfra.api import deploy
+from pyinfra import host, state
+from pyinfra.api import deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Which
-from pyinfra.operations import apt, dnf, files, server
+from pyinfra.operations import dnf, files
+
+from tasks.converge import apt_source, deb_packages
 
 DEFAULTS = {
     "nvidia_toolkit_repo_url": "https://nvidia.github.io/libnvidia-container",
@@ -47,8 +50,31 @@ def validate(data) -> None:
         raise ValueError(f"nvidia_toolkit_repo_url={url!r}: must be an http(s) URL")
 
 
-def apt_source(repo_url: str) -> str:
+def apt_source_line(repo_url: str) -> str:
     return f"deb [signed-by={KEYRING}] {repo_url.rstrip('/')}/stable/deb/$(ARCH) /"
+
+
+@operation()
+def cdi_spec(path: str, regenerate: Callable[[], bool] | None = None):
+    """
+    The CDI spec at ``path``: generated when missing, or regenerated when ``regenerate()`` says so
+    (the toolkit changed in this run; known only while executing, so ``--dry`` reports a missing
+    spec only).
+
+    + path: where ``nvidia-ctk cdi generate`` writes the spec
+    + regenerate: callable, e.g. the toolkit package operation's ``did_change``
+
+    Example:
+
+    .. code:: python
+
+        cdi_spec(name="CDI spec", path="/etc/cdi/nvidia.yaml", regenerate=toolkit.did_change)
+    """
+    changed = bool(regenerate and state.is_executing and regenerate())
+    if host.get_fact(File, path=path) and not changed:
+        host.noop(f"{path} exists")
+        return
+    yield f"nvidia-ctk cdi generate --output={shlex.quote(path)}"
 
 
 @deploy("NVIDIA Container Toolkit", data_defaults=DEFAULTS)
@@ -69,19 +95,10 @@ def install_nvidia_toolkit():
     key_url = host.data.nvidia_toolkit_key_url or f"{repo}/gpgkey"
     version = str(host.data.nvidia_toolkit_version)
     if host.get_fact(Which, command="apt-get"):
-        armored = files.download(name="Toolkit repository key", src=key_url,
-                                 dest=KEYRING.replace(".gpg", ".asc"), mode="644")
-        keyring_missing = not host.get_fact(File, path=KEYRING)
-        server.shell(
-            name="Dearmor the key into the keyring",
-            commands=[f"gpg --batch --yes --dearmor -o {KEYRING} {KEYRING.replace('.gpg', '.asc')}"
-                      f" && chmod 644 {KEYRING}"],
-            _if=lambda: armored.did_change() or keyring_missing,
-        )
-        source = apt.repo(name="Toolkit repository", src=apt_source(repo), filename="nvidia-container-toolkit")
-        apt.update(name="Refresh package lists (repository added)", _if=source.did_change)
-        toolkit = apt.packages(name=f"Toolkit {version}", packages=[f"{p}={version}" for p in PACKAGES],
-                               update=True, cache_time=86400)
+        apt_source(name="Toolkit repository", list_name="nvidia-container-toolkit", key_url=key_url,
+                   keyring=KEYRING, source=apt_source_line(repo))
+        toolkit = deb_packages(name=f"Toolkit {version}", packages=[f"{p}={version}" for p in PACKAGES],
+                               cache_time=86400)
     else:
         rpm_version = version.split("-")[0]
         files.download(name="Toolkit repository", src=f"{repo}/stable/rpm/nvidia-container-toolkit.repo",
@@ -89,10 +106,5 @@ def install_nvidia_toolkit():
         toolkit = dnf.packages(name=f"Toolkit {rpm_version}",
                                packages=[f"{p}-{rpm_version}" for p in PACKAGES])
     spec = str(host.data.nvidia_toolkit_cdi_spec)
-    spec_missing = not host.get_fact(File, path=spec)
-    server.shell(
-        name="CDI spec",
-        commands=[f"nvidia-ctk cdi generate --output={shlex.quote(spec)}"],
-        _if=lambda: toolkit.did_change() or spec_missing,
-    )
+    cdi_spec(name="CDI spec", path=spec, regenerate=toolkit.did_change)
     return toolkit

@@ -6,9 +6,9 @@ Controller side (pyinfra). The on-host scripts are the siblings ``fetch.py``, ``
 markers and exit codes); they are uploaded to ``weights_scripts_dir`` and run with the venv's python.
 
 Per host, in order: ``python3-venv`` (apt), the venv with the pinned clients (a fact reads the
-installed versions; pip runs only when they differ), the scripts (``files.put``: no change when
-equal), the token (``tasks.secrets.secret_file``: root-only, digest compared, never printed), then
-the fetch. A fact reads ``<dest>/current/manifest.json`` and stats every file it lists (with
+installed versions; pip runs only when they differ), the scripts and the model root
+(``tasks.converge.files_synced``: one digest round trip, no change when equal), the token
+(``tasks.secrets.secret_file``: root-only, digest compared, never printed), then the fetch. A fact reads ``<dest>/current/manifest.json`` and stats every file it lists (with
 ``weights_deep_verify`` it also re-hashes them -- at plan time, on all hosts in parallel), so a
 converged host yields no operation at all: no network, no change, and ``--dry`` tells the truth.
 
@@ -85,7 +85,8 @@ from urllib.parse import urlsplit
 
 from pyinfra import host, state
 from pyinfra.api import FactBase, deploy, operation
-from pyinfra.operations import apt, files
+
+from tasks.converge import deb_packages, files_synced
 
 from tasks.secrets import local_secret, secret_file
 from tasks.weights import fetch as fetch_script
@@ -541,7 +542,7 @@ def plan_fleet(
     return plan
 
 
-_PLANS: dict[tuple, FleetPlan] = {}
+_PLANS: dict[tuple, Any] = {}  # key -> FleetPlan, or the gevent AsyncResult of a plan being made
 
 
 def _request_for(spec: Any, data: Any) -> FetchRequest:
@@ -586,11 +587,30 @@ class _DataWithDefaults:
 def fleet_plan(spec: Any) -> FleetPlan:
     """Gather every active host's WeightsState in parallel (once per run and model), then plan."""
     import gevent
+    from gevent.event import AsyncResult
 
     hosts = [h for h in state.inventory if h in state.active_hosts]
     key = (id(state), spec.model.repo_id, spec.model.revision, tuple(h.name for h in hosts))
     if key in _PLANS:
-        return _PLANS[key]
+        found = _PLANS[key]
+        return found.get() if isinstance(found, AsyncResult) else found
+    # pyinfra plans hosts in parallel greenlets: the others wait for this plan instead of
+    # reading every host's state again (N hosts would cost N round trips per host).
+    pending = _PLANS[key] = AsyncResult()
+    try:
+        plan = _fleet_plan(spec, hosts)
+    except BaseException as exc:
+        del _PLANS[key]
+        pending.set_exception(exc)
+        raise
+    _PLANS[key] = plan
+    pending.set(plan)
+    return plan
+
+
+def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
+    import gevent
+
     data = {h.name: _DataWithDefaults(h) for h in hosts}
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
     jobs = {h.name: gevent.spawn(h.get_fact, WeightsState, dest=requests[h.name].dest,
@@ -608,7 +628,6 @@ def fleet_plan(spec: Any) -> FleetPlan:
         groups={h.name: data[h.name].weights_fanout_group for h in hosts},
         cache_host=me.weights_cache_host, peer_urls=urls,
     )
-    _PLANS[key] = plan
     return plan
 
 
@@ -641,19 +660,18 @@ def fetch_weights(spec: Any) -> Any:
     plan = fleet_plan(spec)
     role = plan.roles[host.name]
 
-    apt.packages(name="python3-venv", packages=["python3-venv"], update=True, cache_time=86400)
+    deb_packages(name="python3-venv", packages=["python3-venv"], cache_time=86400)
     client_venv(name="Hub clients in the llmfleet venv", venv=data.weights_venv,
                 versions=dict(data.weights_client_versions), index_url=data.weights_pip_index_url,
                 find_links=data.weights_pip_find_links)
-    files.directory(name="Scripts directory", path=data.weights_scripts_dir, mode="755")
-    for script in SCRIPTS:
-        files.put(name=f"Upload {script}", src=str(HERE / script), dest=f"{data.weights_scripts_dir}/{script}",
-                  mode="644")
+    scripts_dir = str(data.weights_scripts_dir).rstrip("/")
+    # One digest round trip for the scripts, their directory and the model root (was 14).
+    files_synced(name="Weights scripts and model root", dirs=[scripts_dir, str(data.weights_root)],
+                 files={f"{scripts_dir}/{script}": HERE / script for script in SCRIPTS}, mode="644", dir_mode="755")
     if data.weights_token_secret:
         secret_file(name="Hub token (root-only)",
                     src_path=str(local_secret(data.weights_token_secret, "weights_token_secret")),
                     dest=req.token_file)
-    files.directory(name="Model root", path=str(data.weights_root), mode="755")
 
     fallback = bool(data.weights_fanout_fallback_hub)
     port, max_s = int(data.weights_peer_port), int(data.weights_peer_max_s)

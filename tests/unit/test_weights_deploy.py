@@ -193,3 +193,31 @@ def test_secret_state_command_reads_digest_and_mode(tmp_path):
     assert st["sha256"] == secrets.sha256_of(f) and st["mode"] == "600"
     assert "s3cret" not in out
     assert json.dumps(st).count("s3cret") == 0
+
+
+def test_fleet_plan_reads_each_host_once_when_hosts_plan_in_parallel():
+    """The CLI plans hosts in parallel greenlets (pyinfra_cli.util._parallel_load_hosts): the fleet
+    plan must still read each host's WeightsState once, not once per planning host."""
+    import gevent
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.context import ctx_config, ctx_host, ctx_state
+
+    from tasks.spec import load_spec
+    from tasks.weights.deploy import fetch_weights
+
+    data = {"fake_delay": 0.01, "fake_delay_jitter": 0, "fake_responses": {}}
+    hosts = [(f"@fake/h{i}", dict(data)) for i in range(4)]
+    state = State(Inventory((hosts, {})), Config(), check_for_changes=False)
+    connect_all(state)
+    spec = load_spec("qwen30b", {})
+
+    def plan(h):  # what pyinfra_cli.util._parallel_load_hosts does per host
+        with ctx_config.use(state.config.copy()), ctx_host.use(h):
+            fetch_weights(spec)
+
+    with ctx_state.use(state):
+        gevent.joinall([gevent.spawn(plan, h) for h in state.inventory], raise_error=True)
+    for h in state.inventory:
+        reads = [c for c in h.connector.executed_commands if "manifest.json" in c]
+        assert len(reads) == 1, (h.name, len(reads))

@@ -1,0 +1,123 @@
+"""Benchmark (not a test): a full recipe on N fresh lab hosts -- the first run (bring-up) and the
+no-op run that follows: wall time and remote commands per host.
+
+For each N (default 1, 4, 8): the lab (``--name``, default ``bn``, profile ``gpu22gx4`` so the
+recipe's preflight passes) is brought up fresh with N hosts, the deploy runs once (bring-up, timed)
+and again (the no-op: must change nothing), both through ``bench/counting_pyinfra.py``, which counts
+the shell commands and transfers pyinfra sends each host. Prints a table; the lab is taken down at
+the end. Needs root (the lab does).
+
+    sudo .venv/bin/python bench/noop_converge.py [--name bn] [--sizes 1 4 8] [--deploy deploys/qwen30b.py]
+
+Target (issue "Serving"): no-op at 8 hosts within 1.5x of 1 host, at most 30 remote commands per
+host. The API key is a random secret ``secrets/bench_key`` (written when missing, mode 600).
+
+Columns: ``first s`` = the first run (bring-up); ``no-op s`` = the second run's wall time;
+``cmds/host`` = remote commands of the no-op run per host (min-max over hosts); ``changed`` =
+operations the no-op run changed (must be 0).
+
+One run on the 2-core development machine (the lab's hosts share those 2 cores with the
+controller, so every remote command of every host competes for the same CPUs)::
+
+    | N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed |
+    | 1 |    38.3 |     2.6 |  1.00x |        30-30        |       0 |
+    | 4 |    92.8 |     3.9 |  1.50x |        30-30        |       0 |
+    | 8 |   191.2 |     5.8 |  2.27x |        30-30        |       0 |
+
+Before tasks/converge.py the no-op cost 55 commands per host at N=1 (4.5 s), and the weights fleet
+plan added about one more per extra host (planned in parallel greenlets, each re-read every host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tasks.lab import lab as lablib  # noqa: E402
+from tasks.lab.config import LabConfig  # noqa: E402
+
+COUNTING = str(REPO / "bench" / "counting_pyinfra.py")
+KEY_NAME = "bench_key"
+
+
+def ensure_key() -> None:
+    directory = REPO / "secrets"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / KEY_NAME
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    path.chmod(0o600)
+
+
+def run(inventory: Path, deploy: str, timeout: float) -> dict:
+    """One counted pyinfra run: wall seconds, counts per host, operations changed, errors."""
+    cmd = [sys.executable, COUNTING, str(inventory), deploy, "-y", "--json",
+           "--data", f"serve_api_key_secret={KEY_NAME}"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    wall = time.monotonic() - start
+    match = re.search(r"^LLMFLEET_COUNTS (.*)$", proc.stderr, re.M)
+    counts = json.loads(match.group(1)) if match else {}
+    payload: dict = {}
+    brace = proc.stdout.find("{")
+    if brace >= 0:
+        try:
+            payload = json.loads(proc.stdout[brace:])
+        except json.JSONDecodeError:
+            pass
+    ops = ((payload.get("results") or {}).get("operations")) or []
+    changed = sum(len(op.get("success") or []) for op in ops)
+    errors = {op["name"]: op["error"] for op in ops if op.get("error")}
+    if proc.returncode != 0 or errors:
+        raise SystemExit(f"pyinfra failed rc={proc.returncode} errors={errors}\n{proc.stderr[-3000:]}")
+    return {"wall": wall, "counts": counts, "changed": changed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="bn")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--deploy", default="deploys/qwen30b.py")
+    parser.add_argument("--profile", default="gpu22gx4")
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args()
+    ensure_key()
+    cfg = LabConfig(args.name)
+    inventory = REPO / "inventories" / f"lab_{args.name}.py"
+    rows = []
+    try:
+        for n in args.sizes:
+            lablib.down(cfg, log=lambda *a: None)
+            lablib.up(cfg, n, [args.profile], log=lambda *a: None)
+            first = run(inventory, args.deploy, args.timeout)
+            noop = run(inventory, args.deploy, args.timeout)
+            per_host = [c.get("commands", 0) for c in noop["counts"].values()]
+            rows.append((n, first["wall"], noop["wall"], min(per_host, default=0), max(per_host, default=0),
+                         noop["changed"]))
+            print(f"N={n}: first {first['wall']:.1f}s, no-op {noop['wall']:.1f}s, "
+                  f"{min(per_host, default=0)}-{max(per_host, default=0)} commands/host, "
+                  f"{noop['changed']} changed", file=sys.stderr, flush=True)
+    finally:
+        lablib.down(cfg, log=lambda *a: None)
+    base = rows[0][2] if rows else 0
+    print(f"\n{args.deploy}, profile {args.profile}, lab {args.name}\n")
+    print("| N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed |")
+    print("|---|---------|---------|--------|---------------------|---------|")
+    for n, first, noop, lo, hi, changed in rows:
+        print(f"| {n} | {first:7.1f} | {noop:7.1f} | {noop / base:5.2f}x | {lo:>9}-{hi:<9} | {changed:7} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
