@@ -55,7 +55,6 @@ DEFAULTS (host data, prefix ``service_``):
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import shlex
@@ -68,6 +67,7 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks.converge import files_synced
 from tasks.secrets import local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
@@ -346,10 +346,12 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
     secrets = secret_files(spec, host.data)
     tag = layout.name
 
-    files.directory(name=f"{tag}: config directory", path=layout.etc_dir, user="root", group="root",
-                    mode="750")
-    files.directory(name=f"{tag}: cache directory", path=layout.cache_dir, user="root", group="root",
-                    mode="750")
+    # One round trip each: the directories with the verification config, and the probe (its own mode).
+    verify = json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"
+    files_synced(name=f"{tag}: config and cache directories, verification config",
+                 files={layout.verify_config: verify.encode()}, dirs=[layout.etc_dir, layout.cache_dir],
+                 dir_mode="750")
+    files_synced(name="endpoint probe", files={PROBE_PATH: PROBE_SRC}, mode="755")
     templates = []
     if rendered.files:
         files.directory(name=f"{tag}: template directory", path=layout.template_dir, user="root",
@@ -378,11 +380,6 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
         start_limit_interval_s=int(opts["service_start_limit_interval_s"]),
         startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
     )
-    files.put(name=f"{tag}: verification config", src=io.StringIO(
-        json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"),
-        dest=layout.verify_config, user="root", group="root", mode="644")
-    files.put(name="endpoint probe", src=str(PROBE_SRC), dest=PROBE_PATH, user="root", group="root",
-              mode="755", create_remote_dir=True)
 
     systemd.daemon_reload(name=f"{tag}: reload units", _if=unit.did_change)
     reset_failed(name=f"{tag}: clear failed state", unit=f"{layout.unit}.service")
