@@ -11,21 +11,26 @@ import collections
 import json
 import os
 import sys
+import time
 
 from pyinfra.connectors.ssh import SSHConnector
 
 COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
 
-LOG = os.environ.get("LLMFLEET_COUNT_LOG")  # optional: append each command here, one per line
+# optional: append each command here, one per line: seconds since start, phase (plan/exec), host, what
+LOG = os.environ.get("LLMFLEET_COUNT_LOG")
+START = time.monotonic()
 
 
 def _counting(name: str, original):
     def wrapper(self, *args, **kwargs):
         COUNTS[self.host.name][name] += 1
         if LOG and args:
+            phase = "exec" if self.state.is_executing else "plan"
             with open(LOG, "a") as log:
-                log.write(f"{self.host.name} {name} {str(args[0])[:160]!r}\n")
+                log.write(f"{time.monotonic() - START:8.3f} {phase} {self.host.name} {name} "
+                          f"{str(args[0])[:160]!r}\n")
         return original(self, *args, **kwargs)
 
     return wrapper

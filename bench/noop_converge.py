@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--deploy", default="deploys/qwen30b.py")
     parser.add_argument("--profile", default="gpu22gx4")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--keep", action="store_true", help="leave the last lab up (to look at it)")
     args = parser.parse_args()
     ensure_key()
     cfg = LabConfig(args.name)
@@ -109,7 +110,8 @@ def main() -> int:
                   f"{min(per_host, default=0)}-{max(per_host, default=0)} commands/host, "
                   f"{noop['changed']} changed", file=sys.stderr, flush=True)
     finally:
-        lablib.down(cfg, log=lambda *a: None)
+        if not args.keep:
+            lablib.down(cfg, log=lambda *a: None)
     base = rows[0][2] if rows else 0
     print(f"\n{args.deploy}, profile {args.profile}, lab {args.name}\n")
     print("| N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed |")

@@ -160,27 +160,35 @@ class FileDigests(FactBase):
 
     def command(self, paths: Sequence[str]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
+        # Two processes for any number of paths: a sha256sum, a stat and a cut per path cost
+        # ~5 ms of CPU each on the host. LC_ALL=C: stat's %F is translated under other locales.
         return (
-            f"for p in {quoted}; do "
-            'if [ -L "$p" ]; then t=link; s=-; elif [ -f "$p" ]; then t=file; '
-            's=$(sha256sum < "$p" | cut -d" " -f1); elif [ -d "$p" ]; then t=dir; s=-; '
-            'elif [ -e "$p" ]; then t=other; s=-; else continue; fi; '
-            "printf '%s\\t%s\\t%s\\t%s\\n' \"$t\" \"$s\" \"$(stat -c '%a %U %G' \"$p\")\" \"$p\"; done"
+            f'set --; for p in {quoted}; do if [ -f "$p" ] && [ ! -L "$p" ]; then set -- "$@" "$p"; fi; done; '
+            f"LC_ALL=C stat --printf '%F\\t%a %U %G\\t%n\\n' -- {quoted} 2>/dev/null; "
+            'if [ $# -gt 0 ]; then sha256sum -- "$@"; fi; true'
         )
 
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
+        digests: dict[str, str] = {}
         for line in output:
-            parts = line.split("\t", 3)
-            if len(parts) != 4 or len(parts[2].split()) != 3:
+            parts = line.split("\t")
+            if len(parts) == 3 and len(parts[1].split()) == 3:
+                kind, owner, path = parts
+                mode, user, group = owner.split()
+                out[path] = {"type": _STAT_TYPES.get(kind, "other"), "mode": mode, "user": user, "group": group}
                 continue
-            kind, sha, owner, path = parts
-            mode, user, group = owner.split()
-            entry = {"type": kind, "mode": mode, "user": user, "group": group}
-            if kind == "file":
-                entry["sha256"] = sha
-            out[path] = entry
+            match = _SHA_LINE.match(line)
+            if match:
+                digests[match.group(2)] = match.group(1)
+        for path, digest in digests.items():
+            if out.get(path, {}).get("type") == "file":
+                out[path]["sha256"] = digest
         return out
+
+
+_STAT_TYPES = {"regular file": "file", "regular empty file": "file", "directory": "dir", "symbolic link": "link"}
+_SHA_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 
 def _content(src: Source, field: str) -> bytes:

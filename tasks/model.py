@@ -134,9 +134,10 @@ def deploy_model(recipe: Recipe) -> None:
         from tasks.model import deploy_model
         deploy_model("qwen30b")
     """
-    from tasks.rollout import point_kept, rolling
+    from tasks.rollout import plan_for, point_kept, rolling
 
     specs = validate_fleet(recipe)
+    plan = plan_for(recipe, specs)  # every replica's service read once, in parallel: the batches
     spec = specs.get(host.name)  # None on a gateway host: it balances the replicas, serves nothing
     image_ref = model_dir = None
     if spec is not None:
@@ -150,7 +151,7 @@ def deploy_model(recipe: Recipe) -> None:
         go = not _opt(data, "model_preflight") or preflight(requirement_from_spec(spec, model_dir, data))
         if go:
             install_runtime(spec.accelerator)
-            point_kept(spec, model_dir)
+            point_kept(plan, spec, model_dir)
             fetch_weights(spec)
             if spec.build:
                 from tasks.image_build import ensure_image
@@ -162,7 +163,7 @@ def deploy_model(recipe: Recipe) -> None:
         else:
             spec = None
     # Every host calls this from this one line: the rollout's batch barriers need one call site.
-    rolling(recipe, specs, spec, image_ref, model_dir)
+    rolling(plan, spec, image_ref, model_dir)
 
 
 def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Callable[[dict], str]:

@@ -1,9 +1,15 @@
 """Rolling upgrade of a served model across its replicas, with a verification gate per host,
 automatic rollback, and drain/undrain on the fleet's gateways. ``deploy_model`` always takes this
-path: a fleet whose service changes restarts in batches; a fleet with nothing to change runs the
-same operations as no-ops.
+path: a fleet whose service changes restarts in batches; a replica whose service is converged is in
+no batch and gets no service operation.
 
 Order of a run (pyinfra runs each operation on all hosts, then the next):
+
+0. planning, once per run (:func:`plan_for`): every replica's service is read in one parallel
+   pass (``ServiceVersion``: running image, unit state, rollback point, and the digests of the
+   files ``tasks.service.serve`` writes) and compared with what this run would write
+   (``tasks.service.pending``). Only replicas with a difference are batched; a no-op run of a
+   converged fleet has no batch, so no barrier and no host waiting on another.
 
 1. staging, all replicas in parallel: preflight, runtime, *rollback point*, weights, image. The
    new image is pulled and the new weights downloaded while the old container serves, so a host
@@ -61,13 +67,16 @@ import math
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, deploy, operation
 
 from tasks import gateway as gw
-from tasks.service import PROBE_PATH, Layout, options as service_options, serve
+from tasks.converge import FileDigests
+from tasks.once import once_per_run
+from tasks.service import PROBE_PATH, Desired, Layout, desired, needs_restart, options as service_options, serve
+from tasks.service import pending as service_pending
 from tasks.spec import ServingSpec, SpecError, load_spec
 
 DEFAULTS: dict[str, Any] = {
@@ -101,15 +110,17 @@ def count_of(value: Any, total: int, key: str) -> int:
 
 
 def make_batches(hosts: list[str], batch_size: Any = 1, max_unavailable: Any = None,
-                 enabled: bool = True) -> list[list[str]]:
-    """Replicas (inventory order) in batches: each at most ``batch_size`` and ``max_unavailable``."""
+                 enabled: bool = True, total: int | None = None) -> list[list[str]]:
+    """Replicas (inventory order) in batches: each at most ``batch_size`` and ``max_unavailable``,
+    percentages counted on ``total`` replicas (default: ``len(hosts)``)."""
     if not hosts:
         return []
     if not enabled:
         return [list(hosts)]
-    size = count_of(batch_size, len(hosts), "rollout_batch_size")
+    total = len(hosts) if total is None else total
+    size = count_of(batch_size, total, "rollout_batch_size")
     if max_unavailable is not None:
-        size = min(size, count_of(max_unavailable, len(hosts), "rollout_max_unavailable"))
+        size = min(size, count_of(max_unavailable, total, "rollout_max_unavailable"))
     return [list(hosts[i:i + size]) for i in range(0, len(hosts), size)]
 
 
@@ -143,6 +154,10 @@ class Plan:
     #: replica -> outcome (UPGRADED, ROLLED_BACK, ROLLBACK_FAILED), set while the run executes
     outcomes: dict[str, str] = field(default_factory=dict)
     pre_failed: set[str] | None = None
+    #: replica -> its service as read at plan time (``ServiceVersion``, once per run)
+    observed: dict[str, dict] = field(default_factory=dict)
+    #: replica -> why its service is not converged (``tasks.service.pending``); [] = nothing to do
+    pending: dict[str, list[str]] = field(default_factory=dict)
 
     def batch_of(self, name: str) -> int | None:
         for i, batch in enumerate(self.batches):
@@ -227,19 +242,28 @@ def _recipe_key(recipe: Any) -> str:
 
 
 def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
-    """The run's plan for ``recipe`` (cached per pyinfra state): batches of the active replicas,
-    the active gateways, and the model's upstream from every replica in the inventory.
+    """The run's plan for ``recipe`` (once per pyinfra state): every active replica's service read
+    in one parallel pass, batches of the replicas whose service is not converged, the active
+    gateways, and the model's upstream from every replica in the inventory.
+
+    A replica whose unit, env file, chat templates, verification config and probe match what
+    this run would write, whose unit is active and enabled and whose container runs the unit's
+    image is in no batch: it gets no operation (a no-op run of a converged fleet restarts nothing
+    and waits on no barrier). Batch sizes are counted on all the replicas (``"25%"`` of the fleet).
 
     + recipe: what ``deploy_model`` got
     + specs: ``validate_fleet(recipe)``: active replica -> spec
     """
     from pyinfra.context import ctx_host
 
-    real = ctx_host.get()
-    state = real.state
+    state = ctx_host.get().state
     key = (id(state), _recipe_key(recipe))
-    if key in _PLANS:
-        return _PLANS[key]
+    return once_per_run(_PLANS, key, lambda: _make_plan(state, recipe, specs))
+
+
+def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
+    import gevent
+
     from tasks.model import recipe_of
 
     active = {h.name for h in state.inventory.get_active_hosts()}
@@ -261,14 +285,24 @@ def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
     if len(names) > 1:
         raise SpecError("served_model_name", f"replicas of one rollout serve different models: "
                         f"{', '.join(sorted(names))}")
-    ordered = [h.name for h in state.inventory if h.name in specs and h.name in active]
-    datas = {h.name: h.data for h in state.inventory if h.name in ordered}
+    hosts = [h for h in state.inventory if h.name in specs and h.name in active]
+    ordered = [h.name for h in hosts]
+    datas = {h.name: h.data for h in hosts}
     batch_opts = {k: fleet_setting(datas, k) for k in BATCH_KEYS}
-    batches = make_batches(ordered, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],
-                           bool(batch_opts["rollout_enabled"]))
     gateways = [h.name for h in state.inventory if gw.is_gateway(h) and h.name in active]
     if served is None:
         raise SpecError("inventory", "no replica serves this recipe (every host is in the gateway group)")
+
+    # Every replica's service, read in parallel: what it runs, its rollback point, its files.
+    wants = {h.name: desired_service(specs[h.name], h.data) for h in hosts}
+    jobs = {h.name: gevent.spawn(h.get_fact, ServiceVersion, paths=wants[h.name][0].paths(),
+                                 **fact_args(wants[h.name][1])) for h in hosts}
+    gevent.joinall(list(jobs.values()), raise_error=True)
+    observed = {name: job.value or {} for name, job in jobs.items()}
+    pending = {name: service_pending(wants[name][0], observed[name]) for name in ordered}
+    to_roll = [name for name in ordered if pending[name]]
+    batches = make_batches(to_roll, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],
+                           bool(batch_opts["rollout_enabled"]), total=len(ordered))
     port = None
     for h in state.inventory:
         if h.name in gateways:
@@ -276,13 +310,24 @@ def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
     model = gw.GatewayModel(name=str(served.name), served_model_name=str(served.served_model_name),
                             listen_port=int(port or served.port), replicas=tuple(replicas),
                             api_key_secret=served.api_key_secret)
-    plan = Plan(name=str(served.name), batches=batches, gateways=gateways, model=model, state=state)
-    _PLANS[key] = plan
-    if batches:
-        text = "; ".join(f"{i + 1}: {', '.join(b)}" for i, b in enumerate(batches))
-        logger.info(f"rollout {plan.name}: {len(batches)} batch(es) [{text}]"
-                    + (f"; gateways {', '.join(gateways)}" if gateways else "; no gateway"))
+    plan = Plan(name=str(served.name), batches=batches, gateways=gateways, model=model, state=state,
+                observed=observed, pending=pending)
+    converged = [n for n in ordered if not pending[n]]
+    text = "; ".join(f"{i + 1}: {', '.join(b)}" for i, b in enumerate(batches)) or "none"
+    logger.info(f"rollout {plan.name}: {len(batches)} batch(es) [{text}]"
+                + (f"; converged, left alone: {', '.join(converged)}" if converged else "")
+                + (f"; gateways {', '.join(gateways)}" if gateways else "; no gateway"))
     return plan
+
+
+def desired_service(spec: ServingSpec, data: Any) -> tuple[Desired, Paths]:
+    """A replica's desired service and its rollout paths, from its spec and host data alone."""
+    from tasks.image_build import image_ref
+    from tasks.weights.deploy import model_dest
+
+    model_dir = model_dest(spec, data)
+    want = desired(spec, image_ref(spec, data.get("image_pip_index_url")), model_dir, data)
+    return want, Paths.of(want.layout, model_dir)
 
 
 # --- facts ------------------------------------------------------------------------------------------
@@ -315,49 +360,76 @@ class Paths:
 
 class ServiceVersion(FactBase):
     """
-    The running version of a service and its rollback point, in one round trip:
-    ``live_unit`` (sha256 of the unit file), ``live_active`` (ActiveState), ``live_weights``
-    (target of ``<model_dir>/current``), ``live_image`` (image of the running container),
-    ``saved_unit`` (sha256 of the kept unit) and ``saved`` (the kept ``state.json``, a dict).
+    The running version of a service, its rollback point and (with ``paths``) its files, in one
+    round trip: ``live_unit`` (sha256 of the unit file), ``live_active`` (ActiveState),
+    ``live_weights`` (target of ``<model_dir>/current``), ``live_image`` (image of the running
+    container), ``live_label`` (the unit's weights label), ``saved_unit`` (sha256 of the kept
+    unit), ``saved`` (the kept ``state.json``, a dict), ``unit`` (``systemctl show`` ActiveState,
+    UnitFileState, NeedDaemonReload) and ``files`` (``FileDigests`` of ``paths``).
     """
 
     default = dict
 
-    def command(self, unit_file: str, unit_name: str, container: str, model_dir: str, previous: str) -> str:
+    def command(self, unit_file: str, unit_name: str, container: str, model_dir: str, previous: str,
+                paths: Sequence[str] = ()) -> str:
         u, d, m = shlex.quote(unit_file), shlex.quote(previous), shlex.quote(f"{model_dir.rstrip('/')}/current")
+        digested = [unit_file, f"{previous}/unit", *[p for p in paths if p != unit_file]]
+        # Few processes (the digests of every path take two): this runs on every host every run.
         return (
-            f"if [ -f {u} ]; then echo \"live_unit=$(sha256sum {u} | cut -d' ' -f1)\"; fi; "
-            f"echo \"live_active=$(systemctl show -p ActiveState --value {shlex.quote(unit_name)} 2>/dev/null)\"; "
+            f"echo {shlex.quote('@unit_file=' + unit_file)}; echo {shlex.quote('@saved_unit=' + previous + '/unit')}; "
+            f"{FileDigests().command(digested)}; "
+            f"systemctl show -p ActiveState -p UnitFileState -p NeedDaemonReload {shlex.quote(unit_name)} 2>/dev/null; "
             f"if [ -L {m} ]; then echo \"live_weights=$(readlink {m})\"; fi; "
             f"echo \"live_image=$(docker inspect -f '{{{{.Config.Image}}}}' {shlex.quote(container)} 2>/dev/null)\"; "
-            f"if [ -f {u} ]; then echo \"live_label=$(grep -o 'org.llmfleet.weights=[^ ]*' {u} | head -1 | cut -d= -f2)\"; fi; "
-            f"if [ -f {d}/unit ]; then echo \"saved_unit=$(sha256sum {d}/unit | cut -d' ' -f1)\"; fi; "
-            f"if [ -f {d}/state.json ]; then echo \"saved=$(tr -d '\\n' < {d}/state.json)\"; fi; true"
+            f"if [ -f {u} ]; then echo \"live_label=$(grep -o -m 1 'org.llmfleet.weights=[^ ]*' {u})\"; fi; "
+            f"if [ -f {d}/state.json ]; then IFS= read -r saved < {d}/state.json; echo \"saved=$saved\"; fi; true"
         )
 
     def process(self, output):
-        out: dict[str, Any] = {}
+        files = FileDigests().process(output)
+        out: dict[str, Any] = {"unit": {}, "files": files}
+        marks: dict[str, str] = {}
         for line in output:
             key, sep, value = line.partition("=")
-            if not sep or key not in ("live_unit", "live_active", "live_weights", "live_image", "live_label",
-                                      "saved_unit", "saved"):
+            if not sep or "\t" in line:
                 continue
-            if key == "saved":
+            value = value.strip()
+            if key in ("@unit_file", "@saved_unit"):
+                marks[key] = value
+            elif key in UNIT_PROPERTIES:
+                out["unit"][key] = value
+            elif key == "saved":
                 try:
                     out[key] = json.loads(value)
                 except ValueError:
                     out[key] = {}
-            elif value.strip():
-                out[key] = value.strip()
+            elif key == "live_label" and value:
+                out[key] = value.partition("=")[2] or None
+            elif key in ("live_weights", "live_image") and value:
+                out[key] = value
+        for mark, key in (("@unit_file", "live_unit"), ("@saved_unit", "saved_unit")):
+            digest = (files.get(marks.get(mark, "")) or {}).get("sha256")
+            if digest:
+                out[key] = digest
+        if out["unit"].get("ActiveState"):
+            out["live_active"] = out["unit"]["ActiveState"]
         return out
+
+
+UNIT_PROPERTIES = ("ActiveState", "UnitFileState", "NeedDaemonReload")
 
 
 # --- operations -------------------------------------------------------------------------------------
 
 
+def fact_args(p: Paths) -> dict[str, str]:
+    """``ServiceVersion`` arguments for a service's paths."""
+    return {"unit_file": p.unit_file, "unit_name": p.unit_name, "container": p.container,
+            "model_dir": p.model_dir, "previous": p.previous}
+
+
 def _fact(p: Paths) -> dict:
-    return host.get_fact(ServiceVersion, unit_file=p.unit_file, unit_name=p.unit_name, container=p.container,
-                         model_dir=p.model_dir, previous=p.previous)
+    return host.get_fact(ServiceVersion, **fact_args(p))
 
 
 def point_is_current(v: dict) -> bool:
@@ -398,16 +470,22 @@ def rollback_point(paths: Paths):
         rollback_point(paths=Paths.of(Layout.of(spec, service.options(host.data)), model_dir))
     """
     v = _fact(paths)
-    if not v.get("live_unit"):
-        host.noop(f"{paths.unit_name}: not installed yet, no rollback point")
-        return
-    if v.get("live_active") != "active" or not v.get("live_image"):
-        host.noop(f"{paths.unit_name} is {v.get('live_active') or 'unknown'}: rollback point left as it is")
-        return
-    if point_is_current(v):
-        host.noop(f"{paths.unit_name}: rollback point is the running version ({v.get('live_image')})")
+    why_not = point_unneeded(paths, v)
+    if why_not:
+        host.noop(why_not)
         return
     yield _save_script(paths, v)
+
+
+def point_unneeded(paths: Paths, v: dict) -> str | None:
+    """Why no rollback point is to be written for ``ServiceVersion`` ``v`` (None: write one)."""
+    if not v.get("live_unit"):
+        return f"{paths.unit_name}: not installed yet, no rollback point"
+    if v.get("live_active") != "active" or not v.get("live_image"):
+        return f"{paths.unit_name} is {v.get('live_active') or 'unknown'}: rollback point left as it is"
+    if point_is_current(v):
+        return f"{paths.unit_name}: rollback point is the running version ({v.get('live_image')})"
+    return None
 
 
 def _restore_script(p: Paths, saved: dict) -> str:
@@ -594,8 +672,10 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     n = len(plan.batches)
     layout = Layout.of(spec, service_options(host.data))
     paths = Paths.of(layout, model_dir)
-    live = _fact(paths)  # plan time, one round trip: what the upgrade changes on this host
-    served = serve(spec, image_ref, model_dir)
+    live = plan.observed.get(host.name) or {}  # read at plan time by plan_for
+    reasons = plan.pending.get(host.name) or []
+    logger.info(f"{host.print_prefix}rollout {spec.name}: {'; '.join(reasons)}")
+    served = serve(spec, image_ref, model_dir, restart=needs_restart(reasons))
     logger.info(f"{host.print_prefix}{upgrade_summary(spec, image_ref, live, served.unit, f'{b + 1}/{n}')}")
     inputs = tuple(getattr(served, "changes", ()) or (served.unit,))
     plan.will_restart[host.name] = inputs
@@ -628,25 +708,26 @@ def upgrade_summary(spec: ServingSpec, image_ref: str, live: dict, unit_op: Any,
     return f"rollout {spec.name} batch {batch}: " + "; ".join(parts)
 
 
-def rolling(recipe: Any, specs: dict[str, ServingSpec], spec: ServingSpec | None, image_ref: str | None,
-            model_dir: str | None) -> Plan:
+def rolling(plan: Plan, spec: ServingSpec | None, image_ref: str | None, model_dir: str | None) -> None:
     """
     The rollout part of ``deploy_model``, called by every host of the run from one line (replicas
     with their spec, gateways with None): gateway set-up, then per batch drain -> restart -> gate
-    (-> rollback) -> put back, then the weights link of replicas the rollout did not reach.
+    (-> rollback) -> put back, then the weights link of replicas the rollout did not reach. A
+    replica in no batch (its service is converged) gets no operation.
 
-    + recipe: the recipe ``deploy_model`` got
-    + specs: ``validate_fleet(recipe)``
+    + plan: ``plan_for(recipe, validate_fleet(recipe))``
     + spec, image_ref, model_dir: this replica's (None on a gateway host)
 
     Example:
 
     .. code:: python
 
-        rolling(recipe, specs, spec, image_ref, model_dir)   # in tasks.model.deploy_model
+        rolling(plan, spec, image_ref, model_dir)   # in tasks.model.deploy_model
     """
-    plan = plan_for(recipe, specs)
     me = host.name
+    if spec is not None and plan.batch_of(me) is None and me in plan.pending:
+        logger.info(f"{host.print_prefix}rollout {spec.name}: service converged (image {image_ref}, "
+                    f"weights {spec.model.repo_id}@{spec.model.revision}, unit active): nothing to roll out")
     is_gateway = me in plan.gateways
     gopts = gw.options(host.data)
     gpaths = gw.paths(plan.name, gopts)
@@ -678,19 +759,27 @@ def rolling(recipe: Any, specs: dict[str, ServingSpec], spec: ServingSpec | None
         if is_gateway:
             gw.upstream(name=f"{plan.name}: put back batch {b + 1}/{n}", path=gpaths["upstream"],
                         service=plan.name, replicas=list(plan.model.replicas), opts=gopts, restore=plan.to_restore(b))
-    if spec is not None and n > 1:
+    if spec is not None and n > 1 and plan.batch_of(me) is not None:
         layout = Layout.of(spec, service_options(host.data))
         weights_held(name=f"{spec.name}: weights of a replica the rollout did not reach",
                      paths=Paths.of(layout, model_dir), _if=plan.skipped(me))
-    return plan
 
 
-def point_kept(spec: ServingSpec, model_dir: str) -> None:
-    """Before staging: keep the running version as the rollback point (``deploy_model`` hook)."""
-    layout = Layout.of(spec, service_options(host.data))
-    rollback_point(name=f"{spec.name}: rollback point (running version)", paths=Paths.of(layout, model_dir))
+def point_kept(plan: Plan, spec: ServingSpec, model_dir: str) -> None:
+    """Before staging: keep the running version as the rollback point (``deploy_model`` hook).
+
+    Decided on the plan's read of the service: when the point is already the running version (or
+    nothing runs) no operation is added; otherwise ``rollback_point`` reads the host again when it
+    runs, as every operation does.
+    """
+    paths = Paths.of(Layout.of(spec, service_options(host.data)), model_dir)
+    why_not = point_unneeded(paths, plan.observed.get(host.name) or {})
+    if why_not:
+        logger.debug(f"{host.print_prefix}{why_not}")
+        return
+    rollback_point(name=f"{spec.name}: rollback point (running version)", paths=paths)
 
 
 __all__ = ["DEFAULTS", "Paths", "Plan", "ServiceVersion", "barrier", "count_of", "finished", "fleet_setting",
-           "gate", "make_batches", "plan_for", "point_is_current", "point_kept", "probe_error", "rollback_point",
-           "rolled_back", "rolling", "weights_held"]
+           "gate", "make_batches", "plan_for", "point_is_current", "point_kept", "point_unneeded", "probe_error",
+           "rollback_point", "rolled_back", "rolling", "weights_held"]

@@ -55,6 +55,7 @@ DEFAULTS (host data, prefix ``service_``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -67,8 +68,8 @@ from pyinfra.api import FactBase, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.converge import files_synced
-from tasks.secrets import local_secret, secret_file
+from tasks.converge import files_synced, units_running
+from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
 from tasks.vllm.cmdline import Rendered
@@ -306,6 +307,137 @@ def verify_config(spec: ServingSpec, layout: Layout, with_env_file: bool) -> dic
     }
 
 
+# --- what a converged service looks like (control machine) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything :func:`serve` puts on a host for one service, computed without touching it."""
+
+    layout: Layout
+    image_ref: str
+    unit_file: str
+    unit_text: bytes
+    verify_text: bytes
+    #: host path -> content of each chat template
+    templates: dict[str, bytes]
+    #: env name -> control-machine secret file ({}: the service has no env file)
+    secrets: dict[str, str]
+
+    @property
+    def unit(self) -> str:
+        return f"{self.layout.unit}.service"
+
+    def paths(self) -> list[str]:
+        """Host paths whose digests :func:`pending` compares (one ``FileDigests`` read)."""
+        lay = self.layout
+        out = [lay.etc_dir, lay.cache_dir, lay.verify_config, PROBE_PATH.rsplit("/", 1)[0], PROBE_PATH,
+               lay.env_file, self.unit_file]
+        if self.templates:
+            out += [lay.template_dir, *sorted(self.templates)]
+        return out
+
+
+def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any) -> Desired:
+    """The files and unit of ``spec``'s service on a host with host data ``data``.
+
+    + spec: the validated spec
+    + image_ref: the image the unit runs
+    + model_dir: the weights directory on the host
+    + data: the host's data (``.get``): ``service_*`` settings, the secrets directory
+    """
+    from jinja2 import Environment, StrictUndefined
+
+    opts = options(data)
+    layout = Layout.of(spec, opts)
+    rendered = cmdline.render(spec)
+    secrets = secret_files(spec, data)
+    verify = json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"
+    templates = {}
+    for container_path, local in sorted(rendered.files.items()):
+        src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
+        templates[f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}"] = src.read_bytes()
+    lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets))
+    grace = int(opts["service_stop_grace_s"])
+    # Rendered as pyinfra's files.template renders (StrictUndefined, trailing newline kept).
+    env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
+    unit = env.from_string((TEMPLATES / "vllm.service.j2").read_text()).render(
+        name_=layout.name, served_model_name=spec.served_model_name, port=spec.port,
+        weights=f"{spec.model.repo_id}@{spec.model.revision}",
+        env_file=layout.env_file if secrets else "", container=layout.unit,
+        exec_start=exec_start(lines), stop_grace_s=grace,
+        restart_sec=int(opts["service_restart_sec"]),
+        start_limit_burst=int(opts["service_start_limit_burst"]),
+        start_limit_interval_s=int(opts["service_start_limit_interval_s"]),
+        startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
+    )
+    return Desired(layout=layout, image_ref=image_ref, unit_file=f"/etc/systemd/system/{layout.unit}.service",
+                   unit_text=unit.encode(), verify_text=verify.encode(), templates=templates, secrets=secrets)
+
+
+ENABLED_STATES = ("enabled", "static", "enabled-runtime", "alias")  # what units_running leaves alone
+STALE = ("the container runs", "systemd has not loaded the unit file")  # reasons only a restart mends
+
+
+def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
+    """Why :func:`serve` would act on a host: one reason per difference; ``[]`` = converged.
+
+    + want: :func:`desired`
+    + observed: ``files`` (``FileDigests`` of ``want.paths()``), ``unit`` (``systemctl show``
+      ActiveState, UnitFileState, NeedDaemonReload) and ``live_image`` (the running container's
+      image), as ``tasks.rollout.ServiceVersion`` reads them
+    """
+    files = observed.get("files") or {}
+    lay = want.layout
+    reasons = []
+
+    def owned(path: str, kind: str, mode: str) -> bool:
+        e = files.get(path) or {}
+        return e.get("type") == kind and e.get("mode") == mode and e.get("user") == "root" and e.get("group") == "root"
+
+    def same(path: str, content: bytes, mode: str) -> None:
+        if not owned(path, "file", mode) or files[path].get("sha256") != hashlib.sha256(content).hexdigest():
+            reasons.append(f"{path} differs" if path in files else f"{path} missing")
+
+    for d in (lay.etc_dir, lay.cache_dir):
+        if not owned(d, "dir", "750"):
+            reasons.append(f"{d}/ missing or not 0750 root")
+    same(lay.verify_config, want.verify_text, "644")
+    if (files.get(PROBE_PATH.rsplit("/", 1)[0]) or {}).get("type") != "dir":
+        reasons.append(f"{PROBE_PATH.rsplit('/', 1)[0]}/ missing")
+    same(PROBE_PATH, PROBE_SRC.read_bytes(), "755")
+    if want.templates:
+        if not owned(lay.template_dir, "dir", "755"):
+            reasons.append(f"{lay.template_dir}/ missing or not 0755 root")
+        for path, content in sorted(want.templates.items()):
+            same(path, content, "644")
+    if want.secrets:
+        same(lay.env_file, env_file_content(want.secrets), "600")
+    elif lay.env_file in files:
+        reasons.append(f"{lay.env_file} should not exist (no API key)")
+    same(want.unit_file, want.unit_text, "644")
+    unit = observed.get("unit") or {}
+    if unit.get("ActiveState") != "active":
+        reasons.append(f"{want.unit} is {unit.get('ActiveState') or 'unknown'}")
+    elif observed.get("live_image") != want.image_ref:
+        reasons.append(f"{STALE[0]} {observed.get('live_image') or 'no image'}, the unit {want.image_ref}")
+    if unit.get("UnitFileState") not in ENABLED_STATES:
+        reasons.append(f"{want.unit} is not enabled")
+    if unit.get("NeedDaemonReload") == "yes":
+        reasons.append(f"{STALE[1]} on disk")
+    return reasons
+
+
+def needs_restart(reasons: list[str]) -> bool:
+    """Whether :func:`pending`'s reasons call for a restart that no file change would trigger:
+    systemd still runs an older load of the unit, or the container runs another image (a run
+    that stopped between writing the unit and restarting it)."""
+    return any(r.startswith(STALE) for r in reasons)
+
+
+# --- the deploy ----------------------------------------------------------------------------------
+
+
 @dataclass
 class Served:
     """What ``serve`` did: ``started`` is true (at execution) when the service (re)started."""
@@ -323,16 +455,18 @@ class Served:
 
 
 @deploy("Service", data_defaults=DEFAULTS)
-def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
+def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = False) -> Served:
     """
     Install and run ``llmfleet-<spec.name>.service`` for a validated spec.
 
-    Restarts the service only when its unit, env file or chat templates changed; a run with
-    nothing to change reports no changes.
+    Restarts the service only when its unit, env file or chat templates changed (or ``restart``);
+    a run with nothing to change reports no changes. Every file goes through a digest-comparing
+    operation (one round trip each when nothing differs; ``--diff`` shows the unit's diff).
 
     + spec: validated serving spec (``tasks.spec.load_spec``)
     + image_ref: the pinned image to run (already present on the host)
     + model_dir: the weights directory (``<model_dir>/current`` -> ``revisions/<rev>``)
+    + restart: restart even when no file changes (see :func:`needs_restart`)
 
     Example:
 
@@ -340,52 +474,27 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str) -> Served:
 
         served = serve(spec, "vllm/vllm-openai:v0.8.5", "/srv/models/Qwen--Qwen3-30B-A3B")
     """
-    opts = options(host.data)
-    layout = Layout.of(spec, opts)
-    rendered = cmdline.render(spec)
-    secrets = secret_files(spec, host.data)
-    tag = layout.name
+    want = desired(spec, image_ref, model_dir, host.data)
+    layout, tag = want.layout, want.layout.name
 
-    # One round trip each: the directories with the verification config, and the probe (its own mode).
-    verify = json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"
     files_synced(name=f"{tag}: config and cache directories, verification config",
-                 files={layout.verify_config: verify.encode()}, dirs=[layout.etc_dir, layout.cache_dir],
+                 files={layout.verify_config: want.verify_text}, dirs=[layout.etc_dir, layout.cache_dir],
                  dir_mode="750")
     files_synced(name="endpoint probe", files={PROBE_PATH: PROBE_SRC}, mode="755")
     templates = []
-    if rendered.files:
-        files.directory(name=f"{tag}: template directory", path=layout.template_dir, user="root",
-                        group="root", mode="755")
-    for container_path, local in sorted(rendered.files.items()):
-        src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
-        templates.append(files.put(name=f"{tag}: chat template {src.name}", src=str(src),
-                                   dest=f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}",
-                                   user="root", group="root", mode="644"))
-    if secrets:
-        env = secret_file(name=f"{tag}: secret env file", dest=layout.env_file, env=secrets, dir_mode="750")
+    if want.templates:
+        templates.append(files_synced(name=f"{tag}: chat templates", files=want.templates,
+                                      dirs=[layout.template_dir], dir_mode="755"))
+    if want.secrets:
+        env = secret_file(name=f"{tag}: secret env file", dest=layout.env_file, env=want.secrets, dir_mode="750")
     else:
         env = files.file(name=f"{tag}: no secret env file", path=layout.env_file, present=False)
+    unit = files_synced(name=f"{tag}: unit {want.unit}", files={want.unit_file: want.unit_text})
 
-    lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets))
-    grace = int(opts["service_stop_grace_s"])
-    unit = files.template(
-        name=f"{tag}: unit {layout.unit}.service", src=str(TEMPLATES / "vllm.service.j2"),
-        dest=f"/etc/systemd/system/{layout.unit}.service", user="root", group="root", mode="644",
-        name_=layout.name, served_model_name=spec.served_model_name, port=spec.port,
-        weights=f"{spec.model.repo_id}@{spec.model.revision}",
-        env_file=layout.env_file if secrets else "", container=layout.unit,
-        exec_start=exec_start(lines), stop_grace_s=grace,
-        restart_sec=int(opts["service_restart_sec"]),
-        start_limit_burst=int(opts["service_start_limit_burst"]),
-        start_limit_interval_s=int(opts["service_start_limit_interval_s"]),
-        startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
-    )
-
-    systemd.daemon_reload(name=f"{tag}: reload units", _if=unit.did_change)
-    reset_failed(name=f"{tag}: clear failed state", unit=f"{layout.unit}.service")
-    restart = systemd.service(name=f"{tag}: restart (unit, env or template changed)",
-                              service=f"{layout.unit}.service", running=True, restarted=True,
-                              enabled=True, _if=any_changed(unit, env, *templates))
-    running = systemd.service(name=f"{tag}: running", service=f"{layout.unit}.service", running=True,
-                              enabled=True)
-    return Served(unit=unit, restart=restart, running=running, layout=layout, changes=(unit, env, *templates))
+    changed = any_changed(unit, env, *templates)
+    systemd.daemon_reload(name=f"{tag}: reload units", _if=lambda: restart or unit.did_change())
+    reset_failed(name=f"{tag}: clear failed state", unit=want.unit)
+    restarted = units_running(name=f"{tag}: restart (unit, env or template changed)", units=[want.unit],
+                              restarted=True, _if=lambda: restart or changed())
+    running = units_running(name=f"{tag}: running", units=[want.unit])
+    return Served(unit=unit, restart=restarted, running=running, layout=layout, changes=(unit, env, *templates))

@@ -58,9 +58,13 @@ def run_op(op, responses: dict, diff: bool = False, **kwargs):
     return host.connector.executed_commands, op_data.operation_meta.did_change()
 
 
+_STAT_NAMES = {"file": "regular file", "dir": "directory", "link": "symbolic link", "other": "fifo"}
+
+
 def digest_lines(entries: dict[str, tuple]) -> list[str]:
-    """FileDigests' output lines: path -> (type, sha or '-', 'mode user group')."""
-    return [f"{t}\t{s}\t{o}\t{p}" for p, (t, s, o) in entries.items()]
+    """FileDigests' output lines (stat's, then sha256sum's) for path -> (type, sha or '-', 'mode user group')."""
+    stats = [f"{_STAT_NAMES[t]}\t{o}\t{p}" for p, (t, s, o) in entries.items()]
+    return stats + [f"{s}  {p}" for p, (t, s, o) in entries.items() if s != "-"]
 
 
 # --- FileDigests ----------------------------------------------------------------------------------
@@ -70,11 +74,16 @@ def test_file_digests_command_under_sh(tmp_path):
     os.chmod(tmp_path / "a.py", 0o640)
     (tmp_path / "d").mkdir()
     (tmp_path / "l").symlink_to(tmp_path / "a.py")
-    paths = [str(tmp_path / n) for n in ("a.py", "d", "l", "missing")]
+    (tmp_path / "empty").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")
+    paths = [str(tmp_path / n) for n in ("a.py", "d", "l", "missing", "empty", "fifo")]
     lines, rc = run_sh(FileDigests().command(paths))
     assert rc == 0
     got = FileDigests().process(lines)
-    assert set(got) == {paths[0], paths[1], paths[2]}
+    assert set(got) == {paths[0], paths[1], paths[2], paths[4], paths[5]}
+    assert got[paths[4]] == {"type": "file", "sha256": sha(b""), "mode": got[paths[4]]["mode"],
+                             "user": got[paths[4]]["user"], "group": got[paths[4]]["group"]}
+    assert got[paths[5]]["type"] == "other" and "sha256" not in got[paths[2]]
     assert got[paths[0]]["sha256"] == sha(SCRIPT) and got[paths[0]]["mode"] == "640"
     assert got[paths[1]]["type"] == "dir" and "sha256" not in got[paths[1]]
     assert got[paths[2]]["type"] == "link"

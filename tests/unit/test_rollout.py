@@ -84,11 +84,13 @@ def cli_order(monkeypatch):
     monkeypatch.setattr(pyinfra, "is_cli", True)
 
 
-def _plan_fleet(n: int, **data) -> State:
+def _plan_fleet(n: int, converged: tuple[int, ...] = (), **data) -> State:
     from tasks.model import deploy_model
 
     fd = {"fake_delay": 0, "fake_delay_jitter": 0, "model_preflight": False, "serve_api_key_secret": None, **data}
     replicas = [(f"@fake/r{i}", dict(fd, ssh_hostname=f"10.0.0.{i + 1}")) for i in range(n)]
+    for i in converged:  # these replicas answer the plan's service read as a host serve() already ran on
+        replicas[i][1]["fake_responses"] = {"@unit_file=": _converged_service(replicas[i][1])}
     state = State(Inventory((replicas + [("@fake/gw", dict(fd))], fd), gateway=(["@fake/gw"], {})), Config())
     connect_all(state)
     state.set_stage(StateStage.Prepare)
@@ -97,6 +99,23 @@ def _plan_fleet(n: int, **data) -> State:
             with ctx_host.use(h):
                 deploy_model("qwen30b")
     return state
+
+
+def _converged_service(data: dict) -> list[str]:
+    from tasks.spec import load_spec
+
+    from .test_service_converged import converged_host, digest_output
+
+    want, paths = rollout.desired_service(load_spec("qwen30b", data), _Data(data))
+    files = converged_host(want)
+    files[f"{paths.previous}/unit"] = files[want.unit_file]  # its rollback point is this version
+    return [f"@unit_file={paths.unit_file}", f"@saved_unit={paths.previous}/unit", *digest_output(files),
+            "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no", f"live_image={want.image_ref}",
+            'saved={"image": "%s", "weights": null}' % want.image_ref]
+
+
+class _Data(dict):
+    """Host data as desired_service reads it (``.get``), before pyinfra wraps it."""
 
 
 def _order(state: State) -> list[tuple[str, list[str]]]:
@@ -129,6 +148,23 @@ def test_batches_are_pyinfra_operation_order_with_gateway_drain(cli_order):
     assert names.index("Model | qwen30b: image vllm/vllm-openai:v0.8.5") < names.index(
         "Model | qwen30b batch 1/3 (@fake/r0): begin")
     assert "Model | Gateway | qwen30b: gateway server block" in names
+
+
+def test_converged_replicas_are_in_no_batch_and_get_no_service_operation(cli_order):
+    order = _order(_plan_fleet(3, converged=(1,)))
+    names = [n for n, _ in order]
+    assert "Model | qwen30b batch 1/2 (@fake/r0): begin" in names
+    assert "Model | qwen30b batch 2/2 (@fake/r2): begin" in names
+    service_ops = [(n, hosts) for n, hosts in order if "| Service |" in n]
+    assert service_ops and all("@fake/r1" not in hosts for _, hosts in service_ops)
+    # No rollback point operation: r1's is its running version already, r0 and r2 run nothing yet.
+    assert not [n for n in names if "rollback point" in n]
+
+
+def test_a_converged_fleet_has_no_batch_no_barrier_and_no_service_operation(cli_order):
+    names = [n for n, _ in _order(_plan_fleet(3, converged=(0, 1, 2)))]
+    assert not [n for n in names if "batch" in n or "| Service |" in n or "rollback point" in n]
+    assert "Model | Gateway | qwen30b: gateway server block" in names  # the gateway still converges
 
 
 def test_batch_size_two_restarts_two_hosts_per_batch(cli_order):

@@ -15,6 +15,7 @@ from tasks.weights.deploy import (
     _STATE_CODE,
     FetchRequest,
     PythonPackages,
+    normalise,
     WeightsState,
     fetch_command,
     model_dirname,
@@ -166,8 +167,27 @@ def test_state_fact_empty_dir(tmp_path):
 
 
 def test_python_packages_normalises_names():
-    got = PythonPackages().process(["huggingface-hub 2.4.0", "modelscope 1.40.2", "garbage"])
+    got = PythonPackages().process(["huggingface_hub-2.4.0", "modelscope-1.40.2", "garbage", "a-1-2"])
     assert got == {"huggingface-hub": "2.4.0", "modelscope": "1.40.2"}
+
+
+def test_python_packages_matches_importlib_metadata_of_a_real_venv(tmp_path):
+    """The fact's glob over dist-info names agrees with what Python itself reports for a venv."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    venv = sys.prefix  # the test run's own venv (bin/python and lib/python3.X/site-packages)
+    if venv == sys.base_prefix:
+        pytest.skip("not running in a venv")
+    out = subprocess.run(["sh", "-c", PythonPackages().command(venv)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    got = PythonPackages().process(out)
+    site = [p for p in sys.path if p.startswith(venv) and p.endswith("site-packages")]
+    want = {normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=site)}
+    assert got == want and "pyinfra" in got
+    assert subprocess.run(["sh", "-c", PythonPackages().command(str(tmp_path / "none"))], capture_output=True,
+                          text=True, check=True).stdout == ""
 
 
 def test_secret_name_checks(tmp_path, monkeypatch):
