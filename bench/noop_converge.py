@@ -59,14 +59,35 @@ def ensure_key() -> None:
     path.chmod(0o600)
 
 
-def run(inventory: Path, deploy: str, timeout: float) -> dict:
-    """One counted pyinfra run: wall seconds, counts per host, operations changed, errors."""
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores; /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def hosts_cpu_s(cfg: LabConfig) -> dict[str, float]:
+    """CPU seconds each lab host's cgroup used (sshd, shells, docker, dockerd, the stand-ins)."""
+    out = {}
+    for d in sorted((Path("/sys/fs/cgroup/unified") / cfg.cgroup).glob("*/cpu.stat")):
+        usage = dict(line.split() for line in d.read_text().splitlines())
+        out[d.parent.name] = int(usage["usage_usec"]) / 1e6
+    return out
+
+
+def run(inventory: Path, deploy: str, timeout: float, cfg: LabConfig) -> dict:
+    """One counted pyinfra run: wall seconds, counts per host, operations changed, errors, and CPU
+    seconds: the controller's (pyinfra), each lab host's, and the machine's."""
     cmd = [sys.executable, COUNTING, str(inventory), deploy, "-y", "--json",
            "--data", f"serve_api_key_secret={KEY_NAME}"]
+    before = (os.times(), hosts_cpu_s(cfg), machine_busy_s())
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     wall = time.monotonic() - start
+    after = (os.times(), hosts_cpu_s(cfg), machine_busy_s())
+    controller = (after[0].children_user + after[0].children_system
+                  - before[0].children_user - before[0].children_system)
+    per_host = [after[1][h] - before[1].get(h, 0.0) for h in after[1]]
     match = re.search(r"^LLMFLEET_COUNTS (.*)$", proc.stderr, re.M)
     counts = json.loads(match.group(1)) if match else {}
     payload: dict = {}
@@ -81,7 +102,8 @@ def run(inventory: Path, deploy: str, timeout: float) -> dict:
     errors = {op["name"]: op["error"] for op in ops if op.get("error")}
     if proc.returncode != 0 or errors:
         raise SystemExit(f"pyinfra failed rc={proc.returncode} errors={errors}\n{proc.stderr[-3000:]}")
-    return {"wall": wall, "counts": counts, "changed": changed}
+    return {"wall": wall, "counts": counts, "changed": changed, "controller_cpu": controller,
+            "host_cpu": sum(per_host) / max(len(per_host), 1), "busy": after[2] - before[2]}
 
 
 def main() -> int:
@@ -101,11 +123,11 @@ def main() -> int:
         for n in args.sizes:
             lablib.down(cfg, log=lambda *a: None)
             lablib.up(cfg, n, [args.profile], log=lambda *a: None)
-            first = run(inventory, args.deploy, args.timeout)
-            noop = run(inventory, args.deploy, args.timeout)
+            first = run(inventory, args.deploy, args.timeout, cfg)
+            noop = run(inventory, args.deploy, args.timeout, cfg)
             per_host = [c.get("commands", 0) for c in noop["counts"].values()]
             rows.append((n, first["wall"], noop["wall"], min(per_host, default=0), max(per_host, default=0),
-                         noop["changed"]))
+                         noop["changed"], noop["controller_cpu"], noop["host_cpu"], noop["busy"]))
             print(f"N={n}: first {first['wall']:.1f}s, no-op {noop['wall']:.1f}s, "
                   f"{min(per_host, default=0)}-{max(per_host, default=0)} commands/host, "
                   f"{noop['changed']} changed", file=sys.stderr, flush=True)
@@ -114,10 +136,14 @@ def main() -> int:
             lablib.down(cfg, log=lambda *a: None)
     base = rows[0][2] if rows else 0
     print(f"\n{args.deploy}, profile {args.profile}, lab {args.name}\n")
-    print("| N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed |")
-    print("|---|---------|---------|--------|---------------------|---------|")
-    for n, first, noop, lo, hi, changed in rows:
-        print(f"| {n} | {first:7.1f} | {noop:7.1f} | {noop / base:5.2f}x | {lo:>9}-{hi:<9} | {changed:7} |")
+    cores = os.cpu_count() or 1
+    print("| N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed | pyinfra CPU s | CPU s/host "
+          f"| machine busy ({cores} cores) |")
+    print("|---|---------|---------|--------|---------------------|---------|---------------|------------"
+          "|---------------------|")
+    for n, first, noop, lo, hi, changed, ctl, host_cpu, busy in rows:
+        print(f"| {n} | {first:7.1f} | {noop:7.1f} | {noop / base:5.2f}x | {lo:>9}-{hi:<9} | {changed:7} "
+              f"| {ctl:13.2f} | {host_cpu:10.2f} | {busy:6.2f} s = {100 * busy / (cores * noop):3.0f}% |")
     return 0
 
 

@@ -454,6 +454,14 @@ class Served:
         return any_changed(self.restart, self.running)
 
 
+def within_deploy(condition: Callable[[], bool]) -> Callable[[], bool]:
+    """``condition`` and the enclosing deploys' ``_if``: an operation's own ``_if`` replaces its
+    deploy's (pyinfra 3.10), so an operation that must stay inside a rollout batch ANDs them."""
+    outer = (host.current_deploy_kwargs or {}).get("_if")
+    outer = [] if outer is None else list(outer) if isinstance(outer, list) else [outer]
+    return lambda: all(c() for c in outer) and condition()
+
+
 @deploy("Service", data_defaults=DEFAULTS)
 def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = False) -> Served:
     """
@@ -492,9 +500,9 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = Fal
     unit = files_synced(name=f"{tag}: unit {want.unit}", files={want.unit_file: want.unit_text})
 
     changed = any_changed(unit, env, *templates)
-    systemd.daemon_reload(name=f"{tag}: reload units", _if=lambda: restart or unit.did_change())
+    systemd.daemon_reload(name=f"{tag}: reload units", _if=within_deploy(lambda: restart or unit.did_change()))
     reset_failed(name=f"{tag}: clear failed state", unit=want.unit)
     restarted = units_running(name=f"{tag}: restart (unit, env or template changed)", units=[want.unit],
-                              restarted=True, _if=lambda: restart or changed())
+                              restarted=True, _if=within_deploy(lambda: restart or changed()))
     running = units_running(name=f"{tag}: running", units=[want.unit])
     return Served(unit=unit, restart=restarted, running=running, layout=layout, changes=(unit, env, *templates))

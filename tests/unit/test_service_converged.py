@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from pyinfra.api import Config, Inventory, State
+from pyinfra.api import Config, Inventory, State, deploy
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
@@ -73,7 +73,7 @@ def observed(files: dict, active: str = "active", enabled: str = "enabled", relo
 
 
 def serve_on_fake(spec, files: dict, data: dict, active: str = "active", enabled: str = "enabled",
-                  restart: bool = False):
+                  restart: bool = False, batch_open: bool | None = None):
     """Run serve() (pyinfra -y) on a @fake host whose commands answer from ``files``."""
     env = files.get(service.Layout.of(spec, service.options(data)).env_file)
     secret_state = [] if env is None else [f"{hashlib.sha256(env[2]).hexdigest()} {env[1]} root:root"]
@@ -88,7 +88,14 @@ def serve_on_fake(spec, files: dict, data: dict, active: str = "active", enabled
     state = State(Inventory(([("@fake/h", {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": responses,
                                            **data})], {})), Config(), check_for_changes=False)
     connect_all(state)
-    add_deploy(state, service.serve, spec, IMAGE, MODEL_DIR, restart=restart)
+    if batch_open is None:
+        add_deploy(state, service.serve, spec, IMAGE, MODEL_DIR, restart=restart)
+    else:  # inside a rollout batch whose _if says whether the batch runs
+        @deploy("Batch 2/3")
+        def batch():
+            service.serve(spec, IMAGE, MODEL_DIR, restart=restart)
+
+        add_deploy(state, batch, _if=[lambda: batch_open])
     run_ops(state)
     host = state.inventory.get_host("@fake/h")
     changed = [sorted(state.get_op_meta(h).names)[0] for h, m in state.ops[host].items()
@@ -147,6 +154,17 @@ def test_stale_load_or_other_image_needs_a_restart_without_file_changes(uploads)
     changed, commands = serve_on_fake(spec, files, data, restart=True)
     assert changed == ["Service | qwen30b: reload units", "Service | qwen30b: restart (unit, env or template changed)"]
     assert "systemctl restart llmfleet-qwen30b.service" in commands and uploads == []
+
+
+def test_a_forced_restart_stays_inside_its_closed_batch(uploads):
+    """An operation's own _if replaces its deploy's: the forced restart must still obey the batch."""
+    data = {"serve_api_key_secret": None}
+    spec = load_spec("qwen30b", data)
+    files = converged_host(service.desired(spec, IMAGE, MODEL_DIR, data))
+    changed, commands = serve_on_fake(spec, files, data, restart=True, batch_open=False)
+    assert changed == [] and commands == []
+    changed, commands = serve_on_fake(spec, files, data, restart=True, batch_open=True)
+    assert "systemctl restart llmfleet-qwen30b.service" in commands
 
 
 def test_an_env_file_left_from_a_keyed_spec_is_pending():
