@@ -76,9 +76,10 @@ class PlanInputError(ValueError):
 
 @dataclass(frozen=True)
 class PlanParams:
-    """Serving parameters that decide memory, as vLLM's flags of the same names."""
+    """Serving parameters that decide memory, as vLLM's flags of the same names, and the memory of
+    one GPU (``gpu_mem_gib``: a host's; 0 until a host is known, e.g. in a preflight Requirement)."""
 
-    gpu_mem_gib: float
+    gpu_mem_gib: float = 0.0
     tp: int = 1
     pp: int = 1
     dtype: str = "auto"

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pyinfra.api import deploy
@@ -79,25 +79,18 @@ ACCELERATORS = ("nvidia", "ascend")
 
 @dataclass
 class Requirement:
-    """What a recipe needs from a host. ``cuda_version`` "" means: derive it from ``vllm_version``."""
+    """What a recipe needs from a host. ``serving`` holds the memory-deciding serving parameters
+    (tp, pp, dtype, ...; its ``gpu_mem_gib`` is filled per host). ``cuda_version`` "" means: derive
+    it from ``vllm_version``."""
 
     recipe: str
     vllm_version: str
     model_config: dict
     weights_bytes: int
     model_dir: str
-    tp: int = 1
-    pp: int = 1
+    serving: PlanParams = field(default_factory=PlanParams)
     gpus_needed: int = 0
     cuda_version: str = ""
-    dtype: str = "auto"
-    quantization: str | None = None
-    kv_cache_dtype: str = "auto"
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
     shm_bytes_needed: int = 0
     weights_present_bytes: int = 0
     accelerator: str = "nvidia"
@@ -119,16 +112,11 @@ class Requirement:
 
     @property
     def devices_needed(self) -> int:
-        return max(self.gpus_needed, self.tp * self.pp)
+        return max(self.gpus_needed, self.serving.tp * self.serving.pp)
 
     def plan_params(self, gpu_mem_gib: float, cudagraph_gib: float = 0.0) -> PlanParams:
-        return PlanParams(
-            gpu_mem_gib=gpu_mem_gib, tp=self.tp, pp=self.pp, dtype=self.dtype,
-            quantization=self.quantization, kv_cache_dtype=self.kv_cache_dtype,
-            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
-            block_size=self.block_size, max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens, cudagraph_gib=cudagraph_gib,
-        )
+        """The serving parameters on a host whose GPUs have ``gpu_mem_gib`` each."""
+        return replace(self.serving, gpu_mem_gib=gpu_mem_gib, cudagraph_gib=cudagraph_gib)
 
 
 @dataclass
@@ -184,7 +172,7 @@ def _cc(text: str | None) -> float | None:
 
 
 def _wants_fp8_weights(req: Requirement) -> bool:
-    method, _bits, _group = quant_config(text_config(req.model_config), req.quantization)
+    method, _bits, _group = quant_config(text_config(req.model_config), req.serving.quantization)
     return method == "fp8"
 
 
@@ -238,7 +226,8 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
     gpus = gpus_fact["gpus"]
     need = req.devices_needed
     if len(gpus) < need:
-        verdict.add("gpu count", "fail", f"{len(gpus)} GPU(s), tp {req.tp} x pp {req.pp} needs {need}")
+        tp, pp = req.serving.tp, req.serving.pp
+        verdict.add("gpu count", "fail", f"{len(gpus)} GPU(s), tp {tp} x pp {pp} needs {need}")
     else:
         verdict.add("gpu count", "ok", f"{len(gpus)} GPU(s), need {need}")
     used = gpus[:need] if gpus else []
@@ -262,10 +251,10 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
     else:
         bf16_config = model_dtype_bytes(config, "auto") == 2 and "bfloat16" in str(
             config.get("torch_dtype") or config.get("dtype") or "bfloat16")
-        if req.dtype == "bfloat16" and cc < 8.0:
+        if req.serving.dtype == "bfloat16" and cc < 8.0:
             verdict.add("dtype", "fail", f"bfloat16 needs compute capability >= 8.0, GPUs have {cc}: "
                                          "use dtype half")
-        elif req.dtype == "auto" and bf16_config and cc < 8.0:
+        elif req.serving.dtype == "auto" and bf16_config and cc < 8.0:
             verdict.add("dtype", "warn", f"bf16 checkpoint on compute capability {cc}: vLLM releases that "
                                          "do not fall back refuse it; set dtype half")
         if _wants_fp8_weights(req):
@@ -279,7 +268,7 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
                                                    "recent vLLM releases (older ones need 8.0)")
             else:
                 verdict.add("fp8 weights", "fail", f"FP8 weights need compute capability >= 7.5, GPUs have {cc}")
-        if req.kv_cache_dtype.startswith("fp8"):
+        if req.serving.kv_cache_dtype.startswith("fp8"):
             if cc >= 8.0:
                 verdict.add("fp8 kv cache", "ok", f"fp8 KV storage at compute capability {cc}"
                             + (" (attention in fp8 with FlashAttention 3)" if cc >= 9.0 else ""))
@@ -327,13 +316,14 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
         verdict.add("gpu memory", "fail", "memory.total not reported")
         return None
     smallest = min(mem for _gpu, mem in mems)
-    requested = smallest * req.gpu_memory_utilization
+    utilization = req.serving.gpu_memory_utilization
+    requested = smallest * utilization
     for gpu, _mem in mems:
         free = gpu.get("memory_free_mib")
         if free is not None and free / 1024.0 < requested:
             verdict.add(f"GPU{gpu['index']} free memory", "fail",
                         f"{free} MiB free ({gpu.get('memory_used_mib')} MiB used by other processes), "
-                        f"{requested:.2f} GiB requested (gpu_memory_utilization {req.gpu_memory_utilization})")
+                        f"{requested:.2f} GiB requested (gpu_memory_utilization {utilization})")
     return smallest
 
 
@@ -358,7 +348,8 @@ def _check_ascend(verdict: Verdict, facts: dict, req: Requirement) -> float | No
     npus = npu.get("npus") or []
     need = req.devices_needed
     if len(npus) < need:
-        verdict.add("npu count", "fail", f"{len(npus)} NPU(s), tp {req.tp} x pp {req.pp} needs {need}")
+        tp, pp = req.serving.tp, req.serving.pp
+        verdict.add("npu count", "fail", f"{len(npus)} NPU(s), tp {tp} x pp {pp} needs {need}")
     else:
         verdict.add("npu count", "ok", f"{len(npus)} NPU(s), need {need}")
     used = npus[:need]
@@ -496,7 +487,7 @@ def preflight(requirement: Requirement) -> bool:
 
         from tasks.preflight import Requirement, preflight
         preflight(Requirement(recipe="qwen3-30b-a3b", vllm_version="0.8.5", model_config=cfg,
-                              weights_bytes=61_100_000_000, model_dir="/srv/models/qwen3-30b-a3b", tp=4))
+                              weights_bytes=61_100_000_000, model_dir="/srv/models/qwen3-30b-a3b", serving=PlanParams(tp=4)))
     """
     from pyinfra import logger
     from pyinfra.context import ctx_host

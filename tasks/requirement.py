@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.plan import GIB, bundled_config, count_params, linear_bytes_per_param, model_dtype_bytes, quant_config
+from tasks.plan import (GIB, PlanParams, bundled_config, count_params, linear_bytes_per_param, model_dtype_bytes,
+                        quant_config)
 from tasks.preflight import DEFAULTS as PREFLIGHT_DEFAULTS
 from tasks.preflight import Requirement
 from tasks.spec import ServingSpec, SpecError
@@ -68,12 +69,13 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
     gpus = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
     # With --ipc=host the container uses the host's /dev/shm; --shm-size gives it its own.
     shm = int(float(data.get("preflight_ipc_host_shm_gib", PREFLIGHT_DEFAULTS["preflight_ipc_host_shm_gib"])) * GIB) if spec.ipc_host and gpus > 1 else 0
-    return Requirement(
-        recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,
-        model_dir=model_dir, tp=spec.tensor_parallel_size, pp=spec.pipeline_parallel_size,
-        gpus_needed=gpus, dtype=spec.dtype, quantization=spec.quantization,
-        kv_cache_dtype=spec.kv_cache_dtype, max_model_len=spec.max_model_len,
+    serving = PlanParams(
+        tp=spec.tensor_parallel_size, pp=spec.pipeline_parallel_size, dtype=spec.dtype,
+        quantization=spec.quantization, kv_cache_dtype=spec.kv_cache_dtype, max_model_len=spec.max_model_len,
         gpu_memory_utilization=spec.gpu_memory_utilization, block_size=spec.block_size or 16,
         max_num_seqs=spec.max_num_seqs or 256, max_num_batched_tokens=spec.max_num_batched_tokens,
-        shm_bytes_needed=shm, accelerator=spec.accelerator,
+    )
+    return Requirement(
+        recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,
+        model_dir=model_dir, serving=serving, gpus_needed=gpus, shm_bytes_needed=shm, accelerator=spec.accelerator,
     )

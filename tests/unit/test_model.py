@@ -22,7 +22,7 @@ def test_every_recipe_has_a_valid_requirement(recipe):
     spec = load_spec(recipe)
     req = requirement_from_spec(spec, model_dest(spec, {}))
     req.validate()
-    assert req.tp == spec.tensor_parallel_size and req.vllm_version == str(spec.version)
+    assert req.serving.tp == spec.tensor_parallel_size and req.vllm_version == str(spec.version)
     assert req.model_dir.startswith("/srv/models/") and req.accelerator == spec.accelerator
 
 

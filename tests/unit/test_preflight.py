@@ -1,6 +1,7 @@
 """Preflight verdicts on facts gathered from the lab stand-ins (the same path a lab host takes)."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from tests.unit.conftest import run_sh
 from tasks.facts.ascend import AscendNpus
 from tasks.facts.nvidia import NvidiaGpus, NvidiaSmiVersion
 from tasks.lab.profiles import PROFILES
-from tasks.plan import GIB, bundled_config
+from tasks.plan import GIB, PlanParams, bundled_config
 from tasks.preflight import DEFAULTS, Requirement, evaluate
 
 HOST = {
@@ -24,6 +25,15 @@ HOST = {
 }
 
 
+SERVING = {f.name for f in dataclasses.fields(PlanParams)}
+
+
+def requirement(fields: dict) -> Requirement:
+    """A Requirement from flat fields: the serving ones (tp, dtype, ...) go into its PlanParams."""
+    serving = PlanParams(**{k: v for k, v in fields.items() if k in SERVING})
+    return Requirement(serving=serving, **{k: v for k, v in fields.items() if k not in SERVING})
+
+
 def seed_001(**changes) -> Requirement:
     """Seed 001's recipe: Qwen3-30B-A3B on 4 GPUs with vLLM 0.8.5."""
     fields = dict(recipe="qwen3-30b-a3b-seed001", vllm_version="0.8.5", model_config=bundled_config("Qwen3-30B-A3B"),
@@ -31,7 +41,7 @@ def seed_001(**changes) -> Requirement:
                   dtype="half", max_model_len=32768, gpu_memory_utilization=0.93, block_size=32,
                   max_num_batched_tokens=4096, shm_bytes_needed=16 * GIB)
     fields.update(changes)
-    return Requirement(**fields)
+    return requirement(fields)
 
 
 @pytest.fixture
@@ -233,7 +243,7 @@ def ascend_req(**changes) -> Requirement:
                   weights_bytes=65_500_000_000, model_dir="/data/models/Qwen3-32B", tp=4, accelerator="ascend",
                   max_model_len=32768)
     fields.update(changes)
-    return Requirement(**fields)
+    return requirement(fields)
 
 
 def test_ascend910b_go(ascend_facts):
