@@ -159,7 +159,8 @@ def deploy_model(recipe: Recipe) -> None:
                 image_ref = ensure_image(spec)
             else:
                 image_ref = spec.image.ref
-                image_task.pulled(name=f"{spec.name}: image {image_ref}", image=image_ref)
+                image_task.pulled(name=f"{spec.name}: image {image_ref}", image=image_ref,
+                                  present=plan.images_present(host.name, image_ref))
         else:
             spec = None
     # Every host calls this from this one line: the rollout's batch barriers need one call site.

@@ -54,13 +54,14 @@ class HostResources(FactBase[dict]):
             f'echo "{SECTION}meminfo"; grep -E "^(MemTotal|MemAvailable):" /proc/meminfo; '
             f'echo "{SECTION}cpus"; getconf _NPROCESSORS_ONLN 2>/dev/null || nproc; '
             f'p={quoted}; while [ ! -e "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done; '
-            f'echo "{SECTION}disk $p"; df -Pk "$p" 2>/dev/null | tail -n 1; '
-            f'echo "{SECTION}shm"; df -Pk /dev/shm 2>/dev/null | tail -n 1; '
+            # No pipes through tail/head: this runs on every host every run (df's header is skipped).
+            f'echo "{SECTION}disk $p"; df -Pk "$p" 2>/dev/null; '
+            f'echo "{SECTION}shm"; df -Pk /dev/shm 2>/dev/null; '
             f'echo "{SECTION}os"; cat /etc/os-release 2>/dev/null; '
             f'echo "{SECTION}docker"; if command -v docker >/dev/null 2>&1; then echo cli=yes; '
-            "docker version --format 'server={{.Server.Version}}' 2>&1 | head -n 3; fi; "
+            "docker version --format 'server={{.Server.Version}}' 2>&1; fi; "
             f'echo "{SECTION}ctk"; if command -v nvidia-ctk >/dev/null 2>&1; then '
-            "nvidia-ctk --version 2>&1 | head -n 1; fi; true"
+            "nvidia-ctk --version 2>&1; fi; true"
         )
 
     def process(self, output: list[str]) -> dict:
@@ -105,7 +106,7 @@ class HostResources(FactBase[dict]):
                 server_version = line[len("server="):].strip()
         if docker_cli and server_version is None:
             rest = [line for line in docker_lines if line not in ("cli=yes",) and not line.startswith("server=")]
-            docker_error = " ".join(rest).strip() or "docker server version not reported"
+            docker_error = " ".join(rest[:3]).strip() or "docker server version not reported"
 
         ctk = None
         for line in sections.get("ctk", []):

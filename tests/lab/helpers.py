@@ -12,6 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+# pyinfra's own CLI in-process, counting the commands it sends each host (bench/counting_pyinfra.py)
+COUNTING = [sys.executable, str(REPO / "bench" / "counting_pyinfra.py")]
 
 
 @dataclass
@@ -37,6 +39,13 @@ class Run:
     def errors(self) -> dict[str, list[str]]:
         return {op["name"]: op["error"] for op in self.operations if op["error"]}
 
+    def counts(self) -> dict[str, dict[str, int]]:
+        """host -> {"commands": n, "uploads": n, ...} of a ``counted=True`` run."""
+        for line in reversed(self.stderr.splitlines()):
+            if line.startswith("LLMFLEET_COUNTS "):
+                return json.loads(line[len("LLMFLEET_COUNTS "):])
+        raise AssertionError("not a counted run: no LLMFLEET_COUNTS line")
+
     def planned_changes(self) -> dict[str, list[str]]:
         """operation name -> hosts that would change (dry runs). Operations behind `_if`
         (restart when a file changed, ...) are left out: pyinfra cannot know their condition
@@ -45,8 +54,8 @@ class Run:
 
 
 def pyinfra(inventory: str | Path, deploy: str, *args: str, data: dict | None = None,
-            timeout: float = 900, check: bool = True) -> Run:
-    cmd = [PYINFRA, str(inventory), deploy, "--json"]
+            timeout: float = 900, check: bool = True, counted: bool = False) -> Run:
+    cmd = [*(COUNTING if counted else [PYINFRA]), str(inventory), deploy, "--json"]
     if "--dry" not in args:
         cmd.append("-y")
     for key, value in (data or {}).items():

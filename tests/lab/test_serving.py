@@ -37,9 +37,10 @@ def sv(tmp_path_factory):
                "secrets": secrets_dir, "reports": tmp_path_factory.mktemp("reports")}
 
 
-def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, **data) -> Run:
+def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, counted: bool = False, **data) -> Run:
     run = pyinfra(sv["inventory"], f"deploys/{recipe}.py", "--limit", host, *args,
-                  data={**COMMON, "serve_api_key_secret": SECRET_NAME, **data}, check=check, timeout=600)
+                  data={**COMMON, "serve_api_key_secret": SECRET_NAME, **data}, check=check, timeout=600,
+                  counted=counted)
     RUNS.append(run)
     return run
 
@@ -60,8 +61,12 @@ def test_qwen30b_converges_verifies_then_no_changes(sv):
     assert "--env-file /etc/llmfleet/qwen30b.env" in unit and "--ipc=host" in unit
     assert ssh(sv["ips"]["sv-h1"], "stat -c '%a %U' /etc/llmfleet/qwen30b.env").stdout.split() == ["600", "root"]
 
-    second = deploy(sv, "qwen30b", "sv-h1")
+    second = deploy(sv, "qwen30b", "sv-h1", counted=True)
     assert second.operations and second.changed() == {}
+    # Converged: the rollout's plan-time read leaves the replica out of every batch (no service
+    # operation at all), and the whole no-op stays within the 30 commands per host.
+    assert not [op["name"] for op in second.operations if "| Service |" in op["name"] or "batch" in op["name"]]
+    assert second.counts()["sv-h1"]["commands"] <= 20, second.counts()
     assert deploy(sv, "qwen30b", "sv-h1", "--dry").planned_changes() == {}
 
 

@@ -193,6 +193,19 @@ def test_service_version_fact_and_rollback_point_comparison(tmp_path):
     assert not rollout.point_is_current({**v, "live_image": "img:1", "live_weights": "revisions/new"})
 
 
+def test_service_version_reads_container_and_image_in_one_docker_call():
+    fact = rollout.ServiceVersion()
+    cmd = fact.command("/etc/systemd/system/u.service", "u.service", "llmfleet-m", "/srv/m", "/etc/llmfleet/m.previous",
+                       image="vllm/vllm-openai:v0.8.5")
+    assert cmd.count("docker ") == 1 and "llmfleet-m vllm/vllm-openai:v0.8.5" in cmd
+    v = fact.process(["live_image=vllm/vllm-openai:v0.8.5", "image_id=sha256:8cea", "ActiveState=active"])
+    assert v["live_image"] == "vllm/vllm-openai:v0.8.5" and v["image_id"] == "sha256:8cea"
+    plan = rollout.Plan("m", [], [], GatewayModel("m", "m", 8000, (), None), observed={"h1": v, "h2": {}})
+    assert plan.images_present("h1", "vllm/vllm-openai:v0.8.5") == {"vllm/vllm-openai:v0.8.5": "sha256:8cea"}
+    assert plan.images_present("h2", "vllm/vllm-openai:v0.8.5") == {}  # read, absent: pull
+    assert plan.images_present("h3", "vllm/vllm-openai:v0.8.5") is None  # not read: the op reads it
+
+
 def test_probe_error_reads_the_probe_json():
     class Meta:
         stdout_lines = ['{"ok": false, "error": "/health: not healthy within the wait (HTTP 500)"}']
