@@ -13,7 +13,9 @@ the field. Then, per host, in order:
 4. image: ``tasks.image.pulled`` of the pinned image, or for specs with ``build``
    ``tasks.image_build.ensure_image(spec) -> ref``;
 5. service (``tasks.service.serve``) and verification, in batches with rollback and gateway
-   drain (``tasks.rollout.rolling``; a rollback point is kept before step 3).
+   drain (``tasks.rollout.rolling``; a rollback point is kept before step 3). The batches come
+   from one parallel read of every replica's service before step 1 (``tasks.rollout.plan_for``):
+   a replica whose service already matches gets no service operation.
 
 Hosts of the inventory group ``gateway`` (``tasks.gateway``) serve no model: they get nginx
 balancing the replicas.
