@@ -24,8 +24,11 @@ cost N times the host CPU on the same cores: the ratio to N=1 measures the CPU a
 than anything that waits. Last run (qwen30b, gpu22gx4, --repeat 3)::
 
     | N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed | pyinfra CPU s | CPU s/host | machine busy (2 cores) |
-    | 1 |    46.9 |     1.5 |  1.00x |        15-15        |       0 |          1.19 |       0.37 |   1.56 s =  51% |
-    | 8 |   194.8 |     2.8 |  1.85x |        15-15        |       0 |          1.55 |       0.34 |   4.30 s =  76% |
+    | 1 |    40.5 |     1.4 |  1.00x |        15-15        |       0 |          1.01 |       0.36 |   1.41 s =  52% |
+    | 4 |   101.6 |     1.7 |  1.26x |        15-15        |       0 |          1.11 |       0.30 |   2.33 s =  68% |
+    | 8 |   195.8 |     3.4 |  2.50x |        15-15        |       0 |          1.85 |       0.40 |   5.28 s =  77% |
+
+The N=8 row varies between invocations (fresh labs): the run before gave 1.5 s and 2.8 s (1.85x).
 
 History of the N=8 no-op: 55 commands/host before tasks/converge.py; 30 (5.8 s); 26 with the
 rollout's barriers (8.1 s, 3.3x: each replica's service checks ran in its own batch, one host
