@@ -209,7 +209,8 @@ def _norm_mode(mode: str | int) -> str:
     return text.lstrip("0").rjust(3, "0")
 
 
-def _owned(entry: Mapping[str, str], mode: str, user: str, group: str) -> bool:
+def owned_by(entry: Mapping[str, str], mode: str, user: str, group: str) -> bool:
+    """Whether a ``FileDigests`` entry has this mode and owner."""
     return entry.get("mode") == mode and entry.get("user") == user and entry.get("group") == group
 
 
@@ -268,10 +269,10 @@ def files_synced(files: Mapping[str, Source], mode: str | int = "644", user: str
         if kind is not None and kind != expect:
             raise OperationError(f"{path} exists as a {kind}, expected a {expect}")
     new_dirs = [d for d in dir_list if d not in have]
-    fix_dirs = [d for d in dir_list if d in have and not _owned(have[d], dir_mode, user, group)]
+    fix_dirs = [d for d in dir_list if d in have and not owned_by(have[d], dir_mode, user, group)]
     new_parents = [d for d in parents if d not in have]
     upload = {p: c for p, c in wanted.items() if have.get(p, {}).get("sha256") != hashlib.sha256(c).hexdigest()}
-    fix_files = [p for p in wanted if p not in upload and not _owned(have[p], mode, user, group)]
+    fix_files = [p for p in wanted if p not in upload and not owned_by(have[p], mode, user, group)]
     if not (new_dirs or fix_dirs or new_parents or upload or fix_files):
         host.noop(f"{len(wanted)} files, {len(dir_list)} directories up to date")
         return
@@ -439,5 +440,5 @@ def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = 
     yield " && ".join(steps)
 
 
-__all__ = ["DebPackages", "FileDigests", "UnitStates", "apt_source", "deb_packages", "files_synced",
+__all__ = ["DebPackages", "FileDigests", "UnitStates", "apt_source", "deb_packages", "files_synced", "owned_by",
            "parse_pins", "units_running"]

@@ -58,17 +58,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pyinfra import host
-from pyinfra.api import FactBase, StringCommand, deploy, operation
+from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.converge import files_synced, units_running
+from tasks.converge import UnitStates, files_synced, owned_by, units_running
 from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
@@ -77,7 +76,8 @@ from tasks.vllm.cmdline import Rendered
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO_ROOT / "templates"
 PROBE_SRC = Path(__file__).resolve().parent / "probe" / "verify_endpoint.py"
-PROBE_PATH = "/usr/local/lib/llmfleet/verify_endpoint.py"
+PROBE_DIR = "/usr/local/lib/llmfleet"
+PROBE_PATH = f"{PROBE_DIR}/verify_endpoint.py"
 CONTAINER_CACHE = "/llmfleet-cache"
 #: Where each cache lives inside the container's cache mount, by the variable that moves it.
 CACHE_ENV = {"HF_HOME": "huggingface", "VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton",
@@ -133,21 +133,6 @@ def secret_files(spec: ServingSpec, data: Any) -> dict[str, str]:
     return {name: str(path) for name in ("VLLM_API_KEY",)}
 
 
-class UnitActiveState(FactBase):
-    """
-    The ``ActiveState`` of a systemd unit ("active", "failed", "inactive", ...).
-    """
-
-    default = str
-    requires_command = "systemctl"
-
-    def command(self, unit: str) -> str:
-        return f"systemctl show -p ActiveState --value {shlex.quote(unit)}"
-
-    def process(self, output):
-        return output[0].strip() if output else ""
-
-
 @operation()
 def reset_failed(unit: str):
     """
@@ -164,7 +149,7 @@ def reset_failed(unit: str):
 
         reset_failed(unit="llmfleet-qwen30b.service")
     """
-    if host.get_fact(UnitActiveState, unit=unit) != "failed":
+    if host.get_fact(UnitStates, units=[unit]).get(unit, {}).get("ActiveState") != "failed":
         host.noop(f"{unit} is not failed")
         return
     yield StringCommand("systemctl", "reset-failed", unit)
@@ -331,7 +316,7 @@ class Desired:
     def paths(self) -> list[str]:
         """Host paths whose digests :func:`pending` compares (one ``FileDigests`` read)."""
         lay = self.layout
-        out = [lay.etc_dir, lay.cache_dir, lay.verify_config, PROBE_PATH.rsplit("/", 1)[0], PROBE_PATH,
+        out = [lay.etc_dir, lay.cache_dir, lay.verify_config, PROBE_DIR, PROBE_PATH,
                lay.env_file, self.unit_file]
         if self.templates:
             out += [lay.template_dir, *sorted(self.templates)]
@@ -392,8 +377,8 @@ def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
     reasons = []
 
     def owned(path: str, kind: str, mode: str) -> bool:
-        e = files.get(path) or {}
-        return e.get("type") == kind and e.get("mode") == mode and e.get("user") == "root" and e.get("group") == "root"
+        entry = files.get(path) or {}
+        return entry.get("type") == kind and owned_by(entry, mode, "root", "root")
 
     def same(path: str, content: bytes, mode: str) -> None:
         if not owned(path, "file", mode) or files[path].get("sha256") != hashlib.sha256(content).hexdigest():
@@ -403,8 +388,8 @@ def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
         if not owned(d, "dir", "750"):
             reasons.append(f"{d}/ missing or not 0750 root")
     same(lay.verify_config, want.verify_text, "644")
-    if (files.get(PROBE_PATH.rsplit("/", 1)[0]) or {}).get("type") != "dir":
-        reasons.append(f"{PROBE_PATH.rsplit('/', 1)[0]}/ missing")
+    if (files.get(PROBE_DIR) or {}).get("type") != "dir":
+        reasons.append(f"{PROBE_DIR}/ missing")
     same(PROBE_PATH, PROBE_SRC.read_bytes(), "755")
     if want.templates:
         if not owned(lay.template_dir, "dir", "755"):

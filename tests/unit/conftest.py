@@ -24,6 +24,15 @@ def real_fixture(name: str) -> str:
     return path.read_text()
 
 
+_STAT_NAMES = {"file": "regular file", "dir": "directory", "link": "symbolic link", "other": "fifo"}
+
+
+def digest_lines(entries: dict[str, tuple]) -> list[str]:
+    """FileDigests' output lines (stat's, then sha256sum's) for path -> (type, sha or '-', 'mode user group')."""
+    stats = [f"{_STAT_NAMES[t]}\t{o}\t{p}" for p, (t, s, o) in entries.items()]
+    return stats + [f"{s}  {p}" for p, (t, s, o) in entries.items() if s != "-"]
+
+
 def run_sh(command: str, env: dict | None = None) -> tuple[list[str], int]:
     """Run a fact's command as pyinfra would (sh -c), return (stdout lines, exit status)."""
     result = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=30)

@@ -20,7 +20,7 @@ from pyinfra.connectors.fake import FakeConnector
 
 from tasks.converge import (DebPackages, FileDigests, UnitStates, apt_source, deb_packages, files_synced,
                             parse_pins, units_running)
-from tests.unit.conftest import run_sh
+from tests.unit.conftest import digest_lines, run_sh
 
 SCRIPT = b"print('hello')\n"
 
@@ -56,15 +56,6 @@ def run_op(op, responses: dict, diff: bool = False, **kwargs):
     host = state.inventory.get_host("@fake/h")
     (op_data,) = state.ops[host].values()
     return host.connector.executed_commands, op_data.operation_meta.did_change()
-
-
-_STAT_NAMES = {"file": "regular file", "dir": "directory", "link": "symbolic link", "other": "fifo"}
-
-
-def digest_lines(entries: dict[str, tuple]) -> list[str]:
-    """FileDigests' output lines (stat's, then sha256sum's) for path -> (type, sha or '-', 'mode user group')."""
-    stats = [f"{_STAT_NAMES[t]}\t{o}\t{p}" for p, (t, s, o) in entries.items()]
-    return stats + [f"{s}  {p}" for p, (t, s, o) in entries.items() if s != "-"]
 
 
 # --- FileDigests ----------------------------------------------------------------------------------

@@ -16,13 +16,11 @@ from pyinfra.connectors.fake import FakeConnector
 from tasks import service
 from tasks.secrets import env_file_content
 from tasks.spec import load_spec
+from tests.unit.conftest import digest_lines
 
 IMAGE = "vllm/vllm-openai:v0.8.5"
 MODEL_DIR = "/srv/models/Qwen--Qwen3-32B-AWQ"
 KEY = "sk-converged-test-71b2"
-
-_STAT = {"file": "regular file", "dir": "directory"}
-
 
 @pytest.fixture
 def uploads(monkeypatch):
@@ -48,7 +46,7 @@ def converged_host(want: service.Desired) -> dict[str, tuple[str, str, bytes | N
     lay = want.layout
     files = {lay.etc_dir: ("dir", "750", None), lay.cache_dir: ("dir", "750", None),
              lay.verify_config: ("file", "644", want.verify_text),
-             service.PROBE_PATH.rsplit("/", 1)[0]: ("dir", "755", None),
+             service.PROBE_DIR: ("dir", "755", None),
              service.PROBE_PATH: ("file", "755", service.PROBE_SRC.read_bytes()),
              want.unit_file: ("file", "644", want.unit_text), "/etc/systemd/system": ("dir", "755", None)}
     if want.templates:
@@ -60,8 +58,9 @@ def converged_host(want: service.Desired) -> dict[str, tuple[str, str, bytes | N
 
 
 def digest_output(files: dict) -> list[str]:
-    stats = [f"{_STAT[t]}\t{mode} root root\t{p}" for p, (t, mode, _) in files.items()]
-    return stats + [f"{hashlib.sha256(c).hexdigest()}  {p}" for p, (t, _, c) in files.items() if c is not None]
+    """FileDigests' output for a host holding ``files`` (path -> (type, mode, content)), owned by root."""
+    return digest_lines({p: (t, "-" if c is None else hashlib.sha256(c).hexdigest(), f"{mode} root root")
+                         for p, (t, mode, c) in files.items()})
 
 
 def observed(files: dict, active: str = "active", enabled: str = "enabled", reload: str = "no",
@@ -81,9 +80,8 @@ def serve_on_fake(spec, files: dict, data: dict, active: str = "active", enabled
     responses = {
         "printf '%s %s\\n'": secret_state,  # SecretFileState (its command also runs sha256sum)
         "LC_ALL=C stat": digest_output(files),  # FileDigests of each files_synced
-        "systemctl show -p ActiveState --value": [active],  # reset_failed
         "systemctl show -p LoadState": [f"@unit={unit}", "LoadState=loaded", f"ActiveState={active}",
-                                        f"UnitFileState={enabled}"],  # units_running
+                                        f"UnitFileState={enabled}"],  # UnitStates: reset_failed, units_running
     }
     state = State(Inventory(([("@fake/h", {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": responses,
                                            **data})], {})), Config(), check_for_changes=False)
@@ -165,6 +163,16 @@ def test_a_forced_restart_stays_inside_its_closed_batch(uploads):
     assert changed == [] and commands == []
     changed, commands = serve_on_fake(spec, files, data, restart=True, batch_open=True)
     assert "systemctl restart llmfleet-qwen30b.service" in commands
+
+
+def test_a_failed_unit_is_reset_and_started_from_the_same_unit_read(uploads):
+    data = {"serve_api_key_secret": None}
+    spec = load_spec("qwen30b", data)
+    files = converged_host(service.desired(spec, IMAGE, MODEL_DIR, data))
+    changed, commands = serve_on_fake(spec, files, data, active="failed")
+    assert changed == ["Service | qwen30b: clear failed state", "Service | qwen30b: running"]
+    assert "systemctl reset-failed llmfleet-qwen30b.service" in commands
+    assert "systemctl start llmfleet-qwen30b.service" in commands and uploads == []
 
 
 def test_an_env_file_left_from_a_keyed_spec_is_pending():
