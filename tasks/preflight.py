@@ -400,9 +400,9 @@ def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> 
             verdict.add("shm", "ok", f"/dev/shm {_gib(shm['total_bytes'])}")
     os_info = host.get("os") or {}
     verdict.add("os", "info", os_info.get("pretty_name") or "unknown")
-    verdict.add("docker", "info", host.get("docker_server_version")
-                or ("cli present, " + (host.get("docker_error") or "no server") if host.get("docker_cli")
-                    else "not installed"))
+    docker = host.get("docker_package")
+    verdict.add("docker", "info", f"{docker} {host.get('docker_version')}" if docker
+                else "docker on PATH, not from a package" if host.get("docker_cli") else "not installed")
     if req.accelerator == "nvidia":
         verdict.add("nvidia-ctk", "info", host.get("nvidia_ctk_version") or "not installed")
 

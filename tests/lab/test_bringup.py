@@ -53,3 +53,9 @@ def test_bringup_converges_refuses_old_driver_then_no_changes(lab, tmp_path):
     second = pyinfra(inv, "deploys/bringup.py", check=False)
     assert second.changed() == {}
     assert second.operations and all(old not in op["no_change"] for op in second.operations)
+    # The second preflight reads what the first run installed from the package database.
+    h100 = hosts["h100x8"]
+    seen = json.loads((tmp_path / "reports" / f"{h100['name']}.json").read_text())["facts"]["host"]
+    assert seen["docker_cli"] is True and seen["docker_package"] == "docker.io"
+    assert seen["docker_version"] == ssh(h100["ip"], "dpkg-query -W -f='${Version}' docker.io").stdout.strip()
+    assert seen["nvidia_ctk_version"] == "1.17.8-1"

@@ -23,9 +23,9 @@ VERSION_CODENAME=noble
 ID=ubuntu
 @@llmfleet docker
 cli=yes
-server=28.1.1
-@@llmfleet ctk
-NVIDIA Container Toolkit CLI version 1.17.8
+@@llmfleet packages
+docker-ce 5:28.1.1-1~ubuntu.24.04~noble ii 
+nvidia-container-toolkit 1.17.8-1 ii 
 """.splitlines()
 
 
@@ -39,16 +39,18 @@ def test_process_canned_ubuntu_host():
     assert fact["shm"]["total_bytes"] == 264006172 * 1024
     assert fact["os"] == {"id": "ubuntu", "version_id": "24.04", "pretty_name": "Ubuntu 24.04.2 LTS",
                           "codename": "noble"}
-    assert fact["docker_server_version"] == "28.1.1" and fact["docker_error"] is None
-    assert fact["nvidia_ctk_version"] == "1.17.8"
+    assert fact["docker_cli"] is True
+    assert (fact["docker_package"], fact["docker_version"]) == ("docker-ce", "5:28.1.1-1~ubuntu.24.04~noble")
+    assert fact["nvidia_ctk_version"] == "1.17.8-1"
 
 
-def test_docker_daemon_down_keeps_error():
-    lines = ["@@llmfleet docker", "cli=yes", "server=",
-             "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"]
+def test_removed_packages_are_not_installed():
+    # dpkg keeps removed packages' config ("rc") and knows packages never installed ("un", no version).
+    lines = ["@@llmfleet docker", "@@llmfleet packages", "docker.io 20.10.24+dfsg1-1 rc ",
+             "docker-ce  un ", "nvidia-container-toolkit 1.17.8-1 rc "]
     fact = HostResources().process(lines)
-    assert fact["docker_cli"] is True and fact["docker_server_version"] is None
-    assert "Cannot connect to the Docker daemon" in fact["docker_error"]
+    assert fact["docker_cli"] is False
+    assert (fact["docker_package"], fact["docker_version"], fact["nvidia_ctk_version"]) == (None, None, None)
 
 
 def test_command_walks_up_to_existing_parent(tmp_path):

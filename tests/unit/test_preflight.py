@@ -21,7 +21,8 @@ HOST = {
     "shm": {"filesystem": "tmpfs", "total_bytes": 256 * GIB, "used_bytes": 0, "free_bytes": 256 * GIB,
             "mount": "/dev/shm"},
     "os": {"id": "ubuntu", "version_id": "24.04", "pretty_name": "Ubuntu 24.04 LTS", "codename": "noble"},
-    "docker_cli": True, "docker_server_version": "28.1.1", "docker_error": None, "nvidia_ctk_version": "1.17.8",
+    "docker_cli": True, "docker_package": "docker-ce", "docker_version": "5:28.1.1-1~ubuntu.24.04~noble",
+    "nvidia_ctk_version": "1.17.8-1",
 }
 
 
