@@ -442,18 +442,18 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
 # --- pyinfra deploy ---------------------------------------------------------------------------------------
 
 def gather_facts(host: Any, req: Requirement) -> dict:
-    """Gather the facts ``evaluate`` reads, once: 3 round trips on NVIDIA hosts, 2 on Ascend hosts."""
+    """Gather the facts ``evaluate`` reads, in one round trip."""
     from tasks.facts.ascend import AscendNpus
     from tasks.facts.host import HostResources
     from tasks.facts.nvidia import NvidiaFabric, NvidiaGpus
+    from tasks.facts.together import Together
 
-    facts: dict[str, Any] = {"host": host.get_fact(HostResources, path=req.model_dir)}
+    wanted: dict[str, tuple] = {"host": (HostResources, {"path": req.model_dir})}
     if req.accelerator == "nvidia":
-        facts["nvidia_gpus"] = host.get_fact(NvidiaGpus)
-        facts["nvidia_fabric"] = host.get_fact(NvidiaFabric)
+        wanted.update(nvidia_gpus=(NvidiaGpus, {}), nvidia_fabric=(NvidiaFabric, {}))
     else:
-        facts["ascend"] = host.get_fact(AscendNpus)
-    return facts
+        wanted["ascend"] = (AscendNpus, {})
+    return dict(zip(wanted, host.get_fact(Together, facts=tuple(wanted.values()))))
 
 
 def write_report(report_dir: str, host_name: str, facts: dict, verdict: Verdict) -> str:

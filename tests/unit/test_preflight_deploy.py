@@ -1,4 +1,4 @@
-"""The preflight @deploy on @fake hosts: one fact round trip each, a report per host, no-go hosts failed."""
+"""The preflight @deploy on @fake hosts: one round trip each, a report per host, no-go hosts failed."""
 
 import json
 
@@ -11,6 +11,7 @@ from pyinfra.api.exceptions import PyinfraError
 from tests.unit.test_facts_host import CANNED
 from tests.unit.test_preflight import seed_001
 
+from tasks.facts.together import MARK
 from tasks.preflight import preflight
 
 GOOD = ["{i}, NVIDIA GeForce RTX 2080 Ti, 550.144.03, 22528, 0, 22180, 00000000:0{i}:00.0, 3, 3, 16, 16, 7.5, "
@@ -21,8 +22,9 @@ OLD = [line.replace("550.144.03", "530.30.02") for line in GOOD]
 def _host(name, gpu_lines, report_dir):
     return (f"@fake/{name}", {
         "fake_delay": 0, "fake_delay_jitter": 0, "preflight_report_dir": str(report_dir),
-        "fake_responses": {"nvidia-smi --query-gpu": gpu_lines, "nvswitch_dev": ["nvswitch_dev=0"],
-                           "@@llmfleet meminfo": CANNED},
+        # HostResources, NvidiaGpus and NvidiaFabric answer in one command (tasks.facts.together).
+        "fake_responses": {"@@llmfleet meminfo": [f"{MARK}0", *CANNED, f"{MARK}1", *gpu_lines,
+                                                  f"{MARK}2", "nvswitch_dev=0"]},
     })
 
 
@@ -43,8 +45,8 @@ def test_reports_written_and_no_go_host_failed(tmp_path):
     assert {h.name for h in state.failed_hosts} == {"@fake/old"}
     for host in state.inventory:
         commands = host.connector.executed_commands
-        assert sum("nvidia-smi --query-gpu" in c for c in commands) == 1
-        assert sum("@@llmfleet meminfo" in c for c in commands) == 1
+        assert len(commands) == 1
+        assert all(part in commands[0] for part in ("nvidia-smi --query-gpu", "@@llmfleet meminfo", "nvswitch_dev"))
 
 
 def test_last_host_no_go_raises(tmp_path):
