@@ -18,8 +18,10 @@ many items and act only on what differs:
 - :class:`UnitStates` + :func:`units_running`: ``systemctl show`` for many units at once;
   enable/start only those that need it (``restarted`` restarts them, e.g. with ``_if``).
 
-All of them read state through ``host.get_fact`` before their first yield, have no side effects
-in their bodies and call ``host.noop`` when nothing is to do, so ``--dry`` tells the truth.
+All of them read state before their first yield, have no side effects in their bodies and call
+``host.noop`` when nothing is to do, so ``--dry`` tells the truth. Calling one declares the fact it
+will read (:mod:`tasks.facts.planned`): on a host nothing has changed yet in the run, the reads of
+all of them arrive in one round trip.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pyinfra.api import FactBase, FileUploadCommand, OperationError, operation
 from pyinfra.api.output import format_text
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util.files import generate_color_diff
+
+from tasks.facts.planned import declaring, read
 
 #: A file's content: bytes as they are, or a local path (``str``/``Path``) read on the control machine.
 Source = Union[bytes, str, Path]
@@ -103,6 +107,7 @@ def apt_update_sh(cache_time: int, force: bool) -> str:
     return f'if [ -z "$(find {APT_STAMP} -mmin -{minutes} 2>/dev/null)" ]; then {update}; fi'
 
 
+@declaring(lambda packages, **_: [(DebPackages, {"names": sorted(parse_pins(packages))})])
 @operation()
 def deb_packages(packages: Sequence[str], cache_time: int = 86400, force_update: bool = False):
     """
@@ -122,7 +127,7 @@ def deb_packages(packages: Sequence[str], cache_time: int = 86400, force_update:
         deb_packages(name="Toolkit", packages=["nvidia-container-toolkit=1.17.8-1"])
     """
     pins = parse_pins(packages)
-    have = host.get_fact(DebPackages, names=sorted(pins))
+    have = read(DebPackages, names=sorted(pins))
     if have is None:
         raise OperationError("deb_packages: no dpkg-query on this host (not a Debian/Ubuntu host)")
     todo = [n for n, v in pins.items() if n not in have or (v is not None and have[n] != v)]
@@ -230,6 +235,14 @@ def _log_diff(dest: str, content: bytes, exists: bool) -> None:
     logger.info("")
 
 
+def _synced_paths(files: Mapping[str, Source], dirs: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """files_synced's directories, missing-parent candidates and files, checked."""
+    wanted = [_check_path(dest, "files") for dest in files]
+    dir_list = [_check_path(d, "dirs") for d in dirs]
+    return dir_list, sorted({posixpath.dirname(p) for p in wanted} - set(dir_list)), wanted
+
+
+@declaring(lambda files, dirs=(), **_: [(FileDigests, {"paths": [p for ps in _synced_paths(files, dirs) for p in ps]})])
 @operation()
 def files_synced(files: Mapping[str, Source], mode: str | int = "644", user: str = "root", group: str = "root",
                  dirs: Sequence[str] = (), dir_mode: str | int = "755"):
@@ -258,10 +271,9 @@ def files_synced(files: Mapping[str, Source], mode: str | int = "644", user: str
     for name, value in (("user", user), ("group", group)):
         if not _NAME.match(str(value)):
             raise ValueError(f"{name}: {value!r} is not a user/group name")
-    wanted = {_check_path(dest, "files"): _content(src, f"files[{dest}]") for dest, src in files.items()}
-    dir_list = [_check_path(d, "dirs") for d in dirs]
-    parents = sorted({posixpath.dirname(p) for p in wanted} - set(dir_list))
-    have = host.get_fact(FileDigests, paths=[*dir_list, *parents, *wanted])
+    dir_list, parents, paths = _synced_paths(files, dirs)
+    wanted = {path: _content(src, f"files[{dest}]") for path, (dest, src) in zip(paths, files.items())}
+    have = read(FileDigests, paths=[*dir_list, *parents, *wanted])
 
     for path in [*dir_list, *parents, *wanted]:
         kind = have.get(path, {}).get("type")
@@ -309,6 +321,15 @@ def _q(paths: Sequence[str]) -> str:
     return " ".join(shlex.quote(p) for p in paths)
 
 
+def _apt_paths(list_name: str, keyring: str) -> tuple[str, str, str]:
+    """apt_source's armored key, keyring and list file, checked."""
+    if not re.match(r"^[A-Za-z0-9_.-]+$", list_name):
+        raise ValueError(f"list_name: {list_name!r} must be a plain file name")
+    keyring = _check_path(keyring, "keyring")
+    return keyring.rsplit(".", 1)[0] + ".asc", keyring, f"/etc/apt/sources.list.d/{list_name}.list"
+
+
+@declaring(lambda list_name, keyring, **_: [(FileDigests, {"paths": list(_apt_paths(list_name, keyring))})])
 @operation()
 def apt_source(list_name: str, key_url: str, keyring: str, source: str):
     """
@@ -331,15 +352,11 @@ def apt_source(list_name: str, key_url: str, keyring: str, source: str):
                    source="deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
                           "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /")
     """
-    if not re.match(r"^[A-Za-z0-9_.-]+$", list_name):
-        raise ValueError(f"list_name: {list_name!r} must be a plain file name")
     if not key_url.startswith(("http://", "https://")):
         raise ValueError(f"key_url: {key_url!r} must be an http(s) URL")
-    keyring = _check_path(keyring, "keyring")
-    armored = keyring.rsplit(".", 1)[0] + ".asc"
-    list_path = f"/etc/apt/sources.list.d/{list_name}.list"
+    armored, keyring, list_path = _apt_paths(list_name, keyring)
     line = (source.strip() + "\n").encode()
-    have = host.get_fact(FileDigests, paths=[armored, keyring, list_path])
+    have = read(FileDigests, paths=[armored, keyring, list_path])
     steps = []
     if armored not in have:
         steps.append(f"mkdir -p {shlex.quote(posixpath.dirname(armored))} && "
@@ -377,13 +394,14 @@ class UnitStates(FactBase):
     """
 
     default = dict
-    requires_command = "systemctl"
 
     def command(self, units: Sequence[str]) -> str:
         # One systemctl per unit, each under a marker: keys stay the names asked for (aliases
-        # such as dbus.service report another Id).
-        return (f"for u in {_q(units)}; do echo \"@unit=$u\"; "
-                'systemctl show -p LoadState -p ActiveState -p SubState -p UnitFileState "$u"; done')
+        # such as dbus.service report another Id). The guard, not requires_command, answers {}
+        # without systemctl, so that the fact can join a batch (tasks.facts.planned).
+        return ("if command -v systemctl >/dev/null 2>&1; then "
+                f"for u in {_q(units)}; do echo \"@unit=$u\"; "
+                'systemctl show -p LoadState -p ActiveState -p SubState -p UnitFileState "$u"; done; fi')
 
     def process(self, output: list[str]) -> dict[str, dict[str, str]]:
         out: dict[str, dict[str, str]] = {}
@@ -403,6 +421,7 @@ def _unit_name(unit: str) -> str:
     return unit if "." in unit else f"{unit}.service"
 
 
+@declaring(lambda units, **_: [(UnitStates, {"units": [_unit_name(u) for u in units]})])
 @operation()
 def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = False):
     """
@@ -420,7 +439,7 @@ def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = 
         units_running(name="Restart dockerd", units=["docker"], restarted=True, _if=daemon.did_change)
     """
     names = [_unit_name(u) for u in units]
-    have = host.get_fact(UnitStates, units=names)
+    have = read(UnitStates, units=names)
     # A unit not known yet (its package installs earlier in this run, --dry) is started and
     # enabled: systemctl names it if it is still missing when the command runs.
     enable = [u for u in names if enabled and have.get(u, {}).get("UnitFileState") not in (

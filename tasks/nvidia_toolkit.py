@@ -23,11 +23,11 @@ from typing import Callable
 
 from pyinfra import host, state
 from pyinfra.api import deploy, operation
-from pyinfra.facts.files import File
 from pyinfra.facts.server import Which
 from pyinfra.operations import dnf, files
 
-from tasks.converge import apt_source, deb_packages
+from tasks.converge import FileDigests, apt_source, deb_packages
+from tasks.facts.planned import declaring, read
 
 DEFAULTS = {
     "nvidia_toolkit_repo_url": "https://nvidia.github.io/libnvidia-container",
@@ -54,6 +54,7 @@ def apt_source_line(repo_url: str) -> str:
     return f"deb [signed-by={KEYRING}] {repo_url.rstrip('/')}/stable/deb/$(ARCH) /"
 
 
+@declaring(lambda path, **_: [(FileDigests, {"paths": [path]})])
 @operation()
 def cdi_spec(path: str, regenerate: Callable[[], bool] | None = None):
     """
@@ -71,7 +72,7 @@ def cdi_spec(path: str, regenerate: Callable[[], bool] | None = None):
         cdi_spec(name="CDI spec", path="/etc/cdi/nvidia.yaml", regenerate=toolkit.did_change)
     """
     changed = bool(regenerate and state.is_executing and regenerate())
-    if host.get_fact(File, path=path) and not changed:
+    if read(FileDigests, paths=[path]).get(path, {}).get("type") in ("file", "link") and not changed:
         host.noop(f"{path} exists")
         return
     yield f"nvidia-ctk cdi generate --output={shlex.quote(path)}"

@@ -87,6 +87,7 @@ from pyinfra import host, state
 from pyinfra.api import FactBase, deploy, operation
 
 from tasks.converge import deb_packages, files_synced
+from tasks.facts.planned import declaring, read
 from tasks.once import once_per_run
 from tasks.secrets import local_secret, secret_file
 from tasks.weights import fetch as fetch_script
@@ -346,6 +347,7 @@ def fetch_command(req: FetchRequest, peer: str | None, fallback_hub: bool) -> st
 # ---------------------------------------------------------------------------------------------
 # operations
 # ---------------------------------------------------------------------------------------------
+@declaring(lambda venv, **_: [(PythonPackages, {"venv": venv})])
 @operation()
 def client_venv(venv: str, versions: dict[str, str], index_url: str | None = None,
                 find_links: str | None = None):
@@ -365,7 +367,7 @@ def client_venv(venv: str, versions: dict[str, str], index_url: str | None = Non
         client_venv(name="Hub clients", venv="/opt/llmfleet/venv",
                     versions={"huggingface_hub": "2.4.0", "modelscope": "1.40.2"})
     """
-    have = host.get_fact(PythonPackages, venv=venv)
+    have = read(PythonPackages, venv=venv)
     wrong = {n: v for n, v in versions.items() if have.get(normalise(n)) != v}
     if not wrong:
         host.noop(f"{venv}: " + ", ".join(f"{n}=={v}" for n, v in sorted(versions.items())))

@@ -24,6 +24,34 @@ def real_fixture(name: str) -> str:
     return path.read_text()
 
 
+@pytest.fixture(autouse=True)
+def fake_hosts_run_batches(monkeypatch):
+    """@fake hosts answer a batch of facts (tasks.facts.together) as a shell would: each fact's subshell
+    gets the host's ``fake_responses`` answer for that fact's command, under its marker line."""
+    import re
+
+    from pyinfra.connectors.fake import FakeConnector
+    from pyinfra.connectors.util import CommandOutput, OutputLine
+
+    from tasks.facts.together import MARK
+
+    part = re.compile(re.escape(f'echo "{MARK}') + r'(\d+)"; \( (.*?)\n\) \|\| rc=\$\?', re.S)
+    lookup = FakeConnector._lookup_response
+
+    def batched(self, command_str):
+        parts = part.findall(command_str)
+        if not parts:
+            return lookup(self, command_str)
+        ok, lines = True, []
+        for index, command in parts:
+            success, output = lookup(self, command)
+            ok = ok and success
+            lines += [OutputLine("stdout", f"{MARK}{index}"), *output.combined_lines]
+        return ok, CommandOutput(lines)
+
+    monkeypatch.setattr(FakeConnector, "_lookup_response", batched)
+
+
 _STAT_NAMES = {"file": "regular file", "dir": "directory", "link": "symbolic link", "other": "fifo"}
 
 

@@ -11,7 +11,6 @@ from pyinfra.api.exceptions import PyinfraError
 from tests.unit.test_facts_host import CANNED
 from tests.unit.test_preflight import seed_001
 
-from tasks.facts.together import MARK
 from tasks.preflight import preflight
 
 GOOD = ["{i}, NVIDIA GeForce RTX 2080 Ti, 550.144.03, 22528, 0, 22180, 00000000:0{i}:00.0, 3, 3, 16, 16, 7.5, "
@@ -22,9 +21,8 @@ OLD = [line.replace("550.144.03", "530.30.02") for line in GOOD]
 def _host(name, gpu_lines, report_dir):
     return (f"@fake/{name}", {
         "fake_delay": 0, "fake_delay_jitter": 0, "preflight_report_dir": str(report_dir),
-        # HostResources, NvidiaGpus and NvidiaFabric answer in one command (tasks.facts.together).
-        "fake_responses": {"@@llmfleet meminfo": [f"{MARK}0", *CANNED, f"{MARK}1", *gpu_lines,
-                                                  f"{MARK}2", "nvswitch_dev=0"]},
+        "fake_responses": {"nvidia-smi --query-gpu": gpu_lines, "nvswitch_dev": ["nvswitch_dev=0"],
+                           "@@llmfleet meminfo": CANNED},
     })
 
 
