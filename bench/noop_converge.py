@@ -57,6 +57,7 @@ from tasks.lab import lab as lablib  # noqa: E402
 from tasks.lab.config import LabConfig  # noqa: E402
 
 COUNTING = str(REPO / "bench" / "counting_pyinfra.py")
+FLOOR = str(REPO / "bench" / "floor_deploy.py")
 KEY_NAME = "bench_key"
 
 
@@ -84,7 +85,7 @@ def hosts_cpu_s(cfg: LabConfig) -> dict[str, float]:
     return out
 
 
-def run(inventory: Path, deploy: str, timeout: float, cfg: LabConfig) -> dict:
+def run(inventory: Path, deploy: str, timeout: float, cfg: LabConfig, env: dict | None = None) -> dict:
     """One counted pyinfra run: wall seconds, counts per host, operations changed, errors, and CPU
     seconds: the controller's (pyinfra), each lab host's, and the machine's."""
     cmd = [sys.executable, COUNTING, str(inventory), deploy, "-y", "--json",
@@ -92,7 +93,7 @@ def run(inventory: Path, deploy: str, timeout: float, cfg: LabConfig) -> dict:
     before = (os.times(), hosts_cpu_s(cfg), machine_busy_s())
     start = time.monotonic()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
     wall = time.monotonic() - start
     after = (os.times(), hosts_cpu_s(cfg), machine_busy_s())
     controller = (after[0].children_user + after[0].children_system
@@ -140,8 +141,13 @@ def main() -> int:
             noop = noops[len(noops) // 2]  # the median run: one lab hiccup does not make the row
             noop["changed"] = max(r["changed"] for r in noops)
             per_host = [c.get("commands", 0) for c in noop["counts"].values()]
+            # The floor: as many trivial round trips per host, no llmfleet check (bench/floor_deploy.py).
+            floor_env = {"LLMFLEET_FLOOR_COMMANDS": str(max(per_host, default=1))}
+            floors = sorted(run(inventory, FLOOR, args.timeout, cfg, floor_env)["wall"]
+                            for _ in range(max(1, args.repeat)))
             rows.append((n, first["wall"], noop["wall"], min(per_host, default=0), max(per_host, default=0),
-                         noop["changed"], noop["controller_cpu"], noop["host_cpu"], noop["busy"]))
+                         noop["changed"], noop["controller_cpu"], noop["host_cpu"], noop["busy"],
+                         floors[len(floors) // 2]))
             print(f"N={n}: first {first['wall']:.1f}s, no-op {noop['wall']:.1f}s, "
                   f"{min(per_host, default=0)}-{max(per_host, default=0)} commands/host, "
                   f"{noop['changed']} changed", file=sys.stderr, flush=True)
@@ -149,15 +155,17 @@ def main() -> int:
         if not args.keep:
             lablib.down(cfg, log=lambda *a: None)
     base = rows[0][2] if rows else 0
+    floor_base = rows[0][9] if rows else 0
     print(f"\n{args.deploy}, profile {args.profile}, lab {args.name}\n")
     cores = os.cpu_count() or 1
     print("| N | first s | no-op s | vs N=1 | cmds/host (min-max) | changed | pyinfra CPU s | CPU s/host "
-          f"| machine busy ({cores} cores) |")
+          f"| machine busy ({cores} cores) | floor s | floor vs N=1 |")
     print("|---|---------|---------|--------|---------------------|---------|---------------|------------"
-          "|---------------------|")
-    for n, first, noop, lo, hi, changed, ctl, host_cpu, busy in rows:
-        print(f"| {n} | {first:7.1f} | {noop:7.1f} | {noop / base:5.2f}x | {lo:>9}-{hi:<9} | {changed:7} "
-              f"| {ctl:13.2f} | {host_cpu:10.2f} | {busy:6.2f} s = {100 * busy / (cores * noop):3.0f}% |")
+          "|---------------------|---------|--------------|")
+    for n, first, noop, lo, hi, changed, ctl, host_cpu, busy, floor in rows:
+        print(f"| {n} | {first:7.1f} | {noop:7.2f} | {noop / base:5.2f}x | {lo:>9}-{hi:<9} | {changed:7} "
+              f"| {ctl:13.2f} | {host_cpu:10.2f} | {busy:6.2f} s = {100 * busy / (cores * noop):3.0f}% "
+              f"| {floor:7.2f} | {floor / floor_base:11.2f}x |")
     return 0
 
 

@@ -79,6 +79,8 @@ PROBE_SRC = Path(__file__).resolve().parent / "probe" / "verify_endpoint.py"
 PROBE_DIR = "/usr/local/lib/llmfleet"
 PROBE_PATH = f"{PROBE_DIR}/verify_endpoint.py"
 CONTAINER_CACHE = "/llmfleet-cache"
+#: The container label that names the image a service's docker run started it from.
+IMAGE_LABEL = "org.llmfleet.image"
 #: Where each cache lives inside the container's cache mount, by the variable that moves it.
 CACHE_ENV = {"HF_HOME": "huggingface", "VLLM_CACHE_ROOT": "vllm", "TRITON_CACHE_DIR": "triton",
              "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
@@ -209,6 +211,9 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     """
     lines: list[list[str]] = [["/usr/bin/docker", "run", "--rm", "--name", layout.unit, "--pull=never"],
                               ["--label", f"org.llmfleet.service={layout.name}"],
+                              # What the running container was started from, for ServiceVersion to
+                              # read off the docker run process (no docker CLI on every run).
+                              ["--label", f"{IMAGE_LABEL}={image_ref}"],
                               ["--label", f"org.llmfleet.weights={spec.model.repo_id}@{spec.model.revision}"]]
     lines += accelerator_options(spec)
     if spec.ipc_host:
@@ -369,8 +374,8 @@ def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
 
     + want: :func:`desired`
     + observed: ``files`` (``FileDigests`` of ``want.paths()``), ``unit`` (``systemctl show``
-      ActiveState, UnitFileState, NeedDaemonReload) and ``live_image`` (the running container's
-      image), as ``tasks.rollout.ServiceVersion`` reads them
+      ActiveState, UnitFileState, NeedDaemonReload) and ``live_image`` (the image the running
+      container was started from), as ``tasks.rollout.ServiceVersion`` reads them
     """
     files = observed.get("files") or {}
     lay = want.layout

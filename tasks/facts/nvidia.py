@@ -208,7 +208,7 @@ class NvidiaFabric(FactBase[dict]):
     NVML and says nothing about the switches themselves.
 
     Returns ``{"nvswitch_count": int, "fabricmanager_active": str|None (systemctl is-active answer),
-    "fabricmanager_version": str|None}``.
+    "fabricmanager_version": str|None}``; the Fabric Manager is looked at only when a switch was found.
     """
 
     @staticmethod
@@ -218,13 +218,16 @@ class NvidiaFabric(FactBase[dict]):
     def command(self) -> str:
         return (
             'n=0; for d in /dev/nvidia-nvswitch[0-9]*; do [ -e "$d" ] && n=$((n+1)); done; '
-            'echo "nvswitch_dev=$n"; '
+            'echo "nvswitch_dev=$n"; p=0; '
             "if command -v lspci >/dev/null 2>&1; then "
-            'echo "nvswitch_pci=$(lspci -n -d 10de: 2>/dev/null | grep -c " 0680: ")"; fi; '
+            'p=$(lspci -n -d 10de: 2>/dev/null | grep -c " 0680: "); echo "nvswitch_pci=$p"; fi; '
+            # Fabric Manager matters only beside NVSwitches: no systemctl or nv-fabricmanager start
+            # on the (many) hosts without one, every run.
+            'if [ "$n" -gt 0 ] || [ "${p:-0}" -gt 0 ]; then '
             "if command -v systemctl >/dev/null 2>&1; then "
             'echo "fm_active=$(systemctl is-active nvidia-fabricmanager 2>/dev/null)"; fi; '
             "if command -v nv-fabricmanager >/dev/null 2>&1; then "
-            'echo "fm_version=$(nv-fabricmanager --version 2>&1 | tr "\\n" " ")"; fi; true'
+            'echo "fm_version=$(nv-fabricmanager --version 2>&1 | tr "\\n" " ")"; fi; fi; true'
         )
 
     def process(self, output: list[str]) -> dict:

@@ -101,3 +101,5 @@ def test_fabric_command_on_this_machine_reports_no_switch():
     assert rc == 0
     fact = NvidiaFabric().process(lines)
     assert fact["nvswitch_count"] == 0 and fact["fabricmanager_version"] is None
+    # No switch: the Fabric Manager is not asked about.
+    assert not any(line.startswith(("fm_active=", "fm_version=")) for line in lines)

@@ -110,7 +110,7 @@ def _converged_service(data: dict) -> list[str]:
     files = converged_host(want)
     files[f"{paths.previous}/unit"] = files[want.unit_file]  # its rollback point is this version
     return [f"@unit_file={paths.unit_file}", f"@saved_unit={paths.previous}/unit", *digest_output(files),
-            "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no", f"live_image={want.image_ref}",
+            "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no", f"org.llmfleet.image={want.image_ref}",
             'saved={"image": "%s", "weights": null}' % want.image_ref]
 
 
@@ -184,26 +184,63 @@ def test_service_version_fact_and_rollback_point_comparison(tmp_path):
     (previous / "unit").write_text(unit.read_text())
     (previous / "state.json").write_text('{"image": "img:1", "weights": "revisions/abc"}\n')
     fact = rollout.ServiceVersion()
-    lines, _ = run_sh(fact.command(str(unit), "llmfleet-m.service", "llmfleet-m", str(model), str(previous)))
+    lines, _ = run_sh(fact.command(str(unit), "llmfleet-m.service", str(model), str(previous)))
     v = fact.process(lines)
     assert v["live_weights"] == "revisions/abc" and v["live_label"] == "Q/M@abc"
     assert v["live_unit"] == v["saved_unit"] and v["saved"]["image"] == "img:1"
-    assert not rollout.point_is_current(v)  # no container answers docker inspect here
+    assert not rollout.point_is_current(v)  # no service runs here: no live image
     assert rollout.point_is_current({**v, "live_image": "img:1"})
     assert not rollout.point_is_current({**v, "live_image": "img:1", "live_weights": "revisions/new"})
 
 
-def test_service_version_reads_container_and_image_in_one_docker_call():
+def test_service_version_reads_the_image_off_the_running_docker_run(tmp_path):
+    """The image comes from the service's main process (MainPID, from systemd) and its argv; no
+    docker CLI. systemd is not PID 1 on this machine: a systemctl double answers `show` for a real
+    process started with the unit's label argument."""
+    import os
+    import subprocess
+    import sys
+
+    image = "vllm/vllm-openai:v0.8.5"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--label",
+                             "org.llmfleet.service=m", "--label", f"org.llmfleet.image={image}", "-e", "A=B=C"])
+    try:
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        (bindir / "systemctl").write_text(
+            "#!/bin/sh\nprintf 'ActiveState=active\\nMainPID=%s\\nUnitFileState=enabled\\nNeedDaemonReload=no\\n' "
+            f"{proc.pid}\n")
+        (bindir / "systemctl").chmod(0o755)
+        fact = rollout.ServiceVersion()
+        cmd = fact.command("/etc/systemd/system/u.service", "u.service", "/srv/m", "/etc/llmfleet/m.previous")
+        assert "docker" not in cmd
+        lines, rc = run_sh(cmd, {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    finally:
+        proc.kill()
+        proc.wait()
+    v = fact.process(lines)
+    assert rc == 0 and v["live_image"] == image and v["live_active"] == "active"
+    assert v["unit"] == {"ActiveState": "active", "UnitFileState": "enabled", "NeedDaemonReload": "no"}
+    plan = rollout.Plan("m", [], [], GatewayModel("m", "m", 8000, (), None),
+                        observed={"h1": v, "h2": {**v, "live_active": "failed"}})
+    assert plan.images_present("h1", image) == {image: "running"}  # the container runs it: present
+    assert plan.images_present("h1", "vllm/vllm-openai:v0.9.0") is None  # another image: the op asks Docker
+    assert plan.images_present("h2", image) is None  # not running
+    assert plan.images_present("h3", image) is None  # not read
+
+
+def test_service_version_without_a_running_service_has_no_image(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "systemctl").write_text("#!/bin/sh\nprintf 'ActiveState=inactive\\nMainPID=0\\n'\n")
+    (bindir / "systemctl").chmod(0o755)
+    import os
+
     fact = rollout.ServiceVersion()
-    cmd = fact.command("/etc/systemd/system/u.service", "u.service", "llmfleet-m", "/srv/m", "/etc/llmfleet/m.previous",
-                       image="vllm/vllm-openai:v0.8.5")
-    assert cmd.count("docker ") == 1 and "llmfleet-m vllm/vllm-openai:v0.8.5" in cmd
-    v = fact.process(["live_image=vllm/vllm-openai:v0.8.5", "image_id=sha256:8cea", "ActiveState=active"])
-    assert v["live_image"] == "vllm/vllm-openai:v0.8.5" and v["image_id"] == "sha256:8cea"
-    plan = rollout.Plan("m", [], [], GatewayModel("m", "m", 8000, (), None), observed={"h1": v, "h2": {}})
-    assert plan.images_present("h1", "vllm/vllm-openai:v0.8.5") == {"vllm/vllm-openai:v0.8.5": "sha256:8cea"}
-    assert plan.images_present("h2", "vllm/vllm-openai:v0.8.5") == {}  # read, absent: pull
-    assert plan.images_present("h3", "vllm/vllm-openai:v0.8.5") is None  # not read: the op reads it
+    lines, rc = run_sh(fact.command("/etc/systemd/system/u.service", "u.service", "/srv/m", "/etc/llmfleet/m.previous"),
+                       {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"})
+    v = fact.process(lines)
+    assert rc == 0 and v["live_active"] == "inactive" and "live_image" not in v
 
 
 def test_probe_error_reads_the_probe_json():
