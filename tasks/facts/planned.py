@@ -58,6 +58,12 @@ def declare(cls: type[FactBase], **kwargs: Any) -> None:
 
     + cls: the fact class; one that cannot join a batch is left to be read on its own
     + kwargs: the fact's arguments, as the operation will pass them to :func:`read`
+
+    Example:
+
+    .. code:: python
+
+        declare(UnitStates, units=["docker.service"])
     """
     if not _batchable(cls, kwargs):
         return
@@ -78,6 +84,9 @@ def read(cls: type[FactBase], **kwargs: Any) -> Any:
     """
     The value of ``cls(**kwargs)`` on the current host: from the host's batch of declared reads
     while it describes the host as it is, from the host otherwise (``host.get_fact``).
+
+    + cls: the fact class
+    + kwargs: its arguments (equal to the declared ones for the batch to answer)
 
     Example:
 
