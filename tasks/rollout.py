@@ -75,7 +75,8 @@ from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringComm
 from tasks import gateway as gw
 from tasks.converge import FileDigests
 from tasks.once import once_per_run
-from tasks.service import IMAGE_LABEL, PROBE_PATH, Desired, Layout, desired, needs_restart, options as service_options, serve
+from tasks.service import (IMAGE_LABEL, PROBE_PATH, Desired, Layout, desired, needs_restart,
+                           options as service_options, serve)
 from tasks.service import pending as service_pending
 from tasks.spec import ServingSpec, SpecError, load_spec
 
@@ -349,7 +350,6 @@ class Paths:
 
     unit_name: str
     unit_file: str
-    container: str
     env_file: str
     template_dir: str
     verify_config: str
@@ -362,7 +362,7 @@ class Paths:
     def of(cls, layout: Layout, model_dir: str) -> "Paths":
         base = f"{layout.etc_dir}/{layout.name}"
         return cls(unit_name=f"{layout.unit}.service", unit_file=f"/etc/systemd/system/{layout.unit}.service",
-                   container=layout.unit, env_file=layout.env_file, template_dir=layout.template_dir,
+                   env_file=layout.env_file, template_dir=layout.template_dir,
                    verify_config=layout.verify_config, previous=f"{base}.previous",
                    last_verify=f"{base}.last-verify.json", record=f"{base}.rollout.json",
                    model_dir=model_dir.rstrip("/"))

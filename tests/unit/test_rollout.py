@@ -110,7 +110,8 @@ def _converged_service(data: dict) -> list[str]:
     files = converged_host(want)
     files[f"{paths.previous}/unit"] = files[want.unit_file]  # its rollback point is this version
     return [f"@unit_file={paths.unit_file}", f"@saved_unit={paths.previous}/unit", *digest_output(files),
-            "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no", f"org.llmfleet.image={want.image_ref}",
+            "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no",
+            f"org.llmfleet.image={want.image_ref}",  # off the running docker run's argv
             'saved={"image": "%s", "weights": null}' % want.image_ref]
 
 
