@@ -189,22 +189,70 @@ class WeightsState(FactBase):
     """
     What ``<dest>/current`` holds: ``{"current": link text, "manifest": {repo, hub, revision, commit,
     allow, ignore, total_bytes, files}, "bad": [paths with a wrong size (or hash, deep)], "error": ...}``.
-    Reads only the manifest and file sizes (no hashing) unless ``deep``; ``{}`` when python3 is missing.
+
+    + dest: the model directory (``<dest>/current`` links to the served revision)
+    + deep: also hash every file against the manifest (python3 on the host; ``{}`` without it)
+
+    Without ``deep`` (every run, every host) the shell reads the link, the manifest and the files'
+    sizes (``find``) and the comparison happens here: no Python start on the host (~20 ms of CPU).
+
+    Example:
+
+    .. code:: python
+
+        host.get_fact(WeightsState, dest="/srv/models/Qwen--Qwen3-30B-A3B")["bad"]  # []
     """
 
     default = dict
-    requires_command = "python3"
+
+    def requires_command(self, dest: str, deep: bool = False) -> str | None:
+        return "python3" if deep else None
 
     def command(self, dest: str, deep: bool = False) -> str:
-        return f"python3 -c {shlex.quote(_STATE_CODE)} {shlex.quote(dest)} {'1' if deep else '0'}"
+        if deep:
+            return f"python3 -c {shlex.quote(_STATE_CODE)} {shlex.quote(dest)} 1"
+        cur = shlex.quote(f"{dest.rstrip('/')}/current")
+        return (f'c=$(readlink {cur} 2>/dev/null); echo "@current=$c"; '
+                f'if [ -n "$c" ]; then if [ -f {cur}/manifest.json ]; then echo @manifest; cat {cur}/manifest.json; '
+                f"echo; echo @sizes; find -L {cur}/ -type f -printf '%s\\t%P\\n' 2>/dev/null; "
+                "else echo @no-manifest; fi; fi; true")
 
     def process(self, output: list[str]) -> dict[str, Any]:
         import json
 
+        if output and output[0].startswith("@current="):
+            return _state_from_listing(output)
         try:
             return json.loads("\n".join(output))
         except ValueError:
             return {"error": "unreadable state: " + " ".join(output)[:200]}
+
+
+def _state_from_listing(output: list[str]) -> dict[str, Any]:
+    """WeightsState (not deep) from the link, the manifest and ``find``'s sizes, as _STATE_CODE gives it."""
+    import json
+
+    out: dict[str, Any] = {"current": output[0][len("@current="):].strip() or None, "manifest": None, "bad": [],
+                           "error": None}
+    if not out["current"]:
+        return out
+    if "@no-manifest" in output:
+        out["error"] = "FileNotFoundError: no manifest.json in current"
+        return out
+    try:
+        start, sizes_at = output.index("@manifest"), output.index("@sizes")
+        m = json.loads("\n".join(output[start + 1:sizes_at]))
+        out["manifest"] = {k: m.get(k) for k in ("repo", "hub", "revision", "commit", "allow", "ignore", "total_bytes")}
+        out["manifest"]["files"] = len(m["files"])
+        sizes = {}
+        for line in output[sizes_at + 1:]:
+            size, sep, path = line.partition("\t")
+            if sep and size.isdigit():
+                sizes[path] = int(size)
+        out["bad"] = [e["path"] for e in m["files"] if sizes.get(e["path"]) != e["size"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

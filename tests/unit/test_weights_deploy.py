@@ -141,8 +141,15 @@ def _layout(tmp_path):
 
 
 def _run_state(dest, deep: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", _STATE_CODE, str(dest), "1" if deep else "0"],
-                         capture_output=True, text=True, check=True).stdout
+    """The fact's own command under sh: a shell listing, or (deep) the python3 script."""
+    fact = WeightsState()
+    out = subprocess.run(["sh", "-c", fact.command(str(dest), deep)], capture_output=True, text=True, check=True).stdout
+    return fact.process(out.splitlines())
+
+
+def _python_state(dest) -> dict:
+    out = subprocess.run([sys.executable, "-c", _STATE_CODE, str(dest), "0"], capture_output=True, text=True,
+                         check=True).stdout
     return WeightsState().process(out.splitlines())
 
 
@@ -160,10 +167,40 @@ def test_state_fact_on_a_real_layout(tmp_path):
     assert _run_state(tmp_path, deep=True)["bad"] == ["model.safetensors"]
     (rev / "config.json").unlink()
     assert _run_state(tmp_path, deep=False)["bad"] == ["config.json"]
+    assert _run_state(tmp_path, deep=False) == _python_state(tmp_path)  # the listing agrees with Python
+
+
+def test_state_fact_listing_agrees_with_python_on_odd_layouts(tmp_path):
+    rev = _layout(tmp_path)
+    (rev / "sub dir").mkdir()
+    (rev / "sub dir" / "tok.json").write_text("{}")
+    (rev / "blobs").mkdir()
+    (rev / "blobs" / "b1").write_bytes(b"y" * 7)
+    (rev / "linked.bin").symlink_to("blobs/b1")  # a hub cache's link to a blob counts as the blob
+    (rev / "dangling.bin").symlink_to("blobs/none")
+    files = [{"path": p, "size": s, "sha256": "0" * 64} for p, s in
+             (("config.json", 2), ("sub dir/tok.json", 2), ("linked.bin", 7), ("dangling.bin", 7), ("gone", 1))]
+    mf.write(rev, mf.build(repo="org/tiny", hub="huggingface", revision="v1", commit="a" * 40, files=files))
+    st = _run_state(tmp_path, deep=False)
+    assert st == _python_state(tmp_path)
+    assert st["bad"] == ["dangling.bin", "gone"] and st["manifest"]["files"] == 5 and st["error"] is None
+    (rev / "manifest.json").write_text("{not json")
+    assert _run_state(tmp_path, deep=False)["error"].startswith("JSONDecodeError")
+    (rev / "manifest.json").unlink()
+    assert _run_state(tmp_path, deep=False)["error"].startswith("FileNotFoundError")
+    assert _python_state(tmp_path)["error"].startswith("FileNotFoundError")
 
 
 def test_state_fact_empty_dir(tmp_path):
-    assert _run_state(tmp_path / "absent", deep=False) == {"current": None, "manifest": None, "bad": [], "error": None}
+    empty = {"current": None, "manifest": None, "bad": [], "error": None}
+    assert _run_state(tmp_path / "absent", deep=False) == empty == _python_state(tmp_path / "absent")
+    assert _run_state(tmp_path / "absent", deep=True) == empty
+
+
+def test_state_fact_needs_python_only_when_deep():
+    assert WeightsState().requires_command("/srv/m") is None
+    assert WeightsState().requires_command("/srv/m", deep=True) == "python3"
+    assert "python3" not in WeightsState().command("/srv/m")
 
 
 def test_python_packages_normalises_names():
