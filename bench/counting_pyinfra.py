@@ -36,14 +36,30 @@ def _counting(name: str, original):
     return wrapper
 
 
-SSHConnector.run_shell_command = _counting("commands", SSHConnector.run_shell_command)
-SSHConnector.put_file = _counting("uploads", SSHConnector.put_file)
-SSHConnector.get_file = _counting("downloads", SSHConnector.get_file)
-atexit.register(lambda: print("LLMFLEET_COUNTS " + json.dumps({h: dict(c) for h, c in COUNTS.items()}),
-                              file=sys.stderr, flush=True))
+PREFIX = "LLMFLEET_COUNTS "
+
+
+def counts_in(stderr: str) -> dict[str, dict[str, int]] | None:
+    """host -> {"commands": n, "uploads": n, ...} from a counted run's stderr (None: not counted)."""
+    for line in reversed(stderr.splitlines()):
+        if line.startswith(PREFIX):
+            return json.loads(line[len(PREFIX):])
+    return None
+
+
+def install() -> None:
+    """Count every command and transfer of pyinfra's SSH connector; print the counts on exit."""
+    SSHConnector.run_shell_command = _counting("commands", SSHConnector.run_shell_command)
+    SSHConnector.put_file = _counting("uploads", SSHConnector.put_file)
+    SSHConnector.get_file = _counting("downloads", SSHConnector.get_file)
+    atexit.register(lambda: print(PREFIX + json.dumps({h: dict(c) for h, c in COUNTS.items()}),
+                                  file=sys.stderr, flush=True))
+
 
 if __name__ == "__main__":
     from pyinfra_cli.main import main
+
+    install()
 
     sys.argv = ["pyinfra", *sys.argv[1:]]
     sys.exit(main())

@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.counting_pyinfra import counts_in  # noqa: E402
 from tasks.lab import lab as lablib  # noqa: E402
 from tasks.lab.config import LabConfig  # noqa: E402
 
@@ -114,8 +114,7 @@ def run(inventory: Path, deploy: str, timeout: float, cfg: LabConfig, env: dict 
     controller = (after[0].children_user + after[0].children_system
                   - before[0].children_user - before[0].children_system)
     per_host = [after[1][h] - before[1].get(h, 0.0) for h in after[1]]
-    match = re.search(r"^LLMFLEET_COUNTS (.*)$", proc.stderr, re.M)
-    counts = json.loads(match.group(1)) if match else {}
+    counts = counts_in(proc.stderr) or {}
     payload: dict = {}
     brace = proc.stdout.find("{")
     if brace >= 0:

@@ -1,4 +1,5 @@
-"""One fleet-wide value per pyinfra run, built by whichever host's plan gets there first.
+"""One fleet-wide value per pyinfra run, built by whichever host's plan gets there first, and the
+parallel read of every host's fact such a value is built from.
 
 pyinfra's CLI plans every host of the inventory in its own greenlet, in parallel. A value that
 needs every host's state (the weights fan-out plan, the rollout's batches) is built once, by
@@ -43,4 +44,24 @@ def once_per_run(cache: dict[Hashable, Any], key: Hashable, build: Callable[[], 
     return value
 
 
-__all__ = ["once_per_run"]
+def read_fleet(hosts: list[Any], cls: type, kwargs_of: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Fact ``cls`` of every host in ``hosts``, read in parallel: host name -> value (``{}`` for None).
+
+    + hosts: pyinfra ``Host`` objects
+    + cls: the fact class
+    + kwargs_of: a host -> its fact arguments
+
+    Example:
+
+    .. code:: python
+
+        states = read_fleet(hosts, WeightsState, lambda h: {"dest": dests[h.name]})
+    """
+    import gevent
+
+    jobs = {h.name: gevent.spawn(h.get_fact, cls, **kwargs_of(h)) for h in hosts}
+    gevent.joinall(list(jobs.values()), raise_error=True)
+    return {name: job.value or {} for name, job in jobs.items()}
+
+
+__all__ = ["once_per_run", "read_fleet"]

@@ -485,9 +485,11 @@ def preflight(requirement: Requirement) -> bool:
 
     .. code:: python
 
+        from tasks.plan import PlanParams
         from tasks.preflight import Requirement, preflight
         preflight(Requirement(recipe="qwen3-30b-a3b", vllm_version="0.8.5", model_config=cfg,
-                              weights_bytes=61_100_000_000, model_dir="/srv/models/qwen3-30b-a3b", serving=PlanParams(tp=4)))
+                              weights_bytes=61_100_000_000, model_dir="/srv/models/qwen3-30b-a3b",
+                              serving=PlanParams(tp=4)))
     """
     from pyinfra import logger
     from pyinfra.context import ctx_host

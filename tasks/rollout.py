@@ -74,7 +74,7 @@ from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringComm
 
 from tasks import gateway as gw
 from tasks.converge import FileDigests
-from tasks.once import once_per_run
+from tasks.once import once_per_run, read_fleet
 from tasks.service import (IMAGE_LABEL, PROBE_PATH, Desired, Layout, desired, needs_restart,
                            options as service_options, serve)
 from tasks.service import pending as service_pending
@@ -273,8 +273,6 @@ def plan_for(recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
 
 
 def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
-    import gevent
-
     from tasks.model import recipe_of
 
     active = {h.name for h in state.inventory.get_active_hosts()}
@@ -306,10 +304,8 @@ def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
 
     # Every replica's service, read in parallel: what it runs, its rollback point, its files.
     wants = {h.name: desired_service(specs[h.name], h.data) for h in hosts}
-    jobs = {h.name: gevent.spawn(h.get_fact, ServiceVersion, paths=wants[h.name][0].paths(),
-                                 **fact_args(wants[h.name][1])) for h in hosts}
-    gevent.joinall(list(jobs.values()), raise_error=True)
-    observed = {name: job.value or {} for name, job in jobs.items()}
+    observed = read_fleet(hosts, ServiceVersion,
+                          lambda h: {"paths": wants[h.name][0].paths(), **fact_args(wants[h.name][1])})
     pending = {name: service_pending(wants[name][0], observed[name]) for name in ordered}
     to_roll = [name for name in ordered if pending[name]]
     batches = make_batches(to_roll, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],

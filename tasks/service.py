@@ -68,6 +68,7 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from tasks.converge import UnitStates, files_synced, owned_by, units_running
+from tasks.facts.planned import declaring, read
 from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
@@ -135,6 +136,7 @@ def secret_files(spec: ServingSpec, data: Any) -> dict[str, str]:
     return {name: str(path) for name in ("VLLM_API_KEY",)}
 
 
+@declaring(lambda unit, **_: [(UnitStates, {"units": [unit]})])
 @operation()
 def reset_failed(unit: str):
     """
@@ -151,7 +153,8 @@ def reset_failed(unit: str):
 
         reset_failed(unit="llmfleet-qwen30b.service")
     """
-    if host.get_fact(UnitStates, units=[unit]).get(unit, {}).get("ActiveState") != "failed":
+    # The read units_running makes of the same unit: one value for both (tasks.facts.planned).
+    if read(UnitStates, units=[unit]).get(unit, {}).get("ActiveState") != "failed":
         host.noop(f"{unit} is not failed")
         return
     yield StringCommand("systemctl", "reset-failed", unit)

@@ -26,7 +26,7 @@ from weakref import WeakKeyDictionary
 from pyinfra.api import FactBase
 from pyinfra.context import ctx_host, ctx_state
 
-from tasks.facts.together import Together
+from tasks.facts.together import Together, joinable_command
 
 Read = tuple[type[FactBase], dict[str, Any]]
 
@@ -45,13 +45,6 @@ def _key(cls: type[FactBase], kwargs: dict[str, Any]) -> str:
     return f"{cls.__module__}.{cls.__qualname__}:{json.dumps(kwargs, sort_keys=True, default=str)}"
 
 
-def _batchable(cls: type[FactBase], kwargs: dict[str, Any]) -> bool:
-    fact = cls()
-    needs = fact.requires_command(**kwargs) if callable(fact.requires_command) else fact.requires_command
-    command = fact.command(**kwargs) if callable(fact.command) else fact.command
-    return not needs and not fact.shell_executable and isinstance(command, str)
-
-
 def declare(cls: type[FactBase], **kwargs: Any) -> None:
     """
     Declare for the current host that an operation will read ``cls`` with ``kwargs``.
@@ -65,7 +58,7 @@ def declare(cls: type[FactBase], **kwargs: Any) -> None:
 
         declare(UnitStates, units=["docker.service"])
     """
-    if not _batchable(cls, kwargs):
+    if joinable_command(cls, kwargs) is None:
         return
     reads = _READS.setdefault(ctx_state.get(), {}).setdefault(ctx_host.get().name, _HostReads())
     reads.wanted.setdefault(_key(cls, kwargs), (cls, kwargs))

@@ -16,6 +16,16 @@ from pyinfra.api import FactBase
 MARK = "@@llmfleet-together "
 
 
+def joinable_command(cls: type[FactBase], kwargs: dict[str, Any]) -> str | None:
+    """``cls``'s shell command for ``kwargs`` when it can run inside :class:`Together`, else None:
+    pyinfra wraps the command of a fact with ``requires_command`` or its own shell, and a
+    non-string command is pyinfra's to assemble."""
+    fact = cls()
+    needs = fact.requires_command(**kwargs) if callable(fact.requires_command) else fact.requires_command
+    command = fact.command(**kwargs) if callable(fact.command) else fact.command
+    return command if isinstance(command, str) and not needs and not fact.shell_executable else None
+
+
 class Together(FactBase[list]):
     """
     The values of several facts, read in one round trip.
@@ -39,14 +49,11 @@ class Together(FactBase[list]):
         self._facts: list[FactBase] = []
         parts = ["rc=0"]
         for index, (cls, kwargs) in enumerate(facts):
-            fact = cls()
-            needs = fact.requires_command(**kwargs) if callable(fact.requires_command) else fact.requires_command
-            if needs or fact.shell_executable:
-                raise ValueError(f"Together: {cls.__name__} sets requires_command/shell_executable")
-            command = fact.command(**kwargs) if callable(fact.command) else fact.command
-            if not isinstance(command, str):
-                raise ValueError(f"Together: {cls.__name__}.command gave {type(command).__name__}, not a str")
-            self._facts.append(fact)
+            command = joinable_command(cls, kwargs)
+            if command is None:
+                raise ValueError(f"Together: {cls.__name__} sets requires_command/shell_executable "
+                                 "or has no plain shell command")
+            self._facts.append(cls())
             # The newline ends a trailing comment; the subshell keeps `exit`, `set --` and cd to the fact.
             parts.append(f'echo "{MARK}{index}"; ( {command}\n) || rc=$?')
         parts.append("exit $rc")

@@ -88,7 +88,7 @@ from pyinfra.api import FactBase, deploy, operation
 
 from tasks.converge import deb_packages, files_synced
 from tasks.facts.planned import declaring, read
-from tasks.once import once_per_run
+from tasks.once import once_per_run, read_fleet
 from tasks.secrets import local_secret, secret_file
 from tasks.weights import fetch as fetch_script
 from tasks.weights.fanout import plan_waves
@@ -150,8 +150,12 @@ class PythonPackages(FactBase):
         return out
 
 
+#: The manifest fields WeightsState reports (both ways of reading it).
+MANIFEST_KEYS = ("repo", "hub", "revision", "commit", "allow", "ignore", "total_bytes")
+
 _STATE_CODE = r"""
 import hashlib, json, os, sys
+MANIFEST_KEYS = @MANIFEST_KEYS@
 d, deep = sys.argv[1], sys.argv[2] == "1"
 out = {"current": None, "manifest": None, "bad": [], "error": None}
 try:
@@ -163,7 +167,7 @@ if out["current"]:
     try:
         with open(os.path.join(base, "manifest.json")) as fh:
             m = json.load(fh)
-        out["manifest"] = {k: m.get(k) for k in ("repo", "hub", "revision", "commit", "allow", "ignore", "total_bytes")}
+        out["manifest"] = {k: m.get(k) for k in MANIFEST_KEYS}
         out["manifest"]["files"] = len(m["files"])
         for e in m["files"]:
             p = os.path.join(base, e["path"])
@@ -182,7 +186,7 @@ if out["current"]:
     except Exception as exc:
         out["error"] = "%s: %s" % (type(exc).__name__, exc)
 print(json.dumps(out))
-"""
+""".replace("@MANIFEST_KEYS@", repr(MANIFEST_KEYS))
 
 
 class WeightsState(FactBase):
@@ -242,7 +246,7 @@ def _state_from_listing(output: list[str]) -> dict[str, Any]:
     try:
         start, sizes_at = output.index("@manifest"), output.index("@sizes")
         m = json.loads("\n".join(output[start + 1:sizes_at]))
-        out["manifest"] = {k: m.get(k) for k in ("repo", "hub", "revision", "commit", "allow", "ignore", "total_bytes")}
+        out["manifest"] = {k: m.get(k) for k in MANIFEST_KEYS}
         out["manifest"]["files"] = len(m["files"])
         sizes = {}
         for line in output[sizes_at + 1:]:
@@ -646,14 +650,10 @@ def fleet_plan(spec: Any) -> FleetPlan:
 
 
 def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
-    import gevent
-
     data = {h.name: _DataWithDefaults(h) for h in hosts}
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
-    jobs = {h.name: gevent.spawn(h.get_fact, WeightsState, dest=requests[h.name].dest,
-                                 deep=requests[h.name].deep_verify) for h in hosts}
-    gevent.joinall(list(jobs.values()), raise_error=True)
-    states = {name: job.value or {} for name, job in jobs.items()}
+    states = read_fleet(hosts, WeightsState,
+                        lambda h: {"dest": requests[h.name].dest, "deep": requests[h.name].deep_verify})
     me = data[host.name]
     fanout = bool(me.weights_fanout)
     urls = {}

@@ -41,10 +41,11 @@ class Run:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """host -> {"commands": n, "uploads": n, ...} of a ``counted=True`` run."""
-        for line in reversed(self.stderr.splitlines()):
-            if line.startswith("LLMFLEET_COUNTS "):
-                return json.loads(line[len("LLMFLEET_COUNTS "):])
-        raise AssertionError("not a counted run: no LLMFLEET_COUNTS line")
+        from bench.counting_pyinfra import counts_in
+
+        counts = counts_in(self.stderr)
+        assert counts is not None, "not a counted run: no counts line"
+        return counts
 
     def planned_changes(self) -> dict[str, list[str]]:
         """operation name -> hosts that would change (dry runs). Operations behind `_if`
