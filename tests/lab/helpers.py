@@ -116,13 +116,19 @@ def inventory_with(lab_state: dict, path: Path, extra: dict[str, dict]) -> Path:
 
 
 @contextlib.contextmanager
+def lab_name(base: str) -> str:
+    """A test lab's name: ``base`` behind ``$LLMFLEET_LAB_TAG`` (one or two letters), so checkouts that
+    run the suite side by side on one machine never share a lab."""
+    return os.environ.get("LLMFLEET_LAB_TAG", "") + base
+
+
 def own_lab(name: str, profiles: list[str]):
     """A lab of its own for one test module: up (after removing leftovers), yielded, down
     (kept with LLMFLEET_KEEP_LAB=1 for debugging)."""
     from tasks.lab import lab as lablib
     from tasks.lab.config import LabConfig
 
-    cfg = LabConfig(name)
+    cfg = LabConfig(lab_name(name))
     lablib.down(cfg, log=lambda *_: None)
     state = lablib.up(cfg, len(profiles), profiles, log=lambda *_: None)
     try:

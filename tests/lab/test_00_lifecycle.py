@@ -9,7 +9,7 @@ from tasks.lab import lab as lablib
 from tasks.lab.config import LabConfig
 from tasks.lab.hosts import CGROUP_FS, CGROUP_ROOTS
 
-from .helpers import ssh
+from .helpers import lab_name, ssh
 
 
 def _traces(cfg: LabConfig) -> dict[str, list[str]]:
@@ -31,7 +31,7 @@ def _traces(cfg: LabConfig) -> dict[str, list[str]]:
 
 
 def test_up_8_then_down_leaves_nothing():
-    cfg = LabConfig("td")
+    cfg = LabConfig(lab_name("td"))
     lablib.down(cfg, log=lambda *_: None)
     before_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     state = lablib.up(cfg, 8)

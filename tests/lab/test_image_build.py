@@ -16,7 +16,7 @@ from tasks.image_build import build_plan
 from tasks.lab.config import LabConfig
 from tasks.spec import load_spec
 
-from .helpers import pyinfra, ssh, own_lab
+from .helpers import lab_name, pyinfra, ssh, own_lab
 
 IMAGE_DEPLOY = "deploys/image.py"
 
@@ -32,7 +32,7 @@ def _ip(state, index: int) -> str:
 
 
 def _tag(state, **overrides) -> str:
-    data = {"image_pip_index_url": f"http://{LabConfig('ib').bridge_ip}:8081/simple/", **overrides}
+    data = {"image_pip_index_url": f"http://{LabConfig(lab_name('ib')).bridge_ip}:8081/simple/", **overrides}
     return build_plan(load_spec("glm5", data), data["image_pip_index_url"]).image
 
 

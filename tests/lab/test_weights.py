@@ -18,9 +18,9 @@ from tasks.lab.config import HUB_PORT, LabConfig
 from tasks.lab.standins.model_repo import publish, write_model_repo
 from tasks.weights.deploy import model_dirname
 
-from .helpers import REPO, pyinfra, ssh, own_lab
+from .helpers import REPO, lab_name, pyinfra, ssh, own_lab
 
-CFG = LabConfig("wt")
+CFG = LabConfig(lab_name("wt"))
 HUB = f"http://{CFG.bridge_ip}:{HUB_PORT}"
 SHARD_BYTES = 4 << 20
 SHARD2 = "model-00002-of-00003.safetensors"
@@ -29,7 +29,7 @@ HUBS = ["huggingface", "modelscope"]
 
 @pytest.fixture(scope="module")
 def wlab():
-    with own_lab(CFG.name, ["cpu"] * 4) as state:
+    with own_lab("wt", ["cpu"] * 4) as state:
         yield state
 
 
