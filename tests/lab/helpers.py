@@ -115,13 +115,13 @@ def inventory_with(lab_state: dict, path: Path, extra: dict[str, dict]) -> Path:
     return inventory.write(LabConfig(lab_state["name"]), lab_state, CACHE_DIR / "id_ed25519", path, extra)
 
 
-@contextlib.contextmanager
 def lab_name(base: str) -> str:
     """A test lab's name: ``base`` behind ``$LLMFLEET_LAB_TAG`` (one or two letters), so checkouts that
     run the suite side by side on one machine never share a lab."""
     return os.environ.get("LLMFLEET_LAB_TAG", "") + base
 
 
+@contextlib.contextmanager
 def own_lab(name: str, profiles: list[str]):
     """A lab of its own for one test module: up (after removing leftovers), yielded, down
     (kept with LLMFLEET_KEEP_LAB=1 for debugging)."""
