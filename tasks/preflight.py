@@ -8,6 +8,7 @@ facts dict has these keys (each the value of the fact of the same subject; absen
 - ``nvidia_fabric``: ``tasks.facts.nvidia.NvidiaFabric``
 - ``ascend``: ``tasks.facts.ascend.AscendNpus``
 - ``host``: ``tasks.facts.host.HostResources(model_dir)``
+- ``services``: ``tasks.facts.services.LlmfleetServices`` (the other llmfleet units on the host)
 
 Checks (a refusal makes ``go`` False; a warning does not):
 
@@ -33,6 +34,9 @@ Checks (a refusal makes ``go`` False; a warning does not):
   exact version: refusal (CUDA then fails with error 802 "system not yet initialized").
 - Host: available RAM >= ``preflight_min_ram_gib``; free disk at the model dir >= weights x
   (1 + ``preflight_disk_margin``) minus what is already there; /dev/shm >= ``shm_bytes_needed``.
+- Other models on the host (``services``): another llmfleet unit on the same port, on overlapping
+  devices (``--gpus all`` overlaps every set), or serving the same model name is a refusal naming both
+  recipes; the unit of this recipe itself is the one being updated and is not compared.
 - Ascend: NPU count >= tp x pp; driver present (missing: refusal with install instructions; the host must
   be rebooted by its operator after installing driver and firmware: llmfleet never reboots); NPU health
   (``OK`` required, ``Warning`` a warning).
@@ -94,6 +98,11 @@ class Requirement:
     shm_bytes_needed: int = 0
     weights_present_bytes: int = 0
     accelerator: str = "nvidia"
+    #: What the service will hold on the host, checked against the other llmfleet units there
+    #: (``services`` fact): its port, its device indices (empty: every device) and served name.
+    port: int = 0
+    devices: tuple[int, ...] = ()
+    served_model_name: str = ""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -436,7 +445,37 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
             else:
                 verdict.add("memory plan", "fail", result.error or "does not fit")
     _check_host(verdict, facts, req, opts)
+    _check_neighbours(verdict, facts.get("services"), req)
     return verdict
+
+
+def _check_neighbours(verdict: Verdict, services: dict | None, req: Requirement) -> None:
+    """Refuse a recipe whose port, devices or served name another llmfleet unit on the host holds."""
+    if services is None:
+        return
+    mine = set(req.devices)
+    clashes = []
+    for other in sorted(services.values(), key=lambda s: s["recipe"]):
+        if other["recipe"] == req.recipe:
+            continue
+        unit = f"llmfleet-{other['recipe']}.service"
+        if req.port and req.port in other["ports"]:
+            clashes.append(f"port {req.port} is held by recipe {other['recipe']} ({unit})")
+        theirs = other["devices"]
+        if theirs == "all" or (theirs is not None and not mine):
+            clashes.append(f"devices: {req.recipe} wants {sorted(mine) if mine else 'every device'}, recipe "
+                           f"{other['recipe']} ({unit}) holds {'every device' if theirs == 'all' else theirs}; "
+                           "give each model its own serve_devices")
+        elif theirs is not None and mine & set(theirs):
+            clashes.append(f"devices {sorted(mine & set(theirs))} are held by recipe {other['recipe']} ({unit})")
+        if req.served_model_name and req.served_model_name == other["served_model_name"]:
+            clashes.append(f"served model name {req.served_model_name!r} is served by recipe {other['recipe']} "
+                           f"({unit}) too: verification and status could not tell them apart")
+    if clashes:
+        verdict.add("other models", "fail", f"{req.recipe} cannot share this host: " + "; ".join(clashes))
+    elif services:
+        verdict.add("other models", "ok", ", ".join(sorted(s["recipe"] for s in services.values()
+                                                           if s["recipe"] != req.recipe)) or "none")
 
 
 # --- pyinfra deploy ---------------------------------------------------------------------------------------
@@ -446,9 +485,10 @@ def gather_facts(host: Any, req: Requirement) -> dict:
     from tasks.facts.ascend import AscendNpus
     from tasks.facts.host import HostResources
     from tasks.facts.nvidia import NvidiaFabric, NvidiaGpus
+    from tasks.facts.services import LlmfleetServices
     from tasks.facts.together import Together
 
-    wanted: dict[str, tuple] = {"host": (HostResources, {"path": req.model_dir})}
+    wanted: dict[str, tuple] = {"host": (HostResources, {"path": req.model_dir}), "services": (LlmfleetServices, {})}
     if req.accelerator == "nvidia":
         wanted.update(nvidia_gpus=(NvidiaGpus, {}), nvidia_fabric=(NvidiaFabric, {}))
     else:

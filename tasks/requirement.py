@@ -78,4 +78,6 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
     return Requirement(
         recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,
         model_dir=model_dir, serving=serving, gpus_needed=gpus, shm_bytes_needed=shm, accelerator=spec.accelerator,
+        port=spec.port, devices=tuple(spec.devices or (range(gpus) if spec.accelerator == "ascend" else ())),
+        served_model_name=str(spec.served_model_name or ""),
     )

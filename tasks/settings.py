@@ -5,16 +5,23 @@ each key once, in its module docstring (a ``| key | default | meaning |`` table 
 ``- ``key``: meaning`` bullet). This module gathers them into README.md's "Settings" table, so the
 README and the code cannot drift: ``python -m tasks.settings --write`` rewrites the section, and a
 unit test fails when it is stale or a key is undocumented.
+
+The same list is what host data may say: :func:`unknown_keys` names each key that carries a
+capability's prefix but is no setting (``weights_fanoutt``), or that misses a known key by a typo in
+its prefix (``servee_max_model_len``), with the nearest known key. Keys of other prefixes (``ssh_*``,
+an inventory's own) are not ours to judge.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import re
 import sys
 from pathlib import Path
+from typing import Iterable
 
 #: (module, capability title, key prefix) in the order of a deploy.
 CAPABILITIES = (
@@ -54,16 +61,23 @@ def _default(value) -> str:
     return "`" + json.dumps(value) + "`" if not isinstance(value, str) else f'`"{value}"`'
 
 
+def _modules():
+    """The capability modules that import here (a recipe's missing task is named by tasks.model)."""
+    for module_name, _, _ in CAPABILITIES:
+        try:
+            yield importlib.import_module(module_name)
+        except ImportError:
+            continue
+
+
 def collect() -> tuple[list[tuple[str, str, str, str]], list[str]]:
     """(capability, key, default, meaning) rows, and the keys with no description or a foreign prefix."""
     rows, missing = [], []
-    for module_name, title, _ in CAPABILITIES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
+    titles = {m: (t, p) for m, t, p in CAPABILITIES}
+    for module in _modules():
+        module_name = module.__name__
+        title, prefix = titles[module_name]
         doc = module.__doc__ or ""
-        prefix = dict((m, p) for m, _, p in CAPABILITIES)[module_name]
         for key, value in getattr(module, "DEFAULTS", {}).items():
             if not key.startswith(prefix):
                 missing.append(f"{module_name}: {key} lacks the prefix {prefix}")
@@ -73,6 +87,42 @@ def collect() -> tuple[list[tuple[str, str, str, str]], list[str]]:
                 text = ""
             rows.append((title, key, _default(value), re.sub(r"(?<!\\)\|", r"\\|", text)))
     return rows, missing
+
+
+def known_keys() -> set[str]:
+    """Every host-data key llmfleet reads: the capabilities' settings and ``serve_<field>``."""
+    from tasks.spec import OVERRIDE_PREFIX, ServingSpec
+
+    keys = {OVERRIDE_PREFIX + name for name in ServingSpec.model_fields}
+    for module in _modules():
+        keys |= set(getattr(module, "DEFAULTS", {}))
+    return keys
+
+
+def unknown_keys(keys: Iterable[str]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each key of ``keys`` that looks like a setting but is none.
+
+    ``serve_*`` keys are left to ``tasks.spec`` (nested ``serve_a__b`` paths are its to check).
+
+    + keys: host data keys
+    """
+    from tasks.spec import OVERRIDE_PREFIX
+
+    known = known_keys()
+    prefixes = tuple(p for _, _, p in CAPABILITIES)
+    problems = []
+    for key in sorted(keys):
+        if key in known or key.startswith(OVERRIDE_PREFIX):
+            continue
+        if key.startswith(prefixes):
+            near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {near[0]}?" if near else "see the settings table in README.md"
+            problems.append((key, f"unknown setting; {hint}"))
+            continue
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+        if near:
+            problems.append((key, f"unknown setting; did you mean {near[0]}?"))
+    return problems
 
 
 def render() -> str:

@@ -511,7 +511,8 @@ def load_spec(recipe: str | dict[str, Any], overrides: dict[str, Any] | None = N
     """Build and fully validate a serving spec.
 
     + recipe: a recipe name (``tasks/recipes/<name>.yaml``) or a mapping of spec fields
-    + overrides: pyinfra host data (or any mapping); only ``serve_*`` keys are read
+    + overrides: pyinfra host data (or any mapping); ``serve_*`` keys are read, and a key that looks
+      like a setting but is none is refused (``tasks.settings.unknown_keys``)
     + recipes_dir: where recipes live (tests)
 
     Raises SpecError naming the field and what is allowed; also renders the command line once
@@ -522,6 +523,12 @@ def load_spec(recipe: str | dict[str, Any], overrides: dict[str, Any] | None = N
         spec = load_spec("qwen30b", host.data.dict())
     """
     data = read_recipe(recipe, recipes_dir) if isinstance(recipe, str) else dict(recipe)
+    if overrides:
+        from tasks.settings import unknown_keys  # late: settings imports every capability
+
+        typos = unknown_keys(overrides)
+        if typos:
+            raise SpecError(*typos[0], *typos[1:])
     data = apply_overrides(data, overrides)
     try:
         spec = ServingSpec.model_validate(data)

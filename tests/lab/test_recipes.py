@@ -1,8 +1,9 @@
 """Every seed deploy converges on its lab profile and verifies through the stand-in; a second run of
 each changes nothing. (qwen30b, qwen32b_awq and qwen30b_fp8 are also exercised in test_serving.py.)
 
-Lab "rc": rc-h1 rtx4090x8 (qwen235b AWQ and GPTQ), rc-h2 gpu22gx4 (qwen30b_yarn),
-rc-h3 ascend910b (qwen3_ascend), rc-h4 h200x8 (glm5).
+Lab "rc": rc-h1 rtx4090x8 (qwen235b AWQ), rc-h2 gpu22gx4 (qwen30b_yarn, then qwen30b refused beside it),
+rc-h3 ascend910b (qwen3_ascend), rc-h4 h200x8 (glm5), rc-h5 rtx4090x8 (qwen235b GPTQ: both variants use all
+eight GPUs, so they cannot share a host).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import pytest
 
 from .helpers import pyinfra, ssh, own_lab, secrets_env
 
-PROFILES = ["rtx4090x8", "gpu22gx4", "ascend910b", "h200x8"]
+PROFILES = ["rtx4090x8", "gpu22gx4", "ascend910b", "h200x8", "rtx4090x8"]
 # deploy, host, host data, unit name, port
 CASES = [
     ("qwen235b", "rc-h1", {}, "qwen235b_awq", 30000),
-    ("qwen235b", "rc-h1", {"model_variant": "gptq", "serve_port": 30001}, "qwen235b_gptq", 30001),
+    ("qwen235b", "rc-h5", {"model_variant": "gptq", "serve_port": 30001}, "qwen235b_gptq", 30001),
     # GLM-5 (744B) at tp 4 needs ~92 GiB of weights per GPU: H200-class memory; preflight refuses 4090s.
     ("glm5", "rc-h4", {}, "glm5", 8000),
     ("qwen30b_yarn", "rc-h2", {}, "qwen30b_yarn", 8000),
@@ -51,3 +52,19 @@ def test_deploy_converges_verifies_then_no_changes(rc, deploy, host, data, name,
 
     second = pyinfra(rc["inventory"], f"deploys/{deploy}.py", "--limit", host, data=data, timeout=600)
     assert second.operations and second.changed() == {}
+
+
+def test_second_model_on_a_taken_port_and_gpus_is_refused_before_install(rc):
+    """qwen30b (port 8000, every GPU) beside the converged qwen30b_yarn on rc-h2: refused at preflight,
+    naming both recipes, the port and the devices; nothing of it lands and qwen30b_yarn keeps running."""
+    host, ip = "rc-h2", rc["ips"]["rc-h2"]
+    before = ssh(ip, "docker inspect -f '{{.Id}}' llmfleet-qwen30b_yarn").stdout.strip()
+    run = pyinfra(rc["inventory"], "deploys/qwen30b.py", "--limit", host, check=False, timeout=600,
+                  data={"serve_api_key_secret": "rc_key", "preflight_weights_bytes": 1_000_000})
+    assert run.returncode != 0
+    text = run.stdout + run.stderr
+    assert "preflight refused qwen30b" in text and "qwen30b cannot share this host" in text
+    assert "port 8000 is held by recipe qwen30b_yarn (llmfleet-qwen30b_yarn.service)" in text
+    assert "qwen30b wants every device, recipe qwen30b_yarn" in text
+    assert ssh(ip, "ls /etc/systemd/system/llmfleet-qwen30b.service", check=False).returncode != 0
+    assert ssh(ip, "docker inspect -f '{{.Id}}' llmfleet-qwen30b_yarn").stdout.strip() == before

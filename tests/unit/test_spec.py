@@ -118,9 +118,31 @@ def test_glm5_needs_new_vllm_and_transformers():
 
 def test_overrides_from_host_data():
     s = load_spec("qwen30b", {"serve_max_model_len": 16384, "serve_port": 8001,
-                              "serve_model__revision": "0123abcd", "docker_version": "ignored"})
+                              "serve_model__revision": "0123abcd", "ssh_user": "root",
+                              "lab_profile": "an inventory's own key", "docker_ce_version": None})
     assert (s.max_model_len, s.port, s.model.revision) == (16384, 8001, "0123abcd")
     assert s.model.repo_id == "Qwen/Qwen3-30B-A3B"  # sibling fields kept
+
+
+@pytest.mark.parametrize("key, hint", [
+    ("weights_fanoutt", "did you mean weights_fanout?"),  # a capability's prefix, no such setting
+    ("servee_max_model_len", "did you mean serve_max_model_len?"),  # a typo in the prefix
+    ("weigths_fanout", "did you mean weights_fanout?"),
+    ("docker_registry_mirror", "did you mean docker_registry_mirrors?"),
+    ("gateway_qqqqqqqqq", "see the settings table in README.md"),
+])
+def test_setting_typos_refused_with_the_nearest_key(key, hint):
+    with pytest.raises(SpecError) as exc:
+        load_spec("qwen30b", {key: True, "ssh_user": "root"})
+    assert exc.value.problems == [(key, f"unknown setting; {hint}")]
+
+
+def test_every_documented_setting_is_accepted():
+    from tasks import settings
+
+    rows, _ = settings.collect()
+    assert len(rows) > 50
+    assert settings.unknown_keys([key for _, key, _, _ in rows]) == []
 
 
 def test_override_unknown_key_names_it():
