@@ -111,6 +111,9 @@ def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
                 specs[h.name] = spec
             except SpecError as exc:
                 problems += [(f"{h.name}: {f}", m) for f, m in exc.problems]
+        if not problems and specs:
+            problems += _disagreements({h.name: h.data for h in state.inventory.get_active_hosts()
+                                        if h.name in specs})
         cached = SpecError(*problems[0], *problems[1:]) if problems else specs
         _FLEET[key] = cached
     if isinstance(cached, SpecError):
@@ -119,6 +122,17 @@ def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
 
 
 _FLEET: dict[tuple[int, str], dict[str, ServingSpec] | SpecError] = {}
+
+
+def _disagreements(datas: dict[str, Any]) -> list[tuple[str, str]]:
+    """Fleet-wide settings that differ between the replicas (``(key, message)``, none when they agree)."""
+    from tasks.weights.deploy import fleet_settings  # importable: checked per spec above
+
+    try:
+        fleet_settings(datas)
+    except SpecError as exc:
+        return exc.problems
+    return []
 
 
 @deploy("Model", data_defaults=DEFAULTS)

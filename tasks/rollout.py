@@ -127,15 +127,12 @@ def make_batches(hosts: list[str], batch_size: Any = 1, max_unavailable: Any = N
 
 def fleet_setting(datas: dict[str, Any], key: str) -> Any:
     """A setting that must be equal on every replica; SpecError naming two hosts that differ."""
-    values = [(name, data.get(key, DEFAULTS[key])) for name, data in datas.items()]
-    if not values:
+    from tasks.settings import agreed
+
+    if not datas:
         return DEFAULTS[key]
-    first_host, first = values[0]
-    for name, value in values[1:]:
-        if value != first:
-            raise SpecError(key, f"must be equal on every replica of a rollout: {first_host} has {first!r}, "
-                            f"{name} has {value!r}")
-    return first
+    return agreed(key, {name: data.get(key, DEFAULTS[key]) for name, data in datas.items()},
+                  "every replica of a rollout")
 
 
 # --- the plan of one run ----------------------------------------------------------------------------

@@ -125,6 +125,23 @@ def unknown_keys(keys: Iterable[str]) -> list[tuple[str, str]]:
     return problems
 
 
+def agreed(key: str, values: dict[str, object], scope: str) -> object:
+    """The one value of a fleet-wide setting; SpecError naming two hosts that differ.
+
+    + key: the setting
+    + values: host name -> its value (defaults already applied)
+    + scope: what must agree, for the message ("every replica of a rollout")
+    """
+    from tasks.spec import SpecError
+
+    items = list(values.items())
+    first_host, first = items[0]
+    for name, value in items[1:]:
+        if value != first:
+            raise SpecError(key, f"must be equal on {scope}: {first_host} has {first!r}, {name} has {value!r}")
+    return first
+
+
 def render() -> str:
     rows, _ = collect()
     lines = [BEGIN, "", "| capability | key | default | meaning |", "|---|---|---|---|"]

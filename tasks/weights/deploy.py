@@ -642,9 +642,31 @@ class _DataWithDefaults:
         return default if value is None else value
 
 
+#: Settings that shape the whole fan-out: every host of a run must say the same.
+FLEET_KEYS = ("weights_fanout", "weights_fanout_width", "weights_cache_host")
+
+
+def fleet_hosts() -> list[Any]:
+    """This run's weights hosts in inventory order: the active ones, gateways aside (they serve no model)."""
+    from tasks.gateway import is_gateway
+
+    return [h for h in state.inventory if h in state.active_hosts and not is_gateway(h)]
+
+
+def fleet_settings(datas: dict[str, Any]) -> dict[str, Any]:
+    """``FLEET_KEYS`` of every weights host (host name -> data with ``.get``), checked to agree.
+
+    Raises SpecError naming two hosts and their values where they differ.
+    """
+    from tasks.settings import agreed
+
+    return {key: agreed(key, {name: d.get(key, DEFAULTS[key]) for name, d in datas.items()},
+                        "every host of a weights fan-out") for key in FLEET_KEYS}
+
+
 def fleet_plan(spec: Any) -> FleetPlan:
-    """Gather every active host's WeightsState in parallel (once per run and model), then plan."""
-    hosts = [h for h in state.inventory if h in state.active_hosts]
+    """Gather every weights host's WeightsState in parallel (once per run and model), then plan."""
+    hosts = fleet_hosts()
     key = (id(state), spec.model.repo_id, spec.model.revision, tuple(h.name for h in hosts))
     return once_per_run(_PLANS, key, lambda: _fleet_plan(spec, hosts))
 
@@ -654,16 +676,15 @@ def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
     states = read_fleet(hosts, WeightsState,
                         lambda h: {"dest": requests[h.name].dest, "deep": requests[h.name].deep_verify})
-    me = data[host.name]
-    fanout = bool(me.weights_fanout)
+    fleet = fleet_settings(data)  # validate_fleet checked them before any host was touched
     urls = {}
     for h in hosts:
         addr = data[h.name].weights_peer_address or h.data.get("ssh_hostname") or h.name
         urls[h.name] = f"http://{addr}:{int(data[h.name].weights_peer_port)}"
     plan = plan_fleet(
-        [h.name for h in hosts], states, requests, fanout=fanout, width=int(me.weights_fanout_width),
-        groups={h.name: data[h.name].weights_fanout_group for h in hosts},
-        cache_host=me.weights_cache_host, peer_urls=urls,
+        [h.name for h in hosts], states, requests, fanout=bool(fleet["weights_fanout"]),
+        width=int(fleet["weights_fanout_width"]), groups={h.name: data[h.name].weights_fanout_group for h in hosts},
+        cache_host=fleet["weights_cache_host"], peer_urls=urls,
     )
     return plan
 

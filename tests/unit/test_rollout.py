@@ -80,6 +80,7 @@ def cli_order(monkeypatch):
     module = types.ModuleType("tasks.weights.deploy")
     module.fetch_weights = lambda spec: None  # weights are not this test's subject
     module.model_dest = real_weights.model_dest
+    module.fleet_settings = real_weights.fleet_settings
     monkeypatch.setitem(sys.modules, "tasks.weights.deploy", module)
     monkeypatch.setattr(pyinfra, "is_cli", True)
 

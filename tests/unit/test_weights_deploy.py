@@ -278,3 +278,56 @@ def test_fleet_plan_reads_each_host_once_when_hosts_plan_in_parallel():
     for h in state.inventory:
         reads = [c for c in h.connector.executed_commands if "manifest.json" in c]
         assert len(reads) == 1, (h.name, len(reads))
+
+
+def _fake_state(groups: dict[str, list[tuple[str, dict]]]):
+    """A connected pyinfra State of @fake hosts: group name -> [(host, data)]."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+
+    base = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}}
+    names = [(name, {**base, **data}) for members in groups.values() for name, data in members]
+    state = State(Inventory((names, {}), **{g: ([n for n, _ in m], {}) for g, m in groups.items()}),
+                  Config(), check_for_changes=False)
+    connect_all(state)
+    return state
+
+
+def test_gateway_listed_first_is_no_weights_host_and_never_the_seed():
+    from pyinfra.context import ctx_host, ctx_state
+
+    from tasks.spec import load_spec
+    from tasks.weights.deploy import fleet_hosts, fleet_plan
+
+    state = _fake_state({"gateway": [("@fake/gw", {})],
+                         "replicas": [(f"@fake/r{i}", {"weights_fanout": True}) for i in range(3)]})
+    spec = load_spec("qwen30b", {})
+    replica = state.inventory.get_host("@fake/r1")
+    with ctx_state.use(state), ctx_host.use(replica):
+        assert [h.name for h in fleet_hosts()] == ["@fake/r0", "@fake/r1", "@fake/r2"]
+        plan = fleet_plan(spec)
+    assert plan.hub_seeds == ["@fake/r0"] and "@fake/gw" not in plan.roles
+    gateway = state.inventory.get_host("@fake/gw")
+    assert not [c for c in gateway.connector.executed_commands if "manifest.json" in c]
+
+
+@pytest.mark.parametrize("key, values", [
+    ("weights_fanout", (True, False)),
+    ("weights_fanout_width", (2, 1)),
+    ("weights_cache_host", ("@fake/r0", None)),
+])
+def test_disagreeing_fleet_weights_settings_stop_the_run_naming_hosts(key, values):
+    from pyinfra.context import ctx_host, ctx_state
+
+    from tasks.model import validate_fleet
+    from tasks.spec import SpecError
+
+    state = _fake_state({"replicas": [("@fake/r0", {"weights_fanout": True, key: values[0]}),
+                                      ("@fake/r1", {"weights_fanout": True, key: values[1]})]})
+    with ctx_state.use(state), ctx_host.use(state.inventory.get_host("@fake/r0")):
+        with pytest.raises(SpecError) as exc:
+            validate_fleet("qwen30b")
+    field, message = exc.value.problems[0]
+    assert field == key and "every host of a weights fan-out" in message
+    assert f"@fake/r0 has {values[0]!r}" in message and f"@fake/r1 has {values[1]!r}" in message
+    assert not any(h.connector.executed_commands for h in state.inventory)  # no host touched
