@@ -18,7 +18,8 @@ the field. Then, per host, in order:
    a replica whose service already matches gets no service operation.
 
 Hosts of the inventory group ``gateway`` (``tasks.gateway``) serve no model: they get nginx
-balancing the replicas.
+balancing the replicas. A host whose data says ``serve_state: absent`` has the recipe taken off it
+(``tasks.removal``): drained from the gateways, unit and files removed, weights kept.
 
 DEFAULTS (host data, prefix ``model_``):
 
@@ -42,6 +43,7 @@ from tasks.runtime import install_runtime
 from tasks.service import secret_files
 from tasks.spec import ServingSpec, SpecError, load_spec
 from tasks.gateway import is_gateway
+from tasks.removal import ABSENT
 from tasks.vllm.cmdline import render
 
 DEFAULTS: dict[str, Any] = {
@@ -104,6 +106,9 @@ def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
             data = h.data.dict()
             try:
                 spec = load_spec(recipe_of(recipe, data), data)
+                if spec.state == ABSENT:  # being removed: neither its secrets nor its config are needed
+                    specs[h.name] = spec
+                    continue
                 secret_files(spec, data)
                 model_config_for(spec)
                 for module in _needs(spec):
@@ -113,7 +118,7 @@ def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
                 problems += [(f"{h.name}: {f}", m) for f, m in exc.problems]
         if not problems and specs:
             problems += _disagreements({h.name: h.data for h in state.inventory.get_active_hosts()
-                                        if h.name in specs})
+                                        if h.name in specs and specs[h.name].state != ABSENT})
         cached = SpecError(*problems[0], *problems[1:]) if problems else specs
         _FLEET[key] = cached
     if isinstance(cached, SpecError):
@@ -156,7 +161,9 @@ def deploy_model(recipe: Recipe) -> None:
     plan = plan_for(recipe, specs)  # every replica's service read once, in parallel: the batches
     spec = specs.get(host.name)  # None on a gateway host: it balances the replicas, serves nothing
     image_ref = model_dir = None
-    if spec is not None:
+    if spec is not None and spec.state == ABSENT:
+        pass  # taken off this host by the rollout (drained first); nothing to check, fetch or pull
+    elif spec is not None:
         from tasks.weights.deploy import fetch_weights, model_dest  # importable: checked by validate_fleet
         data = host.data
         for warning in render(spec).warnings:

@@ -73,6 +73,8 @@ from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, FunctionCommand, StringCommand, deploy, operation
 
 from tasks import gateway as gw
+from tasks import removal
+from tasks.removal import ABSENT
 from tasks.converge import FileDigests
 from tasks.once import once_per_run, read_fleet
 from tasks.service import (IMAGE_LABEL, PROBE_PATH, Desired, Layout, desired, needs_restart,
@@ -156,6 +158,11 @@ class Plan:
     observed: dict[str, dict] = field(default_factory=dict)
     #: replica -> why its service is not converged (``tasks.service.pending``); [] = nothing to do
     pending: dict[str, list[str]] = field(default_factory=dict)
+    #: leaving replica (``serve_state: absent``) -> what of its service is still on it; only those
+    #: with something left are drained and cleaned (``tasks.removal``)
+    leaving: dict[str, list[str]] = field(default_factory=dict)
+    #: the gateways' replicas while the leaving ones drain (``model.replicas`` and the leaving)
+    draining_replicas: tuple = ()
 
     def images_present(self, name: str, image_ref: str) -> dict[str, str] | None:
         """``{image_ref: "running"}`` when the plan's read found replica ``name``'s service active on
@@ -273,7 +280,7 @@ def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
     from tasks.model import recipe_of
 
     active = {h.name for h in state.inventory.get_active_hosts()}
-    replicas, names, served = [], set(), None  # names: served model names (one endpoint)
+    replicas, leaving_replicas, names, served = [], [], set(), None  # names: served model names (one endpoint)
     for h in state.inventory:
         if gw.is_gateway(h):
             continue
@@ -285,24 +292,38 @@ def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
             except SpecError as exc:
                 logger.warning(f"rollout: {h.name} left out of the gateway upstream: {exc}")
                 continue
+        replica = gw.Replica(h.name, gw.replica_address(h.data, h.name), int(spec.port))
+        if spec.state == ABSENT:
+            leaving_replicas.append(replica)
+            continue
         names.add(str(spec.served_model_name))
         served = served or spec
-        replicas.append(gw.Replica(h.name, gw.replica_address(h.data, h.name), int(spec.port)))
+        replicas.append(replica)
     if len(names) > 1:
         raise SpecError("served_model_name", f"replicas of one rollout serve different models: "
                         f"{', '.join(sorted(names))}")
-    hosts = [h for h in state.inventory if h.name in specs and h.name in active]
+    everyone = [h for h in state.inventory if h.name in specs and h.name in active]
+    hosts = [h for h in everyone if specs[h.name].state != ABSENT]
     ordered = [h.name for h in hosts]
     datas = {h.name: h.data for h in hosts}
     batch_opts = {k: fleet_setting(datas, k) for k in BATCH_KEYS}
     gateways = [h.name for h in state.inventory if gw.is_gateway(h) and h.name in active]
     if served is None:
-        raise SpecError("inventory", "no replica serves this recipe (every host is in the gateway group)")
+        if gateways or not specs:
+            raise SpecError("serve_state" if specs else "inventory",
+                            "no replica serves this recipe" + (f" while gateways ({', '.join(gateways)}) route to it: "
+                                                               "keep one replica, or leave the gateways out of this "
+                                                               "run (--limit)" if gateways else ""))
+        served = next(iter(specs.values()))
 
-    # Every replica's service, read in parallel: what it runs, its rollback point, its files.
-    wants = {h.name: desired_service(specs[h.name], h.data) for h in hosts}
-    observed = read_fleet(hosts, ServiceVersion,
-                          lambda h: {"paths": wants[h.name][0].paths(), **fact_args(wants[h.name][1])})
+    # Every replica's service, read in parallel: what it runs, its rollback point, its files; for a
+    # leaving replica, which of its service's paths are still there.
+    wants = {h.name: desired_service(specs[h.name], h.data) for h in everyone}
+    observed = read_fleet(everyone, ServiceVersion, lambda h: {
+        "paths": (wants[h.name][0].paths() if specs[h.name].state != ABSENT
+                  else removal.leaving_paths(*wants[h.name])), **fact_args(wants[h.name][1])})
+    leaving = {h.name: left for h in everyone if specs[h.name].state == ABSENT
+               for left in [removal.leftovers(observed[h.name], removal.leaving_paths(*wants[h.name]))] if left}
     pending = {name: service_pending(wants[name][0], observed[name]) for name in ordered}
     to_roll = [name for name in ordered if pending[name]]
     batches = make_batches(to_roll, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],
@@ -315,11 +336,13 @@ def _make_plan(state: Any, recipe: Any, specs: dict[str, ServingSpec]) -> Plan:
                             listen_port=int(port or served.port), replicas=tuple(replicas),
                             api_key_secret=served.api_key_secret)
     plan = Plan(name=str(served.name), batches=batches, gateways=gateways, model=model, state=state,
-                observed=observed, pending=pending)
+                observed=observed, pending=pending, leaving=leaving,
+                draining_replicas=(*replicas, *(r for r in leaving_replicas if r.host in leaving)))
     converged = [n for n in ordered if not pending[n]]
     text = "; ".join(f"{i + 1}: {', '.join(b)}" for i, b in enumerate(batches)) or "none"
     logger.info(f"rollout {plan.name}: {len(batches)} batch(es) [{text}]"
                 + (f"; converged, left alone: {', '.join(converged)}" if converged else "")
+                + (f"; removing: {', '.join(leaving)}" if leaving else "")
                 + (f"; gateways {', '.join(gateways)}" if gateways else "; no gateway"))
     return plan
 
@@ -744,6 +767,19 @@ def rolling(plan: Plan, spec: ServingSpec | None, image_ref: str | None, model_d
     is_gateway = me in plan.gateways
     gopts = gw.options(host.data)
     gpaths = gw.paths(plan.name, gopts)
+    if plan.leaving:  # replicas taken off (serve_state: absent): drained before anything stops
+        if is_gateway:
+            gw.upstream(name=f"{plan.name}: drain removed replicas", path=gpaths["upstream"], service=plan.name,
+                        replicas=list(plan.draining_replicas), opts=gopts, drain=lambda: list(plan.leaving))
+        if plan.gateways:
+            barrier(name=f"{plan.name}: removed replicas drained", label=f"{plan.name}: removed replicas drained")
+    if spec is not None and spec.state == ABSENT:
+        if me in plan.leaving:
+            paths = desired_service(spec, host.data)[1]
+            removal.remove_service(spec.name, paths.unit_name, paths.unit_file, plan.leaving[me])
+        else:
+            logger.info(f"{host.print_prefix}{spec.name}: absent, nothing of it left on this host")
+        return
     if is_gateway:
         gw.gateway(plan.model)
     n = len(plan.batches)

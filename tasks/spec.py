@@ -305,6 +305,8 @@ class ServingSpec(_Strict):
     extra_env: dict[str, str] = {}
     extra_args: list[str] = []
     startup_budget_s: int = Field(default=1200, ge=30, le=7200)
+    #: "absent" takes the model off the host (``tasks.removal``): drained, unit and files removed, weights kept.
+    state: Literal["present", "absent"] = "present"
 
     # --- field checks -------------------------------------------------------------------
 

@@ -150,3 +150,30 @@ def test_dry_diff_shows_per_host_changes_and_touches_nothing(fl):
     for h in REPLICAS:
         assert (started_at(fl, h), ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout) == before[h]
     assert ssh(fl["ips"]["fl-h4"], "sha256sum /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout == upstream
+
+
+def test_removing_a_replica_drains_it_first_and_fails_no_request(fl):
+    """fl-h3 taken off (``serve_state: absent`` in its inventory data) while clients call the gateway:
+    the gateway drains it before its unit stops, then routes to fl-h1 and fl-h2 only; they are not
+    restarted; no request fails; a second run changes nothing."""
+    inv = fl["work"] / "inventory-remove.py"
+    inv.write_text(fl["inventory"].read_text() + "\nrtx4090x2 = [(n, {**d, 'serve_state': 'absent'} if n == 'fl-h3' "
+                   "else d) for n, d in rtx4090x2]\n")
+    before = {h: started_at(fl, h) for h in REPLICAS[:2]}
+    with ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=4, max_requests=5000, max_seconds=120) as loop:
+        run = pyinfra(inv, "deploys/qwen30b_fp8.py", data={**COMMON, "serve_image": NEW}, timeout=600)
+    assert loop.result.failed == 0, dict(loop.result.errors)
+    changed = run.changed()
+    assert changed["Model | qwen30b_fp8: drain removed replicas"] == ["fl-h4"]
+    assert changed["Model | Remove model | qwen30b_fp8: stop and disable"] == ["fl-h3"]
+    names = list(changed)
+    assert names.index("Model | qwen30b_fp8: drain removed replicas") < names.index(
+        "Model | Remove model | qwen30b_fp8: stop and disable")  # drained first (pyinfra's operation order)
+    upstream = ssh(fl["ips"]["fl-h4"], "cat /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout
+    assert fl["ips"]["fl-h1"] in upstream and fl["ips"]["fl-h2"] in upstream and fl["ips"]["fl-h3"] not in upstream
+    assert ssh(fl["ips"]["fl-h3"], f"ls {UNIT}", check=False).returncode != 0
+    assert ssh(fl["ips"]["fl-h3"], "docker ps -q").stdout.strip() == ""
+    assert {h: started_at(fl, h) for h in REPLICAS[:2]} == before
+    after = ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=20, max_seconds=30)
+    assert after.run().served == 20
+    assert pyinfra(inv, "deploys/qwen30b_fp8.py", data={**COMMON, "serve_image": NEW}, timeout=600).changed() == {}

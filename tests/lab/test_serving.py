@@ -1,10 +1,12 @@
-"""Serving end to end in the lab (lab "sv": sv-h1 gpu22gx4, sv-h2 rtx4090x2).
+"""Serving end to end in the lab (lab "sv": sv-h1 h100x8 serving two models side by side, each on its own
+port, GPUs and served name; sv-h2 rtx4090x2).
 
 Deploys converge and verify through the stand-in vLLM images, a second run changes nothing, an
 image change restarts only its service, ``--dry --diff`` shows the unit diff and never the key, a
 removed flag is translated (or a spec the image cannot express refused before any host is
-touched), a failing endpoint names the host with the container's log, and the API key is in no
-pyinfra output, unit file, process argv or world-readable file on the host.
+touched), a failing endpoint names the host with the container's log, the API key is in no
+pyinfra output, unit file, process argv or world-readable file on the host, and a model taken off
+(``serve_state: absent``) leaves the other one running untouched.
 
 Lab limitation: the lab machine has no CAP_SYS_RESOURCE and an 8 MiB hard memlock limit, so lab
 hosts run with ``service_ulimits`` memlock at that limit instead of -1 (stack as in production).
@@ -22,7 +24,7 @@ import pytest
 
 from .helpers import Run, pyinfra, ssh, own_lab, secrets_env
 
-PROFILES = ["gpu22gx4", "rtx4090x2"]
+PROFILES = ["h100x8", "rtx4090x2"]
 SECRET_NAME = "sv_api_key"
 COMMON = {"preflight_weights_bytes": 1_000_000}
 RUNS: list[Run] = []
@@ -37,9 +39,15 @@ def sv(tmp_path_factory):
                "secrets": secrets_dir, "reports": tmp_path_factory.mktemp("reports")}
 
 
+# sv-h1's two models: what an operator gives each recipe that shares a host.
+ON_SV_H1 = {"qwen30b": {"serve_devices": [0, 1, 2, 3]},
+            "qwen32b_awq": {"serve_port": 8001, "serve_devices": [4, 5, 6, 7], "serve_served_model_name": "coder-32b"}}
+
+
 def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, counted: bool = False, **data) -> Run:
+    shared = ON_SV_H1.get(recipe, {}) if host == "sv-h1" else {}
     run = pyinfra(sv["inventory"], f"deploys/{recipe}.py", "--limit", host, *args,
-                  data={**COMMON, "serve_api_key_secret": SECRET_NAME, **data}, check=check, timeout=600,
+                  data={**COMMON, "serve_api_key_secret": SECRET_NAME, **shared, **data}, check=check, timeout=600,
                   counted=counted)
     RUNS.append(run)
     return run
@@ -47,9 +55,6 @@ def deploy(sv, recipe: str, host: str, *args: str, check: bool = True, counted: 
 
 def started_at(sv, host: str, container: str) -> str:
     return ssh(sv["ips"][host], f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}").stdout.strip()
-
-
-QWEN32B = {"serve_port": 8001}
 
 
 def test_qwen30b_converges_verifies_then_no_changes(sv):
@@ -73,7 +78,7 @@ def test_qwen30b_converges_verifies_then_no_changes(sv):
 
 def test_qwen32b_awq_non_thinking_beside_it_and_fleet_table(sv):
     before = started_at(sv, "sv-h1", "llmfleet-qwen30b")
-    run = deploy(sv, "qwen32b_awq", "sv-h1", **QWEN32B)
+    run = deploy(sv, "qwen32b_awq", "sv-h1")
     assert run.changed()["Model | qwen32b_awq: verify endpoint"] == ["sv-h1"]
     assert started_at(sv, "sv-h1", "llmfleet-qwen30b") == before  # the other service was left alone
 
@@ -196,3 +201,31 @@ def ssh_stdin(ip: str, command: str, data: str):
         ["ssh", "-i", str(CACHE_DIR / "id_ed25519"), "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=error", "-o", "BatchMode=yes",
          f"root@{ip}", command], input=data, capture_output=True, text=True, timeout=60)
+
+
+def test_removing_a_model_leaves_the_other_serving_untouched(sv):
+    """qwen32b_awq taken off sv-h1 (``serve_state: absent``): its unit, env, verification files and rollback
+    point go, its weights stay, qwen30b's container is the same one; a second run changes nothing."""
+    ip = sv["ips"]["sv-h1"]
+    container = "docker inspect -f '{{.Id}}' llmfleet-qwen30b"
+    before = ssh(ip, container).stdout.strip()
+    weights = ssh(ip, "readlink /srv/models/Qwen--Qwen3-32B-AWQ/current").stdout.strip()
+    run = deploy(sv, "qwen32b_awq", "sv-h1", serve_state="absent")
+    changed = run.changed()
+    assert changed["Model | Remove model | qwen32b_awq: stop and disable"] == ["sv-h1"]
+    assert changed["Model | Remove model | qwen32b_awq: systemd forgets the unit"] == ["sv-h1"]
+    assert not any("qwen30b" in name for name in changed), changed
+    left = ssh(ip, "ls -d /etc/systemd/system/llmfleet-qwen32b_awq.service /etc/llmfleet/qwen32b_awq* "
+                   "/var/cache/llmfleet/qwen32b_awq 2>/dev/null; docker ps -a --format '{{.Names}}'",
+               check=False).stdout.split()
+    assert left == ["llmfleet-qwen30b"], left
+    assert ssh(ip, "systemctl show -p LoadState llmfleet-qwen32b_awq").stdout.strip() == "LoadState=not-found"
+    assert ssh(ip, "readlink /srv/models/Qwen--Qwen3-32B-AWQ/current").stdout.strip() == weights  # kept
+    assert ssh(ip, container).stdout.strip() == before
+    verified = json.loads(ssh(ip, "python3 /usr/local/lib/llmfleet/verify_endpoint.py "
+                                  "--config /etc/llmfleet/qwen30b.verify.json", check=False).stdout)
+    assert verified["ok"], verified
+
+    again = deploy(sv, "qwen32b_awq", "sv-h1", serve_state="absent")
+    assert again.changed() == {}
+    assert deploy(sv, "qwen30b", "sv-h1").changed() == {}

@@ -85,13 +85,15 @@ def cli_order(monkeypatch):
     monkeypatch.setattr(pyinfra, "is_cli", True)
 
 
-def _plan_fleet(n: int, converged: tuple[int, ...] = (), **data) -> State:
+def _plan_fleet(n: int, converged: tuple[int, ...] = (), absent: tuple[int, ...] = (), **data) -> State:
     from tasks.model import deploy_model
 
     fd = {"fake_delay": 0, "fake_delay_jitter": 0, "model_preflight": False, "serve_api_key_secret": None, **data}
     replicas = [(f"@fake/r{i}", dict(fd, ssh_hostname=f"10.0.0.{i + 1}")) for i in range(n)]
     for i in converged:  # these replicas answer the plan's service read as a host serve() already ran on
         replicas[i][1]["fake_responses"] = {"@unit_file=": _converged_service(replicas[i][1])}
+    for i in absent:  # these are being taken off
+        replicas[i][1]["serve_state"] = "absent"
     state = State(Inventory((replicas + [("@fake/gw", dict(fd))], fd), gateway=(["@fake/gw"], {})), Config())
     connect_all(state)
     state.set_stage(StateStage.Prepare)
@@ -268,3 +270,26 @@ def test_upgrade_summary_names_image_weights_and_unit():
     assert text == ("rollout m batch 2/3: image img:1 -> img:2; weights Q/M@abc -> Q/M@def (fetched before the "
                     "restart); unit changes: restart")
     assert "new service" in rollout.upgrade_summary(Spec, "img:2", {}, Unit, "1/1")
+
+
+def test_a_removed_replica_is_drained_first_then_its_service_removed(cli_order):
+    order = _order(_plan_fleet(3, converged=(0, 1, 2), absent=(2,)))
+    names = [n for n, _ in order]
+    hosts = dict(order)
+    drain = names.index("Model | qwen30b: drain removed replicas")
+    drained = names.index("Model | qwen30b: removed replicas drained")
+    stop = names.index("Model | Remove model | qwen30b: stop and disable")
+    unit = names.index("Model | Remove model | qwen30b: remove /etc/systemd/system/llmfleet-qwen30b.service")
+    forget = names.index("Model | Remove model | qwen30b: systemd forgets the unit")
+    assert drain < drained < stop < unit < forget
+    assert hosts["Model | qwen30b: drain removed replicas"] == ["@fake/gw"]
+    assert hosts["Model | Remove model | qwen30b: stop and disable"] == ["@fake/r2"]
+    assert "Model | Remove model | qwen30b: remove /etc/llmfleet/qwen30b.verify.json" in names
+    # The others are converged: no batch, no service operation, no removal.
+    assert not [n for n in names if "batch" in n or "| Service |" in n]
+    assert all(h == ["@fake/r2"] for n, h in order if "Remove model" in n)
+
+
+def test_a_removed_replica_with_nothing_left_gets_no_operation(cli_order):
+    names = [n for n, _ in _order(_plan_fleet(3, converged=(0, 1), absent=(2,)))]  # r2 has nothing on it
+    assert not [n for n in names if "Remove model" in n or "removed replicas" in n]
