@@ -90,7 +90,9 @@ class LabConfig:
         return CACHE_DIR / "id_ed25519"
 
     def host_name(self, index: int) -> str:
-        return f"{self.name}-h{index}"
+        # Test labs of checkouts run side by side carry $LLMFLEET_LAB_TAG before their name (bridge,
+        # namespaces and addresses apart); their hosts keep the untagged names the tests use.
+        return f"{self.name.removeprefix(os.environ.get('LLMFLEET_LAB_TAG', ''))}-h{index}"
 
     def host_ip(self, index: int) -> str:
         return f"{self.prefix}.{10 + index}"
