@@ -19,33 +19,29 @@ Terms (all per GPU, in GiB = 2**30 bytes, as vLLM logs them):
   indexer replicated; layers split by pp (the heaviest stage counts). MoE counts every expert. MTP/next-n
   layers are not loaded for serving and are not counted. Plus the rotary cos/sin cache
   (max_position_embeddings x rotary_dim x dtype bytes). Bytes per parameter: 2 for fp16/bf16, 4 for fp32;
-  ``fp8`` 1 for linear layers (embeddings, lm_head, norms, routers stay 16-bit); ``awq``/``gptq``
-  bits/8 for linear layers plus, per group of ``group_size`` inputs, a 16-bit scale and a packed zero point
-  (bits/8 bytes), i.e. 0.5 + 2.5/128 bytes at 4 bits, group 128.
-- ``non_torch``: NCCL/custom all-reduce buffers and cuBLAS workspaces that grow after vLLM's baseline
-  snapshot. Default 0.05 GiB on one GPU, 0.20 GiB with tp x pp > 1 (seed 001 logs 0.20 at tp 4). Override
-  with ``non_torch_gib``.
-- ``activation_peak``: the torch peak of vLLM's profile run: a forward of ``max_num_batched_tokens``
-  tokens plus a sampler run over ``max_num_seqs`` rows of logits. Estimated as
-  ``max_num_seqs x vocab x 32 B`` (fp32 logits, probabilities, log-probabilities, sort values and int64
-  indices of the top-p/top-k path) plus ``max_num_batched_tokens x per_token`` where per_token is 2 bytes x
-  (4 x hidden + q/k/v width/tp + MLP width: 3 x intermediate/tp dense, top_k x (3 x moe_intermediate/tp +
-  hidden) MoE). The 32 B constant is calibrated on seed 001 (1.40 GiB logged); it is an estimate.
-  Override with ``activation_gib`` when a vLLM log line is at hand.
-- ``cudagraph``: vLLM up to late 2025 captured CUDA graphs after sizing the KV cache, out of the
-  (1 - utilization) headroom, so 0 is right for them; newer releases can subtract a profiled estimate
-  (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``, vLLM PR #30515). Pass ``cudagraph_gib`` to model it.
+  quantized checkpoints price their linear layers as ``tasks/vllm/quantization.py`` reads their
+  ``quantization_config`` (awq, gptq, compressed-tensors, fp8, AutoRound, bitsandbytes, ...).
+- ``non_torch``, ``activation_peak``: vLLM's own profile run, modelled from vLLM's source per engine and
+  release in ``tasks/plan_profile.py`` (dummy forward over ``max_num_batched_tokens``, dummy sampler over
+  ``max_num_seqs``, fused-MoE workspaces, non-torch memory); unset ``max_num_seqs`` /
+  ``max_num_batched_tokens`` take vLLM's defaults for the release, engine and GPU. Override with
+  ``non_torch_gib`` / ``activation_gib`` when a vLLM log line is at hand.
+- ``cudagraph``: vLLM up to at least 0.19.0 captures CUDA graphs after sizing the KV cache, out of the
+  (1 - utilization) headroom, so 0 is right for them; a release that subtracts a profiled estimate
+  (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``, vLLM PR #30515) is modelled with ``cudagraph_gib``.
 - KV bytes per token per GPU: ``2 x layers/pp x max(1, kv_heads // tp) x head_dim x kv_bytes``. MLA models
   (``kv_lora_rank``) cache one latent per token, the same on every rank: ``(kv_lora_rank + qk_rope_head_dim)
   x kv_bytes x layers/pp``; DSA models (``index_head_dim``) add the indexer's key (``index_head_dim`` fp8
   bytes + a 4-byte scale) per layer. ``kv_bytes`` is 1 for ``--kv-cache-dtype fp8*``, else the model dtype.
 
 A plan that cannot hold one sequence of ``max_model_len`` tokens is an error result that says how many
-GiB per GPU are missing.
+GiB per GPU are missing. ``KV_ERROR_MARGIN_GIB`` is the planner's measured error on the KV cache (the
+largest over the calibration set of public vLLM start-up logs, tests/unit/test_plan_calibration.py):
+a plan short by less than it may still start, so preflight warns instead of refusing.
 
 CLI: ``python -m tasks.plan --config PATH/config.json --gpu-mem-gib G --tp N [--pp N] [--dtype D]
 [--quantization Q] [--kv-cache-dtype K] [--max-model-len L] [--gpu-memory-utilization U] [--block-size B]
-[--max-num-seqs S] [--max-num-batched-tokens T] [--json]``.
+[--max-num-seqs S] [--max-num-batched-tokens T] [--vllm-version V] [--gpu-name N] [--json]``.
 """
 
 from __future__ import annotations
@@ -58,16 +54,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks import plan_profile
+from tasks.vllm.quantization import QUANTIZATIONS as QUANT_METHODS
+from tasks.vllm.quantization import QuantizationError, WeightFormat, weight_format
+from tasks.vllm.versions import Version
+
 GIB = 1 << 30
 
 DTYPE_BYTES = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4}
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
-QUANTIZATIONS = (None, "fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors")
+QUANTIZATIONS = (None, *QUANT_METHODS)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
-#: Sampler bytes per logit in vLLM's profile run (see module docstring); calibrated on seed 001.
-SAMPLER_BYTES_PER_LOGIT = 32
 VOCAB_PAD = 64
+#: The planner's measured KV-cache error per GPU (GiB): the largest |error| over the calibration set,
+#: rounded up (tests/unit/test_plan_calibration.py fails if a log's error exceeds it).
+KV_ERROR_MARGIN_GIB = 0.5
 
 
 class PlanInputError(ValueError):
@@ -88,17 +90,21 @@ class PlanParams:
     max_model_len: int | None = None
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
-    max_num_seqs: int = 256
+    max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     non_torch_gib: float | None = None
     activation_gib: float | None = None
     cudagraph_gib: float = 0.0
+    vllm_release: str | None = None
+    engine: str = "auto"
+    gpu_name: str = ""
+    compute_capability: float = 0.0
 
     def validate(self) -> None:
         """Raise PlanInputError naming the first bad field."""
         if not (isinstance(self.gpu_mem_gib, (int, float)) and self.gpu_mem_gib > 0):
             raise PlanInputError(f"gpu_mem_gib must be a number > 0, got {self.gpu_mem_gib!r}")
-        for name in ("tp", "pp", "block_size", "max_num_seqs"):
+        for name in ("tp", "pp", "block_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise PlanInputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -115,14 +121,21 @@ class PlanParams:
             raise PlanInputError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
             )
-        for name in ("max_model_len", "max_num_batched_tokens"):
+        for name in ("max_model_len", "max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise PlanInputError(f"{name} must be an integer >= 1 or unset, got {value!r}")
-        for name in ("non_torch_gib", "activation_gib", "cudagraph_gib"):
+        for name in ("non_torch_gib", "activation_gib", "cudagraph_gib", "compute_capability"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value >= 0):
                 raise PlanInputError(f"{name} must be a number >= 0, got {value!r}")
+        if self.engine not in plan_profile.ENGINES:
+            raise PlanInputError(f"engine must be one of {', '.join(plan_profile.ENGINES)}, got {self.engine!r}")
+        if self.vllm_release is not None:
+            try:
+                Version.parse(self.vllm_release)
+            except ValueError as exc:
+                raise PlanInputError(f"vllm_release: {exc}") from None
 
 
 @dataclass
@@ -147,7 +160,16 @@ class Plan:
     bytes_per_param: float
     gpus: int
     short_gib_per_gpu: float = 0.0
+    engine: str = "v1"
+    max_num_seqs: int = 0
+    max_num_batched_tokens: int = 0
+    margin_gib: float = KV_ERROR_MARGIN_GIB
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def short_within_margin(self) -> bool:
+        """Short of one sequence by less than the planner's measured error: vLLM may still start."""
+        return not self.ok and self.short_gib_per_gpu <= self.margin_gib
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,11 +181,13 @@ class Plan:
             f"weights per GPU: {self.weights_gib_per_gpu:.2f} GiB "
             f"({self.params_per_gpu / 1e9:.2f} B of {self.params_total / 1e9:.2f} B params, "
             f"{self.bytes_per_param:g} B/param)",
-            f"non-torch: {self.non_torch_gib:.2f} GiB; activation peak: {self.activation_gib:.2f} GiB; "
+            f"non-torch: {self.non_torch_gib:.2f} GiB; activation peak: {self.activation_gib:.2f} GiB "
+            f"({self.engine} profile run: {self.max_num_batched_tokens:,} tokens, {self.max_num_seqs} sequences); "
             f"CUDA graphs: {self.cudagraph_gib:.2f} GiB",
             f"KV cache per GPU: {self.kv_cache_gib_per_gpu:.2f} GiB = {self.kv_cache_tokens:,} tokens "
             f"({self.kv_bytes_per_token_per_gpu:,} B/token/GPU)",
             f"max concurrency at {self.max_model_len:,} tokens: {self.max_concurrency:.2f}x",
+            f"planner error margin: +/-{self.margin_gib:.2f} GiB of KV cache per GPU (measured on public vLLM logs)",
         ]
         if self.error:
             lines.append(f"ERROR: {self.error}")
@@ -200,29 +224,24 @@ def model_dtype_bytes(config: dict, dtype: str) -> int:
     return min(DTYPE_BYTES.get(name, 2), 2)
 
 
+def linear_format(config: dict, quantization: str | None) -> WeightFormat:
+    """How linear layers are stored: ``--quantization`` (``quantization``) and config.json's
+    ``quantization_config`` read by ``tasks.vllm.quantization.weight_format``."""
+    try:
+        return weight_format(config.get("quantization_config"), quantization)
+    except QuantizationError as exc:
+        raise PlanInputError(str(exc)) from None
+
+
 def quant_config(config: dict, quantization: str | None) -> tuple[str | None, int, int]:
-    """(method, bits, group_size) from the flag, else from config.json's quantization_config."""
-    qc = config.get("quantization_config") or {}
-    method = quantization or qc.get("quant_method")
-    if method:
-        method = str(method).lower()
-    bits = int(qc.get("bits", qc.get("w_bit", 8 if method == "fp8" else 4)))
-    group = int(qc.get("group_size", qc.get("q_group_size", 128)) or 128)
-    if group < 0:  # gptq uses -1 for "one group per row"
-        group = 0
-    return method, bits, group
+    """(method, bits, group_size) of the linear layers (see ``linear_format``)."""
+    fmt = linear_format(config, quantization)
+    return fmt.method, int(fmt.bits), fmt.group_size
 
 
-def linear_bytes_per_param(method: str | None, bits: int, group: int, dtype_bytes: int) -> float:
-    """Bytes per parameter of quantizable linear layers."""
-    if method is None:
-        return float(dtype_bytes)
-    if method == "fp8":
-        return 1.0
-    if method in ("awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors"):
-        per_group = (2 + bits / 8) / group if group else 0.0  # 16-bit scale + packed zero point
-        return bits / 8 + per_group
-    raise PlanInputError(f"quantization {method!r} is not modelled; allowed: fp8, awq, gptq")
+def linear_bytes(fmt: WeightFormat, dtype_bytes: int) -> float:
+    """Bytes per parameter of quantizable linear layers: the model dtype when unquantized."""
+    return float(dtype_bytes) if fmt.method is None else fmt.bytes_per_param
 
 
 @dataclass
@@ -296,7 +315,7 @@ def _layer_counts(config: dict, layer: int, tp: int) -> tuple[int, int, int, int
 
     if _layer_is_sparse(config, layer):
         experts = int(config.get("num_experts") or config.get("num_local_experts") or config["n_routed_experts"])
-        moe_inter = int(_req(config, "moe_intermediate_size"))
+        moe_inter = int(config.get("moe_intermediate_size") or _req(config, "intermediate_size"))
         replicated_other += hidden * experts  # router
         if config.get("n_routed_experts"):
             replicated_other += experts  # e_score_correction_bias
@@ -364,28 +383,6 @@ def kv_bytes_per_token_per_gpu(config: dict, tp: int, pp: int, kv_bytes: int) ->
     return 2 * layers * max(1, kv_heads // tp) * head_dim * kv_bytes
 
 
-def activation_estimate_bytes(config: dict, tp: int, max_num_seqs: int, max_num_batched_tokens: int) -> int:
-    """Torch peak of vLLM's profile run beyond the weights (see module docstring)."""
-    config = text_config(config)
-    hidden = int(_req(config, "hidden_size"))
-    heads = int(_req(config, "num_attention_heads"))
-    vocab = int(_req(config, "vocab_size"))
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    qkv = (heads + 2 * kv_heads) * head_dim / tp
-    experts = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts")
-    if experts:
-        topk = int(config.get("num_experts_per_tok") or 1)
-        mlp = topk * (3 * int(_req(config, "moe_intermediate_size")) / tp + hidden)
-        router = int(experts) * 4
-    else:
-        mlp = 3 * int(_req(config, "intermediate_size")) / tp
-        router = 0
-    per_token = 2 * (4 * hidden + qkv + mlp) + router
-    sampler = min(max_num_seqs, max_num_batched_tokens) * vocab * SAMPLER_BYTES_PER_LOGIT
-    return int(sampler + max_num_batched_tokens * per_token)
-
-
 def plan(config: dict, params: PlanParams) -> Plan:
     """Plan memory per GPU for ``config`` (a parsed config.json) served with ``params``."""
     params.validate()
@@ -393,8 +390,7 @@ def plan(config: dict, params: PlanParams) -> Plan:
     notes: list[str] = []
     tp, pp = params.tp, params.pp
     dtype_bytes = model_dtype_bytes(config, params.dtype)
-    method, bits, group = quant_config(config, params.quantization)
-    lin_bpp = linear_bytes_per_param(method, bits, group, dtype_bytes)
+    lin_bpp = linear_bytes(linear_format(config, params.quantization), dtype_bytes)
 
     heads = int(_req(config, "num_attention_heads"))
     if heads % tp:
@@ -423,14 +419,16 @@ def plan(config: dict, params: PlanParams) -> Plan:
     if max_pos and max_model_len > max_pos and not config.get("rope_scaling"):
         notes.append(f"max_model_len {max_model_len} exceeds max_position_embeddings {max_pos} "
                      "(vLLM refuses without rope scaling)")
-    batched = params.max_num_batched_tokens or min(max(max_model_len, 2048), 8192)
+    engine = plan_profile.engine_for(params.vllm_release, params.engine, params.compute_capability)
+    default_seqs, default_tokens = plan_profile.scheduler_defaults(
+        engine, params.vllm_release, max_model_len, params.gpu_mem_gib, params.gpu_name)
+    seqs = params.max_num_seqs or default_seqs
+    batched = params.max_num_batched_tokens or default_tokens
+    run = plan_profile.profile_run(plan_profile.model_shape(config, tp), engine, seqs, batched, dtype_bytes)
 
     gpus = tp * pp
-    non_torch = params.non_torch_gib if params.non_torch_gib is not None else (0.20 if gpus > 1 else 0.05)
-    if params.activation_gib is not None:
-        activation = params.activation_gib
-    else:
-        activation = activation_estimate_bytes(config, tp, params.max_num_seqs, batched) / GIB
+    non_torch = params.non_torch_gib if params.non_torch_gib is not None else plan_profile.non_torch_gib(engine, tp)
+    activation = params.activation_gib if params.activation_gib is not None else run.activation_bytes / GIB
     requested = params.gpu_mem_gib * params.gpu_memory_utilization
     weights_gib = weights_bytes / GIB
     kv_gib = requested - weights_gib - non_torch - activation - params.cudagraph_gib
@@ -470,6 +468,9 @@ def plan(config: dict, params: PlanParams) -> Plan:
         bytes_per_param=round(lin_bpp, 4),
         gpus=gpus,
         short_gib_per_gpu=round(short, 4),
+        engine=engine,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=batched,
         notes=notes,
     )
 
@@ -504,11 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-seqs", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--non-torch-gib", type=float, default=None)
     parser.add_argument("--activation-gib", type=float, default=None)
     parser.add_argument("--cudagraph-gib", type=float, default=0.0)
+    parser.add_argument("--vllm-version", default=None, help="vLLM release (its engine and defaults)")
+    parser.add_argument("--engine", default="auto", choices=plan_profile.ENGINES)
+    parser.add_argument("--gpu-name", default="", help='nvidia-smi name, e.g. "NVIDIA A100-SXM4-80GB"')
+    parser.add_argument("--compute-capability", type=float, default=0.0)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     try:
@@ -519,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             block_size=args.block_size, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, non_torch_gib=args.non_torch_gib,
             activation_gib=args.activation_gib, cudagraph_gib=args.cudagraph_gib,
+            vllm_release=args.vllm_version, engine=args.engine, gpu_name=args.gpu_name,
+            compute_capability=args.compute_capability,
         )
         result = plan(load_config(args.config), params)
     except PlanInputError as exc:

@@ -24,8 +24,11 @@ Checks (a refusal makes ``go`` False; a warning does not):
   below 7.5 refusal. FP8 KV cache (``--kv-cache-dtype fp8``): vLLM stores K/V in fp8 and dequantizes
   in the attention kernel on any CUDA GPU it supports; only FlashAttention 3 (cc 9.0) computes attention
   in fp8; the backend choice varies by release, so below cc 8.0 it is a warning.
-- Memory: ``tasks.plan`` with the smallest GPU's CUDA-visible memory (nvidia-smi total minus reserved);
-  a plan that cannot hold one ``max_model_len`` sequence is a refusal saying how many GiB are missing.
+- Memory: ``tasks.plan`` with the smallest GPU's CUDA-visible memory (nvidia-smi total minus reserved),
+  its name and compute capability (they decide vLLM's engine and defaults); a plan that cannot hold one
+  ``max_model_len`` sequence is a refusal saying how many GiB are missing, unless it is short by less
+  than the planner's measured error (``tasks.plan.KV_ERROR_MARGIN_GIB``): then a warning. The report
+  shows the margin.
   GPUs whose free memory is below the requested share (other processes on them) are a refusal, as vLLM
   refuses to start then.
 - PCIe: link width below max is a warning naming the GPU; a lower link generation is a warning that says
@@ -123,9 +126,13 @@ class Requirement:
     def devices_needed(self) -> int:
         return max(self.gpus_needed, self.serving.tp * self.serving.pp)
 
-    def plan_params(self, gpu_mem_gib: float, cudagraph_gib: float = 0.0) -> PlanParams:
-        """The serving parameters on a host whose GPUs have ``gpu_mem_gib`` each."""
-        return replace(self.serving, gpu_mem_gib=gpu_mem_gib, cudagraph_gib=cudagraph_gib)
+    def plan_params(self, gpu_mem_gib: float, cudagraph_gib: float = 0.0, gpu_name: str = "",
+                    compute_capability: float = 0.0) -> PlanParams:
+        """The serving parameters on a host whose GPUs have ``gpu_mem_gib`` each (and that name and
+        compute capability, which decide vLLM's engine and defaults); the release is the recipe's."""
+        return replace(self.serving, gpu_mem_gib=gpu_mem_gib, cudagraph_gib=cudagraph_gib, gpu_name=gpu_name,
+                       compute_capability=compute_capability,
+                       vllm_release=self.serving.vllm_release or self.vllm_version)
 
 
 @dataclass
@@ -431,19 +438,27 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
     else:
         mem_gib = _check_ascend(verdict, facts, req)
     if mem_gib is not None:
+        gpus = (facts.get("nvidia_gpus") or {}).get("gpus") or [{}] if req.accelerator == "nvidia" else [{}]
+        gpu = gpus[0]
         try:
-            result = plan(req.model_config, req.plan_params(mem_gib, float(opts["preflight_cudagraph_gib"])))
+            result = plan(req.model_config, req.plan_params(
+                mem_gib, float(opts["preflight_cudagraph_gib"]), str(gpu.get("name") or ""),
+                _cc(gpu.get("compute_cap")) or 0.0))
         except PlanInputError as exc:
             verdict.add("memory plan", "fail", str(exc))
         else:
             verdict.plan = result.to_dict()
+            margin = f" (planner error +/-{result.margin_gib:.2f} GiB/GPU, measured on public vLLM logs)"
             if result.ok:
                 verdict.add("memory plan", "ok",
                             f"weights {result.weights_gib_per_gpu:.2f} GiB/GPU, KV {result.kv_cache_gib_per_gpu:.2f}"
                             f" GiB/GPU = {result.kv_cache_tokens:,} tokens, {result.max_concurrency:.2f}x at "
-                            f"{result.max_model_len:,}")
+                            f"{result.max_model_len:,}{margin}")
+            elif result.short_within_margin:
+                verdict.add("memory plan", "warn", f"{result.error}; within the planner's error{margin}: "
+                                                   "vLLM may start, with little KV cache")
             else:
-                verdict.add("memory plan", "fail", result.error or "does not fit")
+                verdict.add("memory plan", "fail", (result.error or "does not fit") + margin)
     _check_host(verdict, facts, req, opts)
     _check_neighbours(verdict, facts.get("services"), req)
     return verdict

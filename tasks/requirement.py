@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.plan import (GIB, PlanParams, bundled_config, count_params, linear_bytes_per_param, model_dtype_bytes,
-                        quant_config)
+from tasks.plan import GIB, PlanParams, bundled_config, count_params, linear_bytes, linear_format, model_dtype_bytes
 from tasks.preflight import DEFAULTS as PREFLIGHT_DEFAULTS
 from tasks.preflight import Requirement
 from tasks.spec import ServingSpec, SpecError
@@ -50,8 +49,7 @@ def estimate_weights_bytes(spec: ServingSpec, config: dict) -> int:
     bytes per parameter, embeddings/norms/routers at 16 bits."""
     counts = count_params(config, 1, 1)
     dtype_bytes = model_dtype_bytes(config, spec.dtype)
-    method, bits, group = quant_config(config, spec.quantization)
-    linear = linear_bytes_per_param(method, bits, group, dtype_bytes)
+    linear = linear_bytes(linear_format(config, spec.quantization), dtype_bytes)
     return int(counts["gpu_linear"] * linear + counts["gpu_other"] * dtype_bytes)
 
 
@@ -73,7 +71,7 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
         tp=spec.tensor_parallel_size, pp=spec.pipeline_parallel_size, dtype=spec.dtype,
         quantization=spec.quantization, kv_cache_dtype=spec.kv_cache_dtype, max_model_len=spec.max_model_len,
         gpu_memory_utilization=spec.gpu_memory_utilization, block_size=spec.block_size or 16,
-        max_num_seqs=spec.max_num_seqs or 256, max_num_batched_tokens=spec.max_num_batched_tokens,
+        max_num_seqs=spec.max_num_seqs, max_num_batched_tokens=spec.max_num_batched_tokens,
     )
     return Requirement(
         recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from tasks.vllm import quantization as _quantization
+
 FLAG_TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "vllm-flags-by-version.tsv"
 
 _VERSION_RE = re.compile(
@@ -216,10 +218,9 @@ DTYPE_FP8_REFUSAL = (
 #: --kv-cache-dtype values llmfleet renders (present in every release 0.7.0+).
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
-#: --quantization methods llmfleet knows to be valid names (checkpoints usually self-describe,
-#: so leaving it unset is often best). "ascend" is vllm-ascend's own method.
-QUANTIZATIONS = ("awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "compressed-tensors",
-                 "bitsandbytes", "gguf", "marlin", "moe_wna16", "auto-round", "ascend")
+#: --quantization methods llmfleet accepts: one list, shared with the memory planner
+#: (tasks/vllm/quantization.py says how each stores its weights).
+QUANTIZATIONS = _quantization.QUANTIZATIONS
 
 # ---------------------------------------------------------------------------------------------
 # Parsers
