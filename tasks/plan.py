@@ -41,7 +41,8 @@ a plan short by less than it may still start, so preflight warns instead of refu
 
 CLI: ``python -m tasks.plan --config PATH/config.json --gpu-mem-gib G --tp N [--pp N] [--dtype D]
 [--quantization Q] [--kv-cache-dtype K] [--max-model-len L] [--gpu-memory-utilization U] [--block-size B]
-[--max-num-seqs S] [--max-num-batched-tokens T] [--vllm-version V] [--gpu-name N] [--json]``.
+[--max-num-seqs S] [--max-num-batched-tokens T] [--vllm-version V] [--engine auto|v0|v1] [--gpu-name N]
+[--compute-capability C] [--json]``.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ QUANTIZATIONS = (None, *QUANT_METHODS)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 VOCAB_PAD = 64
-#: The planner's measured KV-cache error per GPU (GiB): the largest |error| over the calibration set,
-#: rounded up (tests/unit/test_plan_calibration.py fails if a log's error exceeds it).
+#: The planner's measured KV-cache error per GPU (GiB): the largest |error| over the logs of
+#: tests/unit/fixtures/startup_logs/ (0.31 GiB) rounded up to the next half GiB; the calibration test
+#: fails if a log's error exceeds it.
 KV_ERROR_MARGIN_GIB = 0.5
 
 

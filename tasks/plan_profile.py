@@ -24,16 +24,20 @@ by term, from the code vLLM runs in that profile:
   (``max_num_seqs`` rows) with ``top_k = vocab - 1, top_p = 0.99`` (``_dummy_run``), through
   ``Sampler.forward`` and ``_apply_top_k_top_p`` (``vllm/model_executor/layers/sampler.py``); at the
   re-scatter these are alive per logit: the caller's 16-bit logits 2 B, their fp32 copy 4 B, the sorted
-  values 4 B and indices 8 B, the int64 iota ATen's segmented sort builds for the indices 8 B, the top-k
-  and top-p masks 1 + 1 B, ``probs_sort`` 4 B, its cumsum 4 B, the scattered result 4 B: 40 B.
+  values 4 B and indices 8 B, the int64 index input ATen's CUDA sort materializes beside its outputs
+  8 B (our reading of ATen's sort, not of vLLM), the top-k and top-p masks 1 + 1 B, ``probs_sort`` 4 B,
+  its cumsum 4 B, the scattered result 4 B: 40 B.
   V1 (``_dummy_sampler_run``: ``min(max_num_seqs, max_num_batched_tokens)`` rows, temperature 0.5,
   top-k/top-p) holds the model-dtype logits, their fp32 copy (``Sampler.forward``), the softmax
   probabilities and the exponential noise of ``random_sample``
-  (``vllm/v1/sample/ops/topk_topp_sampler.py``): dtype + 4 + 4 + 4 B per logit; top-k/top-p masking is
-  done in place (FlashInfer or the Triton kernel), without a sort. The dummy forward's
-  ``hidden_states`` ``[N, h]`` stay alive meanwhile (``profile_run`` holds them).
-- persistent buffers: V1's fused-MoE kernels keep their workspaces (cache13 + cache2 above) between
-  calls (``FusedMoEModularKernel``'s workspace), so they add to the sampler's peak.
+  (``vllm/v1/sample/ops/topk_topp_sampler.py``): dtype + 4 + 4 + 4 B per logit, top-k/top-p masking
+  adding no full-size buffer (the Triton kernel of ``topk_topp_triton.py`` masks in place; vLLM 0.19.0's
+  logs measure ~15 B per logit). V1 releases whose native path still sorts would cost ~16 B more per
+  logit: not modelled, no log of one at hand. The dummy forward's ``hidden_states`` ``[N, h]`` stay
+  alive meanwhile (``profile_run`` holds them).
+- persistent buffers: V1's fused-MoE kernels (``fused_moe/modular_kernel.py``) take their workspaces
+  (cache13 + cache2 above) from the worker's ``WorkspaceManager`` (``vllm/v1/worker/workspace.py``),
+  which keeps them, so they add to the sampler's peak.
 
 ``torch_peak_increase = max(forward, sampler) + persistent``.
 

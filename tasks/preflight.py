@@ -438,8 +438,8 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
     else:
         mem_gib = _check_ascend(verdict, facts, req)
     if mem_gib is not None:
-        gpus = (facts.get("nvidia_gpus") or {}).get("gpus") or [{}] if req.accelerator == "nvidia" else [{}]
-        gpu = gpus[0]
+        # vLLM's engine and defaults depend on the GPU's name and compute capability (tasks/plan_profile.py)
+        gpu = ((facts.get("nvidia_gpus") or {}).get("gpus") or [{}])[0] if req.accelerator == "nvidia" else {}
         try:
             result = plan(req.model_config, req.plan_params(
                 mem_gib, float(opts["preflight_cudagraph_gib"]), str(gpu.get("name") or ""),
