@@ -427,6 +427,9 @@ def plan(config: dict, params: PlanParams) -> Plan:
     seqs = params.max_num_seqs or default_seqs
     batched = params.max_num_batched_tokens or default_tokens
     run = plan_profile.profile_run(plan_profile.model_shape(config, tp), engine, seqs, batched, dtype_bytes)
+    if not plan_profile.calibrated(engine, params.vllm_release):
+        notes.append(f"vLLM {params.vllm_release or '(release unknown)'} ({engine}) is not among the releases the "
+                     "planner was checked against (tasks/plan_profile.py CALIBRATED): its error may exceed the margin")
 
     gpus = tp * pp
     non_torch = params.non_torch_gib if params.non_torch_gib is not None else plan_profile.non_torch_gib(engine, tp)

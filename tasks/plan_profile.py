@@ -214,6 +214,21 @@ def profile_run(shape: ModelShape, engine: str, max_num_seqs: int, max_num_batch
     return ProfileRun(engine, max_num_seqs, n, int(forward), int(sampler), int(persistent))
 
 
+#: Releases the calibration logs cover, per engine (tests/unit/fixtures/startup_logs/): V0 0.7.x-0.8.5,
+#: V1 0.19.x. V1 0.8.x measured its peak from the GPU's free memory and added non-torch memory twice
+#: (gpu_worker.py ``determine_available_memory`` of that series); no log of 0.8-0.18 V1 is at hand.
+CALIBRATED = {"v0": (Version.parse("0.7.0"), Version.parse("0.9.0")),
+              "v1": (Version.parse("0.19.0"), Version.parse("0.20.0"))}
+
+
+def calibrated(engine: str, version: str | None) -> bool:
+    """Whether public start-up logs of this engine and release back the model (see CALIBRATED)."""
+    if version is None:
+        return False
+    low, high = CALIBRATED[engine]
+    return low <= Version.parse(version) < high
+
+
 def non_torch_gib(engine: str, tp: int) -> float:
     """Non-torch memory per GPU (GiB) vLLM's profile measures, by engine and tensor parallelism."""
     return NON_TORCH_GIB[(engine, tp > 1)]

@@ -143,3 +143,11 @@ def test_cli_json_keys_and_exit_status():
     assert data["kv_cache_tokens"] == pytest.approx(187_840, rel=0.02)
     bad = subprocess.run(cmd[:-1] + ["--tp", "0"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert bad.returncode == 2 and "tp must be an integer >= 1" in bad.stderr
+
+
+def test_uncalibrated_release_is_named_in_the_notes():
+    config = bundled_config("Qwen3-32B")
+    checked = plan(config, PlanParams(gpu_mem_gib=79.19, max_model_len=16384, vllm_release="0.19.0"))
+    unchecked = plan(config, PlanParams(gpu_mem_gib=79.19, max_model_len=16384, vllm_release="0.10.1"))
+    assert not any("not among the releases" in n for n in checked.notes)
+    assert any("vLLM 0.10.1 (v1) is not among the releases" in n for n in unchecked.notes)
