@@ -421,7 +421,10 @@ def plan(config: dict, params: PlanParams) -> Plan:
     if max_pos and max_model_len > max_pos and not config.get("rope_scaling"):
         notes.append(f"max_model_len {max_model_len} exceeds max_position_embeddings {max_pos} "
                      "(vLLM refuses without rope scaling)")
-    engine = plan_profile.engine_for(params.vllm_release, params.engine, params.compute_capability)
+    try:
+        engine = plan_profile.engine_for(params.vllm_release, params.engine, params.compute_capability)
+    except ValueError as exc:
+        raise PlanInputError(f"engine: {exc}") from None
     default_seqs, default_tokens = plan_profile.scheduler_defaults(
         engine, params.vllm_release, max_model_len, params.gpu_mem_gib, params.gpu_name)
     seqs = params.max_num_seqs or default_seqs

@@ -100,11 +100,13 @@ def engine_for(version: str | None, engine: str = "auto", compute_capability: fl
     >>> engine_for("0.8.5", compute_capability=7.5), engine_for("0.8.5"), engine_for("0.7.3")
     ('v0', 'v1', 'v0')
     """
+    v = Version.parse(version) if version is not None else None
+    if engine == "v0" and v is not None and v >= V0_REMOVED_IN:
+        raise ValueError(f"vLLM {v} has no V0 engine (removed in {V0_REMOVED_IN}); use engine auto or v1")
     if engine != "auto":
         return engine
-    if version is None:
+    if v is None:
         return "v1"
-    v = Version.parse(version)
     if v < V1_DEFAULT_FROM:
         return "v0"
     if v < V0_FALLBACK_UNTIL and compute_capability and compute_capability < 8.0:

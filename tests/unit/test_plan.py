@@ -151,3 +151,8 @@ def test_uncalibrated_release_is_named_in_the_notes():
     unchecked = plan(config, PlanParams(gpu_mem_gib=79.19, max_model_len=16384, vllm_release="0.10.1"))
     assert not any("not among the releases" in n for n in checked.notes)
     assert any("vLLM 0.10.1 (v1) is not among the releases" in n for n in unchecked.notes)
+
+
+def test_v0_engine_refused_where_vllm_removed_it():
+    with pytest.raises(PlanInputError, match="engine: vLLM 0.11.0 has no V0 engine"):
+        plan(bundled_config("Qwen3-32B"), PlanParams(gpu_mem_gib=79.19, vllm_release="0.11.0", engine="v0"))
