@@ -234,6 +234,7 @@ def test_secret_name_checks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no secret file 'hf-token'"):
         secrets.local_secret("hf-token", "weights_token_secret")
     (tmp_path / "hf-token").write_text("tok\n")
+    (tmp_path / "hf-token").chmod(0o600)
     assert secrets.local_secret("hf-token") == tmp_path / "hf-token"
     st = secrets.SecretFileState().process([f"{'0' * 64} 600 root:root"])
     assert st == {"sha256": "0" * 64, "mode": "600", "owner": "root:root"}
