@@ -26,7 +26,10 @@ def _named_key_errors(original: Any) -> Any:
     from pyinfra.api.exceptions import ConnectError
 
     def get_private_key(state: Any, key_filename: str, key_password: Any = None) -> Any:
-        if not Path(str(key_filename)).expanduser().is_file():
+        path = Path(str(key_filename)).expanduser()
+        if not path.is_absolute() and getattr(state, "cwd", None):
+            path = Path(state.cwd) / path  # where pyinfra's loader looks for a relative key
+        if not path.is_file():
             raise ConnectError(f"ssh_key {str(key_filename)!r}: {MISSING_KEY}")
         return original(state, key_filename=key_filename, key_password=key_password)
 
