@@ -43,7 +43,7 @@ from tasks.requirement import check_context, model_config_for, requirement_from_
 from tasks.secrets import local_secret
 from tasks.runtime import install_runtime
 from tasks.service import secret_files
-from tasks.spec import ServingSpec, SpecError, load_spec
+from tasks.spec import ServingSpec, SpecError, list_recipes, load_spec
 from tasks.gateway import is_gateway
 from tasks.removal import ABSENT
 from tasks.vllm.cmdline import render
@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "model_variant": None,
 }
 
-Recipe = str | Callable[[dict], str]
+Recipe = str | Callable[[dict], str | None]
 
 
 def _opt(data: Any, key: str) -> Any:
@@ -114,7 +114,11 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
     for h in hosts:
         data = h.data.dict()
         try:
-            spec = load_spec(recipe_of(recipe, data), data)
+            name = recipe_of(recipe, data)
+            if name is None:  # serves nothing in this deploy (a bring-up without a recipe): settings only
+                problems += settings_problems(h.name, data, str(data.get("runtime_accelerator", "nvidia")))
+                continue
+            spec = load_spec(name, data)
             if spec.state == ABSENT:  # being removed: neither its secrets nor its config are needed
                 specs[h.name] = spec
                 continue
@@ -225,6 +229,24 @@ def deploy_model(recipe: Recipe) -> None:
     rolling(plan, spec, image_ref, model_dir)
 
 
+def recipe_in(key: str, required: bool = True) -> Callable[[dict], str | None]:
+    """A recipe chooser reading host data ``key`` (deploys/preflight.py: ``preflight_recipe``).
+
+    + key: the host data key naming the recipe
+    + required: a host without it is bad input (else it serves nothing: ``None``)
+    """
+
+    def choose(data: dict) -> str | None:
+        name = data.get(key)
+        if not name and required:
+            raise SpecError(key, f"not set; allowed: a recipe name ({', '.join(list_recipes())}) or the path of a "
+                            f".yaml recipe file, e.g. --data {key}=qwen30b")
+        return str(name) if name else None
+
+    choose.__qualname__ = f"recipe_in.{key}.{'required' if required else 'optional'}"
+    return choose
+
+
 def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Callable[[dict], str]:
     """A recipe chooser for multi-variant deploys: ``<prefix>_<model_variant>``."""
 
@@ -239,4 +261,4 @@ def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Call
     return choose
 
 
-__all__ = ["DEFAULTS", "deploy_model", "validate_fleet", "variant_recipe"]
+__all__ = ["DEFAULTS", "deploy_model", "recipe_in", "validate_fleet", "variant_recipe"]

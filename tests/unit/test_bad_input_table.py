@@ -65,6 +65,7 @@ MODEL_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "toolkit-version": ({"nvidia_toolkit_version": "latest"}, ("nvidia_toolkit_version", "'latest'", "1.17.8-1")),
     "toolkit-url": ({"nvidia_toolkit_repo_url": "ftp://x"}, ("nvidia_toolkit_repo_url", "'ftp://x'", "http(s)")),
     "batch-size": ({"rollout_batch_size": "zero"}, ("rollout_batch_size", "'zero'", "percentage")),
+    "typo-key": ({"docker_mirrors": ["http://m"]}, ("docker_mirrors", "did you mean docker_registry_mirrors")),
     "cann-packages": ({"case_recipe": "qwen3_ascend", "ascend_cann_packages": ["foo"]},
                       ("ascend_cann_packages", "'foo'", "toolkit, kernels, nnal")),
     "cann-sha256": ({"case_recipe": "qwen3_ascend", "ascend_cann_sha256": {"x.run": "abc"}},
@@ -183,6 +184,36 @@ def test_no_host_ran_a_command(model_run):
 def test_debug_adds_the_traceback(tmp_path):
     proc = _cli(tmp_path, [("@fake/a", {**FAKE, "serve_max_model_len": "abc"})], "deploys/qwen30b.py", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "serve_max_model_len" in proc.stderr
+
+
+# deploys/preflight.py: the recipe comes from host data preflight_recipe.
+PREFLIGHT_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "pf-unset": ({}, ("preflight_recipe", "not set", "qwen30b_yarn", "--data preflight_recipe=qwen30b")),
+    "pf-unknown": ({"preflight_recipe": "qwen31b"}, ("recipe", "unknown recipe 'qwen31b'")),
+    "pf-context": ({"preflight_recipe": "qwen30b", "serve_max_model_len": 50000},
+                   ("serve_max_model_len", "50000 is more than", "at most 40960")),
+    "pf-yarn": ({"preflight_recipe": "qwen30b_yarn", "serve_max_model_len": 200000},
+                ("serve_max_model_len", "original_max_position_embeddings 32768 x factor 4", "at most 131072")),
+}
+
+
+@pytest.fixture(scope="module")
+def preflight_run(tmp_path_factory):
+    hosts = [(f"@fake/{name}", {**FAKE, **data}) for name, (data, _) in PREFLIGHT_CASES.items()]
+    hosts.append(("@fake/pf-good", {**FAKE, "preflight_recipe": "qwen30b"}))
+    return _cli(tmp_path_factory.mktemp("preflight"), hosts, "deploys/preflight.py")
+
+
+@pytest.mark.parametrize("case", sorted(PREFLIGHT_CASES))
+def test_preflight_case(preflight_run, case):
+    text = preflight_run.stdout + preflight_run.stderr
+    assert preflight_run.returncode != 0 and "Traceback" not in text and text.count("--> pyinfra error") == 1
+    line = _problem_lines(preflight_run).get(f"@fake/{case}")
+    assert line is not None, text[-3000:]
+    for fragment in PREFLIGHT_CASES[case][1]:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert "@fake/pf-good" not in _problem_lines(preflight_run)
+    assert not (counts_in(preflight_run.stderr) or {}).get(f"@fake/{case}", {}).get("commands")
 
 
 SSH_CASES = {
