@@ -108,14 +108,15 @@ def settings_problems(host: str, data: dict, accelerator: str) -> list[Problem]:
 
     + host: its inventory name
     + data: its host data (a dict)
-    + accelerator: "nvidia" or "ascend" (the other's settings are not read)
+    + accelerator: "nvidia", "ascend" or "none" (another accelerator's settings are not read)
     """
     from tasks import ascend, nvidia_toolkit
 
-    skip = nvidia_toolkit.validate if accelerator != "nvidia" else ascend.validate if accelerator != "ascend" else None
+    skip = {nvidia_toolkit.validate} if accelerator != "nvidia" else set()
+    skip |= {ascend.validate} if accelerator != "ascend" else set()
     found = []
     for defaults, check in _validators():
-        if check is skip:
+        if check in skip:
             continue
         try:
             check(_Settings({**defaults, **{k: v for k, v in data.items() if k in defaults}}))

@@ -41,7 +41,7 @@ from tasks.bad_input import BadInput, Problem, log_traceback, settings_problems,
 from tasks.preflight import preflight
 from tasks.requirement import check_context, model_config_for, requirement_from_spec
 from tasks.secrets import local_secret
-from tasks.runtime import install_runtime
+from tasks.runtime import ACCELERATORS, install_runtime
 from tasks.service import secret_files
 from tasks.spec import ServingSpec, SpecError, list_recipes, load_spec
 from tasks.gateway import is_gateway
@@ -116,7 +116,7 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
         try:
             name = recipe_of(recipe, data)
             if name is None:  # serves nothing in this deploy (a bring-up without a recipe): settings only
-                problems += settings_problems(h.name, data, str(data.get("runtime_accelerator", "nvidia")))
+                problems += _runtime_problems(h.name, data)
                 continue
             spec = load_spec(name, data)
             if spec.state == ABSENT:  # being removed: neither its secrets nor its config are needed
@@ -144,6 +144,14 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
         problems += [Problem("", field, message)
                      for field, message in _disagreements({h.name: h.data for h in hosts if h.name in serving})]
     return specs, problems
+
+
+def _runtime_problems(host: str, data: dict) -> list[Problem]:
+    """A host brought up without a recipe: its ``runtime_accelerator`` and that runtime's settings."""
+    accelerator = data.get("runtime_accelerator", "nvidia")
+    if accelerator not in ACCELERATORS:
+        return [Problem(host, "runtime_accelerator", f"allowed: {', '.join(ACCELERATORS)}", repr(accelerator))]
+    return settings_problems(host, data, accelerator)
 
 
 def _shared_machine_problems(hosts: list[Any], specs: dict[str, ServingSpec]) -> list[Problem]:

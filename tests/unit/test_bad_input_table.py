@@ -2,7 +2,7 @@
 through pyinfra's own CLI (``bench/counting_pyinfra.py``, which counts every command sent to a host).
 
 Each case is one host of an inventory of @fake hosts (a case's host data holds its one mistake), so
-one CLI process checks many cases: llmfleet validates every host before it touches any and prints
+one CLI process per deploy (a model, deploys/preflight.py, deploys/bringup.py) checks many cases: llmfleet validates every host before it touches any and prints
 every problem in one block. Each case asserts the content of its line (host, field, what was given,
 what is allowed) and that no command ran on its host; the run as a whole: a non-zero exit, one
 block, no traceback. The missing-ssh-key cases use pyinfra's SSH connector (no network is reached:
@@ -150,6 +150,21 @@ def _problem_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
     return lines
 
 
+def _assert_case(run: subprocess.CompletedProcess, fragments: tuple[str, ...], case: str, good: str) -> None:
+    """One block, no traceback; the case's line holds every fragment; the good host is not named; no
+    command ran on the case's host."""
+    text = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in text and text.count("--> pyinfra error") == 1
+    lines = _problem_lines(run)
+    line = lines.get(f"@fake/{case}")
+    assert line is not None, text[-3000:]
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert f"@fake/{good}" not in lines
+    counts = counts_in(run.stderr)
+    assert counts is not None and not counts.get(f"@fake/{case}", {}).get("commands"), counts
+
+
 def test_the_run_stops_with_one_block_and_no_traceback(model_run):
     text = model_run.stdout + model_run.stderr
     assert model_run.returncode != 0
@@ -161,12 +176,7 @@ def test_the_run_stops_with_one_block_and_no_traceback(model_run):
 
 @pytest.mark.parametrize("case", sorted(MODEL_CASES))
 def test_case(model_run, case):
-    line = _problem_lines(model_run).get(f"@fake/{case}")
-    assert line is not None, model_run.stderr[-3000:]
-    for fragment in MODEL_CASES[case][1]:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    counts = counts_in(model_run.stderr)
-    assert counts is not None and not counts.get(f"@fake/{case}", {}).get("commands"), counts
+    _assert_case(model_run, MODEL_CASES[case][1], case, "good")
 
 
 def test_the_counter_counts_fake_hosts(tmp_path):
@@ -195,6 +205,14 @@ PREFLIGHT_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "pf-yarn": ({"preflight_recipe": "qwen30b_yarn", "serve_max_model_len": 200000},
                 ("serve_max_model_len", "original_max_position_embeddings 32768 x factor 4", "at most 131072")),
 }
+# deploys/bringup.py: a host without a recipe gets the runtime its data names.
+BRINGUP_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "bu-accelerator": ({"runtime_accelerator": "tpu"}, ("runtime_accelerator", "'tpu'", "nvidia, ascend, none")),
+    "bu-docker": ({"runtime_accelerator": "none", "docker_source": "snap"}, ("docker_source", "'snap'")),
+    "bu-cann": ({"runtime_accelerator": "ascend", "ascend_cann_sha256": {"a.run": "x"}},
+                ("ascend_cann_sha256", "64 lowercase hex")),
+    "bu-recipe": ({"preflight_recipe": "qwen30b", "serve_devices": [0, 1]}, ("serve_devices", "list exactly 4")),
+}
 
 
 @pytest.fixture(scope="module")
@@ -206,14 +224,19 @@ def preflight_run(tmp_path_factory):
 
 @pytest.mark.parametrize("case", sorted(PREFLIGHT_CASES))
 def test_preflight_case(preflight_run, case):
-    text = preflight_run.stdout + preflight_run.stderr
-    assert preflight_run.returncode != 0 and "Traceback" not in text and text.count("--> pyinfra error") == 1
-    line = _problem_lines(preflight_run).get(f"@fake/{case}")
-    assert line is not None, text[-3000:]
-    for fragment in PREFLIGHT_CASES[case][1]:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    assert "@fake/pf-good" not in _problem_lines(preflight_run)
-    assert not (counts_in(preflight_run.stderr) or {}).get(f"@fake/{case}", {}).get("commands")
+    _assert_case(preflight_run, PREFLIGHT_CASES[case][1], case, "pf-good")
+
+
+@pytest.fixture(scope="module")
+def bringup_run(tmp_path_factory):
+    hosts = [(f"@fake/{name}", {**FAKE, **data}) for name, (data, _) in BRINGUP_CASES.items()]
+    hosts.append(("@fake/bu-good", {**FAKE, "runtime_accelerator": "ascend", "nvidia_toolkit_version": "not read"}))
+    return _cli(tmp_path_factory.mktemp("bringup"), hosts, "deploys/bringup.py")
+
+
+@pytest.mark.parametrize("case", sorted(BRINGUP_CASES))
+def test_bringup_case(bringup_run, case):
+    _assert_case(bringup_run, BRINGUP_CASES[case][1], case, "bu-good")
 
 
 SSH_CASES = {
