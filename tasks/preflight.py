@@ -380,8 +380,9 @@ def _check_ascend(verdict: Verdict, facts: dict, req: Requirement) -> float | No
 
 def _devices_used(verdict: Verdict, kind: str, found: list[dict], req: Requirement) -> list[dict]:
     """The devices the service will use: ``req.devices`` (each must exist), else the first ones."""
-    if not req.devices:
-        return found[:req.devices_needed]
+    first = tuple(range(req.devices_needed))
+    if not req.devices or (req.devices == first and len(found) < len(first)):
+        return found[:req.devices_needed]  # too few devices: the count check has said so
     absent = [d for d in req.devices if d >= len(found)]
     listed = ", ".join(map(str, req.devices))
     if absent:

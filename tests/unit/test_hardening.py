@@ -22,7 +22,7 @@ from tasks.preflight import Requirement, evaluate
 from tasks.requirement import context_limit, requirement_from_spec
 from tasks.secrets import read_secret
 from tasks.spec import SpecError, load_spec
-from tests.unit.test_preflight import nvidia_facts, seed_001  # noqa: F401 - nvidia_facts is a fixture
+from tests.unit.test_preflight import ascend_facts, nvidia_facts, seed_001  # noqa: F401 - fixtures
 
 
 # --- preflight ------------------------------------------------------------------------------------------
@@ -209,3 +209,15 @@ def test_requirement_fields_default_empty():
     req = Requirement(recipe="r", vllm_version="0.8.5", model_config=bundled_config("Qwen3-30B-A3B"),
                       weights_bytes=1, model_dir="/m")
     assert req.devices == () and req.context_limit == 0
+
+
+def test_ascend_devices_checked_once(ascend_facts):
+    """Too few NPUs for the default devices: the count check says it, not a second 'devices' refusal;
+    an explicit index beyond the NPUs is named."""
+    from tests.unit.test_preflight import ascend_req
+
+    reasons = evaluate(ascend_facts(), ascend_req(tp=16, devices=tuple(range(16)))).reasons
+    assert [r.split(":")[0] for r in reasons if "needs 16" in r or r.startswith("devices")] == ["npu count"]
+    verdict = evaluate(ascend_facts(), ascend_req(devices=(0, 1, 2, 8)))
+    assert "devices: serve_devices [0, 1, 2, 8]: NPU8 not on this host, it has 8 NPU(s) (allowed indices 0-7)" \
+        in verdict.reasons
