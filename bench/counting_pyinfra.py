@@ -48,10 +48,15 @@ def counts_in(stderr: str) -> dict[str, dict[str, int]] | None:
 
 
 def install() -> None:
-    """Count every command and transfer of pyinfra's SSH connector; print the counts on exit."""
-    SSHConnector.run_shell_command = _counting("commands", SSHConnector.run_shell_command)
-    SSHConnector.put_file = _counting("uploads", SSHConnector.put_file)
-    SSHConnector.get_file = _counting("downloads", SSHConnector.get_file)
+    """Count every command and transfer of pyinfra's SSH, @fake and @local connectors; print the
+    counts on exit."""
+    from pyinfra.connectors.fake import FakeConnector
+    from pyinfra.connectors.local import LocalConnector
+
+    for connector in (SSHConnector, FakeConnector, LocalConnector):
+        connector.run_shell_command = _counting("commands", connector.run_shell_command)
+        connector.put_file = _counting("uploads", connector.put_file)
+        connector.get_file = _counting("downloads", connector.get_file)
     atexit.register(lambda: print(PREFIX + json.dumps({h: dict(c) for h, c in COUNTS.items()}),
                                   file=sys.stderr, flush=True))
 

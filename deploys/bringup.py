@@ -2,22 +2,19 @@
 (Docker + NVIDIA Container Toolkit, or Docker + CANN). A refused host gets nothing installed.
 
 `pyinfra INV deploys/bringup.py`; without a recipe the accelerator is host data `runtime_accelerator`.
+Every host's recipe and settings are checked before any host is touched (tasks.model.validate_fleet).
 """
 
 from pyinfra import host
 
+from tasks.model import recipe_in, validate_fleet
 from tasks.preflight import preflight
 from tasks.requirement import requirement_from_spec
-from tasks.weights.deploy import model_dest
 from tasks.runtime import install_runtime
-from tasks.spec import load_spec
+from tasks.weights.deploy import model_dest
 
-recipe = host.data.get("preflight_recipe")
-accelerator = host.data.get("runtime_accelerator", "nvidia")
-go = True
-if recipe:
-    spec = load_spec(recipe, host.data.dict())
-    accelerator = spec.accelerator
-    go = preflight(requirement_from_spec(spec, model_dest(spec, host.data), host.data))
+spec = validate_fleet(recipe_in("preflight_recipe", required=False)).get(host.name)
+accelerator = spec.accelerator if spec else host.data.get("runtime_accelerator", "nvidia")
+go = spec is None or preflight(requirement_from_spec(spec, model_dest(spec, host.data), host.data))
 if go:
     install_runtime(accelerator)

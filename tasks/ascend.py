@@ -3,6 +3,12 @@
 The NPU driver and firmware must already be installed: installing them needs a reboot, which
 llmfleet never does unasked, so a host without them is refused with instructions.
 
+The installers run as root, so each is pinned by its sha256 in data (``ascend_cann_sha256``: file
+name -> digest, as Huawei's download page lists them beside each .run). An installer without a pin
+is refused before anything is fetched; a local file that does not match is refused before it is
+uploaded; a download that does not match fails before it runs (and the install command checks the
+digest again right before running it).
+
 DEFAULTS:
 
 | key | default | meaning |
@@ -12,10 +18,13 @@ DEFAULTS:
 | ascend_cann_packages | ["toolkit", "kernels", "nnal"] | which packages to install, in this order |
 | ascend_cann_chip | "910b" | chip name in the kernels package file name |
 | ascend_install_path | "/usr/local/Ascend" | --install-path of the installers |
+| ascend_cann_sha256 | {} | installer file name -> sha256 (64 hex digits); an installer without one is refused |
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shlex
 from pathlib import Path
 
@@ -31,7 +40,9 @@ DEFAULTS = {
     "ascend_cann_packages": ["toolkit", "kernels", "nnal"],
     "ascend_cann_chip": "910b",
     "ascend_install_path": "/usr/local/Ascend",
+    "ascend_cann_sha256": {},
 }
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PACKAGES = ("toolkit", "kernels", "nnal")
 CACHE = "/var/cache/llmfleet/cann"
 DRIVER_INFO = "/usr/local/Ascend/driver/version.info"
@@ -79,6 +90,20 @@ def validate(data) -> None:
             raise ValueError(f"ascend_cann_packages: {pkg!r} is not one of {', '.join(PACKAGES)}")
     if not str(data.ascend_cann_version).strip():
         raise ValueError("ascend_cann_version: must name a CANN version such as 8.3.RC2")
+    pins = data.ascend_cann_sha256
+    if not isinstance(pins, dict):
+        raise ValueError("ascend_cann_sha256: must be a mapping of installer file name -> sha256")
+    for name, digest in pins.items():
+        if not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise ValueError(f"ascend_cann_sha256: {name}: {digest!r} is not a sha256 (64 lowercase hex digits)")
+
+
+def _local_digest(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 @deploy("Ascend CANN", data_defaults=DEFAULTS)
@@ -113,14 +138,29 @@ def install_cann() -> None:
         refuse_host(f"CANN {version} is not installed ({', '.join(missing)}) and ascend_cann_source is not set: "
                     "point it at the directory or URL holding the Ascend-cann-*.run packages")
         return
+    remote = str(source).startswith(("http://", "https://"))
+    names = {pkg: run_file(pkg, version, state["arch"], str(host.data.ascend_cann_chip)) for pkg in missing}
+    pins = dict(host.data.ascend_cann_sha256 or {})
+    unpinned = [name for name in names.values() if name not in pins]
+    if unpinned:
+        refuse_host(f"no sha256 pinned for {', '.join(unpinned)}: installers run as root and are checked "
+                    "first; add each file's sha256 (from Huawei's download page) to ascend_cann_sha256")
+        return
+    if not remote:
+        wrong = [name for name in names.values() if _local_digest(Path(source) / name) != pins[name]]
+        if wrong:
+            refuse_host(f"{', '.join(wrong)} in {source}: missing, or its sha256 is not the one pinned in "
+                        "ascend_cann_sha256 (a different or damaged file): nothing was uploaded or run")
+            return
     files.directory(name="CANN package cache", path=CACHE, mode="700")
-    for pkg in missing:
-        name = run_file(pkg, version, state["arch"], str(host.data.ascend_cann_chip))
+    for pkg, name in names.items():
         dest = f"{CACHE}/{name}"
-        if str(source).startswith(("http://", "https://")):
-            files.download(name=f"Fetch {name}", src=f"{str(source).rstrip('/')}/{name}", dest=dest, mode="700")
+        if remote:
+            files.download(name=f"Fetch {name}", src=f"{str(source).rstrip('/')}/{name}", dest=dest, mode="700",
+                           sha256sum=pins[name])
         else:
             files.put(name=f"Upload {name}", src=str(Path(source) / name), dest=dest, mode="700")
         mode = "--full" if pkg == "toolkit" else "--install"
+        check = f"echo {shlex.quote(pins[name] + '  ' + dest)} | sha256sum -c --quiet -"
         server.shell(name=f"Install CANN {pkg} {version}",
-                     commands=[f"bash {shlex.quote(dest)} {mode} --quiet --install-path={shlex.quote(path)}"])
+                     commands=[f"{check} && bash {shlex.quote(dest)} {mode} --quiet --install-path={shlex.quote(path)}"])

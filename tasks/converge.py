@@ -32,7 +32,7 @@ import posixpath
 import re
 import shlex
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, FileUploadCommand, OperationError, operation
@@ -423,22 +423,30 @@ def _unit_name(unit: str) -> str:
 
 @declaring(lambda units, **_: [(UnitStates, {"units": [_unit_name(u) for u in units]})])
 @operation()
-def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = False):
+def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = False,
+                  restart_after: Sequence[Any] = ()):
     """
     Units active (started when not), enabled at boot (when ``enabled``); one round trip when so.
 
     + units: unit names (``docker`` means ``docker.service``)
     + enabled: also ``systemctl enable`` those not enabled
     + restarted: restart them (always a change: gate it with ``_if``)
+    + restart_after: with ``restarted``, the operations (``OperationMeta``) whose change the restart
+      follows (gate it with ``_if=any_changed(*restart_after)`` too): at plan time the restart is a
+      change only where one of them will change, so the change table says so only there
 
     Example:
 
     .. code:: python
 
         units_running(name="dockerd running", units=["docker.service"])
-        units_running(name="Restart dockerd", units=["docker"], restarted=True, _if=daemon.did_change)
+        units_running(name="Restart dockerd", units=["docker"], restarted=True, restart_after=[daemon],
+                      _if=daemon.did_change)
     """
     names = [_unit_name(u) for u in units]
+    if restarted and restart_after and not state.is_executing and not any(op.will_change for op in restart_after):
+        host.noop(f"{', '.join(names)}: no restart, nothing it follows changes")
+        return
     have = read(UnitStates, units=names)
     # A unit not known yet (its package installs earlier in this run, --dry) is started and
     # enabled: systemctl names it if it is still missing when the command runs.

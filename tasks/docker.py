@@ -19,10 +19,12 @@ DEFAULTS (host/group data overrides each key):
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.server import LinuxDistribution
+from pyinfra.operations.util import any_changed
 
 from tasks.converge import apt_source, deb_packages, files_synced, units_running
 
@@ -92,13 +94,13 @@ def validate(data) -> None:
 
 
 @deploy("Docker engine", data_defaults=DEFAULTS)
-def install_docker(nvidia_runtime: bool | None = None, restart_if=None) -> None:
+def install_docker(nvidia_runtime: bool | None = None, restart_after: Any = None) -> None:
     """
     Install Docker and manage ``/etc/docker/daemon.json``; restart dockerd only when it changed.
 
     + nvidia_runtime: add the ``nvidia`` runtime (overrides ``docker_nvidia_runtime``)
-    + restart_if: a further condition (callable) to restart dockerd on, e.g. the toolkit changed:
-      Docker looks for the toolkit's hook only when it starts
+    + restart_after: a further operation (``OperationMeta``) whose change restarts dockerd, e.g. the
+      toolkit's packages: Docker looks for the toolkit's hook only when it starts
 
     Example:
 
@@ -129,6 +131,8 @@ def install_docker(nvidia_runtime: bool | None = None, restart_if=None) -> None:
     # files_synced shows daemon.json's diff under --diff, as files.put did, at one round trip.
     daemon = files_synced(name="daemon.json", files={"/etc/docker/daemon.json": render_daemon_json(data).encode()},
                           dirs=["/etc/docker"], mode="644", dir_mode="755")
+    # Listed as a (conditional) change only where daemon.json or the toolkit will change.
+    follows = [daemon, *([restart_after] if restart_after is not None else [])]
     units_running(name="Restart dockerd (daemon.json changed)", units=["docker.service"], restarted=True,
-                  _if=lambda: daemon.did_change() or bool(restart_if and restart_if()))
+                  restart_after=follows, _if=any_changed(*follows))
     units_running(name="dockerd running", units=["docker.service"])

@@ -37,11 +37,13 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 
 from tasks import image as image_task
+from tasks.bad_input import BadInput, Problem, log_traceback, settings_problems, spec_problems
 from tasks.preflight import preflight
-from tasks.requirement import model_config_for, requirement_from_spec
-from tasks.runtime import install_runtime
+from tasks.requirement import check_context, model_config_for, requirement_from_spec
+from tasks.secrets import local_secret
+from tasks.runtime import ACCELERATORS, install_runtime
 from tasks.service import secret_files
-from tasks.spec import ServingSpec, SpecError, load_spec
+from tasks.spec import ServingSpec, SpecError, list_recipes, load_spec
 from tasks.gateway import is_gateway
 from tasks.removal import ABSENT
 from tasks.vllm.cmdline import render
@@ -51,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "model_variant": None,
 }
 
-Recipe = str | Callable[[dict], str]
+Recipe = str | Callable[[dict], str | None]
 
 
 def _opt(data: Any, key: str) -> Any:
@@ -86,47 +88,92 @@ def _check_importable(module: str) -> None:
 
 
 def validate_fleet(recipe: Recipe) -> dict[str, ServingSpec]:
-    """Load and validate the spec of every active host; cached per run and recipe.
+    """Load and validate the spec and settings of every active host; cached per run and recipe.
 
     Pure control-machine work (no fact, no operation): the first host's plan pass does it for
-    all, so an invalid spec anywhere stops the run before any host is touched. Raises one
-    SpecError listing every problem as ``host: field``.
+    all, so bad input anywhere stops the run before any host is touched. Raises one
+    ``BadInput`` (a PyinfraError: pyinfra prints it as one block) listing every problem as
+    ``host: field (given ...): what is wrong and what is allowed``.
     """
     from pyinfra.context import ctx_host
 
     state = ctx_host.get().state
     key = (id(state), recipe if isinstance(recipe, str) else f"{recipe.__module__}.{recipe.__qualname__}")
-    cached = _FLEET.get(key)
-    if cached is None:
-        specs: dict[str, ServingSpec] = {}
-        problems: list[tuple[str, str]] = []
-        for h in state.inventory.get_active_hosts():
-            if is_gateway(h):
+    if key not in _FLEET:
+        active = set(state.inventory.get_active_hosts())
+        _FLEET[key] = _fleet_specs(recipe, [h for h in state.inventory if h in active and not is_gateway(h)])
+    specs, problems = _FLEET[key]
+    if problems:
+        raise BadInput(problems)  # a new exception per host: a shared one would pile up tracebacks
+    return specs
+
+
+def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpec], list[Problem]]:
+    specs: dict[str, ServingSpec] = {}
+    problems: list[Problem] = []
+    for h in hosts:
+        data = h.data.dict()
+        try:
+            name = recipe_of(recipe, data)
+            if name is None:  # serves nothing in this deploy (a bring-up without a recipe): settings only
+                problems += _runtime_problems(h.name, data)
                 continue
-            data = h.data.dict()
-            try:
-                spec = load_spec(recipe_of(recipe, data), data)
-                if spec.state == ABSENT:  # being removed: neither its secrets nor its config are needed
-                    specs[h.name] = spec
-                    continue
-                secret_files(spec, data)
-                model_config_for(spec)
-                for module in _needs(spec):
-                    _check_importable(module)
+            spec = load_spec(name, data)
+            if spec.state == ABSENT:  # being removed: neither its secrets nor its config are needed
                 specs[h.name] = spec
-            except SpecError as exc:
-                problems += [(f"{h.name}: {f}", m) for f, m in exc.problems]
-        if not problems and specs:
-            problems += _disagreements({h.name: h.data for h in state.inventory.get_active_hosts()
-                                        if h.name in specs and specs[h.name].state != ABSENT})
-        cached = SpecError(*problems[0], *problems[1:]) if problems else specs
-        _FLEET[key] = cached
-    if isinstance(cached, SpecError):
-        raise cached
-    return cached
+                continue
+            secret_files(spec, data)
+            check_context(spec, model_config_for(spec))
+            for module in _needs(spec):
+                _check_importable(module)
+        except SpecError as exc:
+            log_traceback(exc)
+            problems += spec_problems(h.name, exc, data)
+            continue
+        token = data.get("weights_token_secret")
+        if token:
+            try:
+                local_secret(token, "weights_token_secret", data)
+            except ValueError as exc:
+                problems.append(Problem(h.name, "weights_token_secret", str(exc).split(": ", 1)[1], repr(token)))
+        problems += settings_problems(h.name, data, spec.accelerator)
+        specs[h.name] = spec
+    serving = {name: spec for name, spec in specs.items() if spec.state != ABSENT}
+    problems += _shared_machine_problems(hosts, serving)
+    if not problems and serving:
+        problems += [Problem("", field, message)
+                     for field, message in _disagreements({h.name: h.data for h in hosts if h.name in serving})]
+    return specs, problems
 
 
-_FLEET: dict[tuple[int, str], dict[str, ServingSpec] | SpecError] = {}
+def _runtime_problems(host: str, data: dict) -> list[Problem]:
+    """A host brought up without a recipe: its ``runtime_accelerator`` and that runtime's settings."""
+    accelerator = data.get("runtime_accelerator", "nvidia")
+    if accelerator not in ACCELERATORS:
+        return [Problem(host, "runtime_accelerator", f"allowed: {', '.join(ACCELERATORS)}", repr(accelerator))]
+    return settings_problems(host, data, accelerator)
+
+
+def _shared_machine_problems(hosts: list[Any], specs: dict[str, ServingSpec]) -> list[Problem]:
+    """Replicas that are one machine (same ``ssh_hostname``) must not share a port or a device."""
+    found = []
+    taken: dict[tuple[str, str, int], str] = {}
+    for h in hosts:
+        spec = specs.get(h.name)
+        if spec is None:
+            continue
+        machine = str(h.data.get("ssh_hostname") or h.name)
+        wants = [("serve_port", spec.port)] + [("serve_devices", d) for d in spec.devices or ()]
+        for field, value in wants:
+            other = taken.setdefault((machine, field, value), h.name)
+            if other != h.name:
+                what = "port" if field == "serve_port" else "device"
+                found.append(Problem(h.name, field, f"{what} {value} is also {other}'s, on the same machine "
+                                     f"{machine}: give each replica of a machine its own", repr(value)))
+    return found
+
+
+_FLEET: dict[tuple[int, str], tuple[dict[str, ServingSpec], list[Problem]]] = {}
 
 
 def _disagreements(datas: dict[str, Any]) -> list[tuple[str, str]]:
@@ -190,6 +237,24 @@ def deploy_model(recipe: Recipe) -> None:
     rolling(plan, spec, image_ref, model_dir)
 
 
+def recipe_in(key: str, required: bool = True) -> Callable[[dict], str | None]:
+    """A recipe chooser reading host data ``key`` (deploys/preflight.py: ``preflight_recipe``).
+
+    + key: the host data key naming the recipe
+    + required: a host without it is bad input (else it serves nothing: ``None``)
+    """
+
+    def choose(data: dict) -> str | None:
+        name = data.get(key)
+        if not name and required:
+            raise SpecError(key, f"not set; allowed: a recipe name ({', '.join(list_recipes())}) or the path of a "
+                            f".yaml recipe file, e.g. --data {key}=qwen30b")
+        return str(name) if name else None
+
+    choose.__qualname__ = f"recipe_in.{key}.{'required' if required else 'optional'}"
+    return choose
+
+
 def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Callable[[dict], str]:
     """A recipe chooser for multi-variant deploys: ``<prefix>_<model_variant>``."""
 
@@ -204,4 +269,4 @@ def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Call
     return choose
 
 
-__all__ = ["DEFAULTS", "deploy_model", "validate_fleet", "variant_recipe"]
+__all__ = ["DEFAULTS", "deploy_model", "recipe_in", "validate_fleet", "variant_recipe"]

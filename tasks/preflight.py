@@ -15,7 +15,10 @@ Checks (a refusal makes ``go`` False; a warning does not):
 - NVIDIA driver present and working (nvidia-smi missing, NVML mismatch, no GPU: refusal with the fix);
   driver >= ``preflight_min_driver`` and >= the minimum for the image's CUDA (``tasks.cuda``); the refusal
   names the host's driver and the image's CUDA requirement.
-- GPU count >= tp x pp; MIG enabled on a GPU to be used: warning.
+- GPU count >= tp x pp; the recipe's ``devices`` (``serve_devices``) exist on the host (an index
+  >= the GPU count is a refusal naming it); MIG enabled on a GPU to be used: warning.
+- Context: ``max_model_len`` <= the model's limit (``Requirement.context_limit``, see
+  tasks/requirement.py; a spec above it is refused before any host is touched).
 - Compute capability against dtype and FP8, as vLLM treats them: bfloat16 needs cc >= 8.0 (vLLM raises
   "Bfloat16 is only supported on GPUs with compute capability of at least 8.0"): refusal when asked
   explicitly, warning with dtype auto on a bf16 checkpoint (older releases refuse, newer fall back to
@@ -40,7 +43,7 @@ Checks (a refusal makes ``go`` False; a warning does not):
 - Other models on the host (``services``): another llmfleet unit on the same port, on overlapping
   devices (``--gpus all`` overlaps every set), or serving the same model name is a refusal naming both
   recipes; the unit of this recipe itself is the one being updated and is not compared.
-- Ascend: NPU count >= tp x pp; driver present (missing: refusal with install instructions; the host must
+- Ascend: NPU count >= tp x pp, ``devices`` exist; driver present (missing: refusal with install instructions; the host must
   be rebooted by its operator after installing driver and firmware: llmfleet never reboots); NPU health
   (``OK`` required, ``Warning`` a warning).
 
@@ -106,6 +109,7 @@ class Requirement:
     port: int = 0
     devices: tuple[int, ...] = ()
     served_model_name: str = ""
+    context_limit: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -113,7 +117,9 @@ class Requirement:
             raise ValueError(f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}")
         if not isinstance(self.model_config, dict) or "hidden_size" not in text_config(self.model_config):
             raise ValueError("model_config must be a parsed config.json (a dict with hidden_size)")
-        for name in ("weights_bytes", "shm_bytes_needed", "weights_present_bytes", "gpus_needed"):
+        if not all(isinstance(d, int) and d >= 0 for d in self.devices) or len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"devices must be distinct indices >= 0, got {self.devices!r}")
+        for name in ("weights_bytes", "shm_bytes_needed", "weights_present_bytes", "gpus_needed", "context_limit"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -246,7 +252,7 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
         verdict.add("gpu count", "fail", f"{len(gpus)} GPU(s), tp {tp} x pp {pp} needs {need}")
     else:
         verdict.add("gpu count", "ok", f"{len(gpus)} GPU(s), need {need}")
-    used = gpus[:need] if gpus else []
+    used = _devices_used(verdict, "GPU", gpus, req)
 
     driver = gpus[0].get("driver_version") or (facts.get("nvidia_smi_version") or {}).get("driver_version")
     if driver:
@@ -368,7 +374,7 @@ def _check_ascend(verdict: Verdict, facts: dict, req: Requirement) -> float | No
         verdict.add("npu count", "fail", f"{len(npus)} NPU(s), tp {tp} x pp {pp} needs {need}")
     else:
         verdict.add("npu count", "ok", f"{len(npus)} NPU(s), need {need}")
-    used = npus[:need]
+    used = _devices_used(verdict, "NPU", npus, req)
     for dev in used:
         health = dev.get("health")
         if health == "OK":
@@ -377,6 +383,32 @@ def _check_ascend(verdict: Verdict, facts: dict, req: Requirement) -> float | No
         verdict.add(f"NPU{dev.get('index')} health", status, f"health {health} ({dev.get('bus_id')})")
     totals = [(d["hbm_total_mb"] - 0) / 1024.0 for d in used if d.get("hbm_total_mb")]
     return min(totals) if totals else None
+
+
+def _devices_used(verdict: Verdict, kind: str, found: list[dict], req: Requirement) -> list[dict]:
+    """The devices the service will use: ``req.devices`` (each must exist), else the first ones."""
+    first = tuple(range(req.devices_needed))
+    if not req.devices or (req.devices == first and len(found) < len(first)):
+        return found[:req.devices_needed]  # too few devices: the count check has said so
+    absent = [d for d in req.devices if d >= len(found)]
+    listed = ", ".join(map(str, req.devices))
+    if absent:
+        verdict.add("devices", "fail", f"serve_devices [{listed}]: {kind}{', '.join(map(str, absent))} not on this "
+                                       f"host, it has {len(found)} {kind}(s) (allowed indices 0-{len(found) - 1})"
+                    if found else f"serve_devices [{listed}]: this host has no {kind}")
+    else:
+        verdict.add("devices", "ok", f"{kind} {listed} of {len(found)}")
+    return [found[d] for d in req.devices if d < len(found)]
+
+
+def _check_context(verdict: Verdict, req: Requirement) -> None:
+    length = req.serving.max_model_len
+    if not req.context_limit:
+        verdict.add("context", "info", f"max_model_len {length or 'default'}; the model's limit is not known")
+    elif length and length > req.context_limit:
+        verdict.add("context", "fail", f"max_model_len {length} > the model's limit {req.context_limit}: vLLM exits")
+    else:
+        verdict.add("context", "ok", f"max_model_len {length or 'default'} <= {req.context_limit}")
 
 
 def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> None:
@@ -433,6 +465,7 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
     req.validate()
     opts = {**DEFAULTS, **(options or {})}
     verdict = Verdict(recipe=req.recipe, go=True)
+    _check_context(verdict, req)
     if req.accelerator == "nvidia":
         mem_gib = _check_nvidia(verdict, facts, req, opts)
     else:

@@ -5,13 +5,18 @@ the checkpoint: preflight runs before any weights are on the host), matched by t
 the checkpoint's own quantization, which a base config does not carry, comes from the spec or from the
 repository's name (``-FP8``, ``-GPTQ-Int4``, ``-AWQ``, AutoRound int4 exports in GPTQ format). The
 weights' size is estimated from the parameter count unless ``preflight_weights_bytes`` says it.
+
+The context limit is vLLM's own (``_get_and_verify_max_len``): ``max_position_embeddings``, or with
+rope scaling the factor times the length it scales (YaRN: ``original_max_position_embeddings``).
+A ``max_model_len`` above it makes vLLM exit at start-up, so it is refused before any host is touched.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.plan import GIB, PlanParams, bundled_config, count_params, linear_bytes, linear_format, model_dtype_bytes
+from tasks.plan import (GIB, PlanParams, bundled_config, count_params, linear_bytes, linear_format, model_dtype_bytes,
+                        text_config)
 from tasks.preflight import DEFAULTS as PREFLIGHT_DEFAULTS
 from tasks.preflight import Requirement
 from tasks.spec import ServingSpec, SpecError
@@ -44,6 +49,31 @@ def model_config_for(spec: ServingSpec) -> dict:
     return config
 
 
+def context_limit(spec: ServingSpec, config: dict) -> tuple[int, str] | None:
+    """The longest ``max_model_len`` vLLM accepts for the spec's model, and how it is derived;
+    None when config.json does not say."""
+    max_pos = text_config(config).get("max_position_embeddings")
+    if not max_pos:
+        return None
+    rope = spec.rope_scaling
+    if rope is None:
+        return int(max_pos), f"max_position_embeddings {max_pos}"
+    base = rope.original_max_position_embeddings if rope.rope_type == "yarn" else int(max_pos)
+    what = "original_max_position_embeddings" if rope.rope_type == "yarn" else "max_position_embeddings"
+    return int(base * rope.factor), f"rope_scaling {rope.rope_type}: {what} {base} x factor {rope.factor:g}"
+
+
+def check_context(spec: ServingSpec, config: dict) -> None:
+    """SpecError naming ``max_model_len`` when it exceeds the model's context limit."""
+    found = context_limit(spec, config)
+    if found is None or not spec.max_model_len or spec.max_model_len <= found[0]:
+        return
+    limit, how = found
+    extend = "" if spec.rope_scaling else "; or extend the context with rope_scaling (YaRN)"
+    raise SpecError("max_model_len", f"{spec.max_model_len} is more than {spec.model.repo_id} can take ({how}): "
+                    f"vLLM exits at start-up; allowed: at most {limit}{extend}")
+
+
 def estimate_weights_bytes(spec: ServingSpec, config: dict) -> int:
     """Checkpoint size from the parameter count: quantizable linear layers at the checkpoint's
     bytes per parameter, embeddings/norms/routers at 16 bits."""
@@ -62,6 +92,8 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
     """
     data = data if data is not None else {}
     config = model_config_for(spec)
+    check_context(spec, config)
+    limit = context_limit(spec, config)
     weights = data.get("preflight_weights_bytes", PREFLIGHT_DEFAULTS["preflight_weights_bytes"])
     weights = int(weights) if weights is not None else estimate_weights_bytes(spec, config)
     gpus = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
@@ -77,5 +109,5 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
         recipe=str(spec.name), vllm_version=str(spec.version), model_config=config, weights_bytes=weights,
         model_dir=model_dir, serving=serving, gpus_needed=gpus, shm_bytes_needed=shm, accelerator=spec.accelerator,
         port=spec.port, devices=tuple(spec.devices or (range(gpus) if spec.accelerator == "ascend" else ())),
-        served_model_name=str(spec.served_model_name or ""),
+        served_model_name=str(spec.served_model_name or ""), context_limit=limit[0] if limit else 0,
     )

@@ -611,7 +611,7 @@ def _register(state, host, key, name, outcome):  # noqa: ARG001 - pyinfra passes
 
 @operation(is_idempotent=False)
 def finished(paths: Paths, plan_key: tuple, batch: str, later: list[str], image: str,
-             checked: Any, again: Any):
+             checked: Any, again: Any, changed: str = ""):
     """
     Record a replica's rollout outcome (on the host: ``<etc>/<name>.rollout.json``; in the run:
     for the gateway's put-back) and, when the gate failed, fail the host with the reason.
@@ -626,6 +626,7 @@ def finished(paths: Paths, plan_key: tuple, batch: str, later: list[str], image:
     + image: the image this rollout brought
     + checked: the gate's ``OperationMeta``
     + again: the re-verification's ``OperationMeta``
+    + changed: what this run changed on the replica (:func:`what_changed`), named when it fails
 
     Example:
 
@@ -656,8 +657,8 @@ def finished(paths: Paths, plan_key: tuple, batch: str, later: list[str], image:
         left = f"; not upgraded (still on the old version): {', '.join(later)}" if later else ""
         back = (f"rolled back to {v.get('live_image')} and verified again" if outcome == ROLLED_BACK
                 else "rollback did not verify: the host stays drained")
-        message = (f"llmfleet rollout of {plan_key[1]} stopped at {host.name} (batch {batch}): the new version "
-                   f"({image}) failed its verification: {reason}; {back}{left}")
+        message = (f"llmfleet rollout of {plan_key[1]} stopped at {host.name} (batch {batch}): its change "
+                   f"({changed or 'image ' + image}) failed its verification: {reason}; {back}{left}")
         yield f"echo {shlex.quote(message)} >&2; exit 1"
 
 
@@ -724,7 +725,25 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
                  _ignore_errors=True)
     finished(name=f"{name}: rollout result", paths=paths, plan_key=(id(plan.state), plan.name),
              batch=f"{b + 1}/{n}", later=plan.later_hosts(b), image=image_ref, checked=checked, again=again,
-             _if=served.started)
+             changed=what_changed(spec, image_ref, live, reasons, paths), _if=served.started)
+
+
+def what_changed(spec: ServingSpec, image_ref: str, live: dict, reasons: list[str], paths: Paths) -> str:
+    """What a replica's restart brings, from the plan's read of it: the image, the weights, the unit
+    and the service's other files; a part that stays is said to stay (a failed gate names these)."""
+    wanted = f"{spec.model.repo_id}@{spec.model.revision}"
+    if not live.get("live_unit"):
+        return f"new service: image {image_ref}, weights {wanted}"
+    old_image, old_weights = live.get("live_image"), live.get("live_label")
+    parts = [f"image {old_image or '(not running)'} -> {image_ref}" if old_image != image_ref
+             else f"image {image_ref} unchanged",
+             f"weights {old_weights} -> {wanted}" if old_weights != wanted else f"weights {wanted} unchanged"]
+    files = {paths.unit_file: "unit", paths.env_file: "API key env file", paths.verify_config: "verification config"}
+    edited = [what for path, what in files.items() if any(r.startswith(path + " ") for r in reasons)]
+    if any(r.startswith(paths.template_dir) for r in reasons):
+        edited.append("chat templates")
+    parts.append(f"{', '.join(edited)} changed" if edited else "unit unchanged")
+    return "; ".join(parts)
 
 
 def upgrade_summary(spec: ServingSpec, image_ref: str, live: dict, unit_op: Any, batch: str) -> str:

@@ -31,7 +31,7 @@ def install_runtime(accelerator: str) -> None:
         raise ValueError(f"accelerator={accelerator!r}: allowed {', '.join(ACCELERATORS)}")
     if accelerator == "nvidia":
         toolkit = install_nvidia_toolkit()
-        install_docker(nvidia_runtime=True, restart_if=toolkit.did_change)
+        install_docker(nvidia_runtime=True, restart_after=toolkit)
     elif accelerator == "ascend":
         from .ascend import install_cann
 

@@ -62,7 +62,18 @@ def local_secret(name: str, field: str = "secret", data: Any = None) -> Path:
 
 
 def read_secret(path: Path, field: str = "secret") -> str:
-    """The one line a secret file holds; ValueError naming ``field`` (never the value) otherwise."""
+    """The one line a secret file holds; ValueError naming ``field`` (never the value) otherwise.
+
+    A file its group or others may read or write is refused with the chmod that fixes it, as ssh
+    refuses such a private key: the secret may already have leaked, and llmfleet will not spread it.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as exc:
+        raise ValueError(f"{field}: secret file {path} is unreadable: {exc.__class__.__name__}") from None
+    if mode & 0o077:
+        raise ValueError(f"{field}: secret file {path} has mode {mode:04o}: open to its group or others; "
+                         f"allowed: its owner only, run: chmod 600 {shlex.quote(str(path))}")
     try:
         value = path.read_text(encoding="utf-8").strip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pyinfra.api.exceptions import PyinfraError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.vllm import versions as vv
@@ -68,8 +69,11 @@ LEGACY_EXTRA_ARGS = ("--tokenizer-pool-size", "--tokenizer-pool-type", "--max-se
                      "--enable-reasoning")
 
 
-class SpecError(ValueError):
-    """An invalid serving spec: each problem names its field (dotted path) and what is allowed."""
+class SpecError(ValueError, PyinfraError):
+    """An invalid serving spec: each problem names its field (dotted path) and what is allowed.
+
+    A ``PyinfraError``: pyinfra's CLI prints it as one block, without a traceback (tasks/bad_input.py).
+    """
 
     def __init__(self, field: str, message: str, *more: tuple[str, str]) -> None:
         self.problems: list[tuple[str, str]] = [(field, message), *more]
@@ -473,15 +477,40 @@ def list_recipes(recipes_dir: Path | None = None) -> list[str]:
 
 
 def read_recipe(name: str, recipes_dir: Path | None = None) -> dict[str, Any]:
-    """The raw mapping of recipe ``name``; SpecError if unknown or not a mapping."""
-    path = (recipes_dir or RECIPES_DIR) / f"{name}.yaml"
-    if not re.match(r"^[A-Za-z0-9_-]+$", name) or not path.is_file():
-        raise SpecError("recipe", f"unknown recipe {name!r}; allowed: {', '.join(list_recipes(recipes_dir))}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """The raw mapping of recipe ``name`` (a shipped recipe, or the path of an operator's own
+    ``.yaml`` recipe file); SpecError naming the file (and line) if unknown, not YAML or not a mapping."""
+    if name.endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise SpecError("recipe", f"no recipe file {name!r} (a path ending in .yaml names a recipe file)")
+        default_name = path.stem
+    else:
+        path = (recipes_dir or RECIPES_DIR) / f"{name}.yaml"
+        if not re.match(r"^[A-Za-z0-9_-]+$", name) or not path.is_file():
+            raise SpecError("recipe", f"unknown recipe {name!r}; allowed: {', '.join(list_recipes(recipes_dir))}, "
+                            "or the path of a .yaml recipe file")
+        default_name = name
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError("recipe", f"{path}, {_yaml_where(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("recipe", f"{path}: unreadable ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict):
-        raise SpecError("recipe", f"{path.name} must hold a mapping of spec fields")
-    data.setdefault("name", name)
+        raise SpecError("recipe", f"{path} must hold a mapping of spec fields, got {type(data).__name__}")
+    data.setdefault("name", default_name)
     return data
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """'line L, column C: not valid YAML: <problem> (<context> at line L2)' from a PyYAML error."""
+    mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+    text = f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}"
+    context = getattr(exc, "context", None)
+    if context and context_mark is not None:
+        text += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -512,7 +541,8 @@ def load_spec(recipe: str | dict[str, Any], overrides: dict[str, Any] | None = N
               *, recipes_dir: Path | None = None) -> ServingSpec:
     """Build and fully validate a serving spec.
 
-    + recipe: a recipe name (``tasks/recipes/<name>.yaml``) or a mapping of spec fields
+    + recipe: a recipe name (``tasks/recipes/<name>.yaml``), the path of a ``.yaml`` recipe file, or a
+      mapping of spec fields
     + overrides: pyinfra host data (or any mapping); ``serve_*`` keys are read, and a key that looks
       like a setting but is none is refused (``tasks.settings.unknown_keys``)
     + recipes_dir: where recipes live (tests)

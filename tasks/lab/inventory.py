@@ -3,11 +3,19 @@ lab's service addresses as data (registry mirror, apt repository, hub and PyPI s
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from pprint import pformat
 
 from . import profiles
 from .config import REPO_ROOT, LabConfig
+
+
+def served_cann_digests(cfg: LabConfig) -> dict[str, str]:
+    """sha256 of each CANN installer the lab serves, read from the files it serves: the lab pins them as
+    an operator would pin Huawei's (host data ``ascend_cann_sha256``)."""
+    served = cfg.run_dir / "apt" / "ascend" / "cann"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(served.glob("*.run"))}
 
 
 def lab_data(cfg: LabConfig) -> dict:
@@ -19,6 +27,7 @@ def lab_data(cfg: LabConfig) -> dict:
         "image_mirrors": {"quay.io": cfg.registry},
         "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
         "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
+        "ascend_cann_sha256": served_cann_digests(cfg),
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
         "image_pip_index_url": cfg.pypi_url,

@@ -107,6 +107,7 @@ def test_unhealthy_image_rolls_back_first_host_and_stops(fl):
     assert "rollout of qwen30b_fp8 stopped at fl-h1 (batch 1/3)" in text
     assert "/health: not healthy within the wait (HTTP 500)" in text
     assert f"rolled back to {NEW} and verified again" in text and "not upgraded (still on the old version): fl-h2, fl-h3" in text
+    assert f"its change (image {NEW} -> {BAD}; weights Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master unchanged" in text
     assert running_image(fl, "fl-h1") == NEW
     verified = json.loads(ssh(fl["ips"]["fl-h1"], "cat /etc/llmfleet/qwen30b_fp8.last-verify.json").stdout)
     assert verified["ok"] is True  # the rolled-back version passed the probe again
@@ -150,6 +151,20 @@ def test_dry_diff_shows_per_host_changes_and_touches_nothing(fl):
     for h in REPLICAS:
         assert (started_at(fl, h), ssh(fl["ips"][h], f"sha256sum {UNIT}").stdout) == before[h]
     assert ssh(fl["ips"]["fl-h4"], "sha256sum /etc/nginx/llmfleet/qwen30b_fp8.upstream.conf").stdout == upstream
+
+
+def test_failed_unit_change_is_named_as_such(fl):
+    """A change of the unit alone (an env var that makes the stand-in's /health fail) that fails its gate
+    is named as a unit change on an unchanged image, and rolled back."""
+    run = pyinfra(fl["inventory"], "deploys/qwen30b_fp8.py", check=False, timeout=600,
+                  data={**COMMON, "serve_image": NEW, "serve_extra_env": json.dumps({"LLMFLEET_STANDIN_FAIL_HEALTH": "1"})})
+    text = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert (f"stopped at fl-h1 (batch 1/3): its change (image {NEW} unchanged; weights "
+            "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master unchanged; unit changed) failed its verification") in text
+    assert "new version" not in text
+    assert running_image(fl, "fl-h1") == NEW
+    assert deploy(fl, NEW).changed() == {}  # the rolled-back unit is the converged one
 
 
 def test_removing_a_replica_drains_it_first_and_fails_no_request(fl):

@@ -186,6 +186,8 @@ def test_wrong_token_fails_that_host_only(inv, ips, tmp_path, token_hub, monkeyp
     secrets.mkdir()
     (secrets / "good").write_text("good-token-0123456789\n")
     (secrets / "bad").write_text("wrong-token-9876543210\n")
+    for name in ("good", "bad"):
+        (secrets / name).chmod(0o600)  # llmfleet refuses secrets others may read
     monkeypatch.setenv("LLMFLEET_SECRETS_DIR", str(secrets))
     three = ["wt-h1", "wt-h2", "wt-h3"]
     base = model_data("huggingface", repo, "v1", weights_hf_endpoint=token_hub, weights_token_secret="good")

@@ -34,6 +34,7 @@ def test_bad_upstream_address_is_refused():
 def test_keys_from_secret_file(tmp_path):
     path = tmp_path / "keys"
     path.write_text("# clients\nsk-alpha-123456\n\nsk-beta-654321\n")
+    path.chmod(0o600)
     keys = gw.read_keys(path, "gateway_api_keys_secret")
     assert gw.keys_conf(keys) == '"Bearer sk-alpha-123456" 1;\n"Bearer sk-beta-654321" 1;\n'
     assert gw.backend_conf("sk-alpha-123456") == 'proxy_set_header Authorization "Bearer sk-alpha-123456";\n'
@@ -73,6 +74,7 @@ def test_plan_time_key_check_names_the_missing_file(tmp_path):
     with pytest.raises(SpecError, match="api_key_secret.*missing_key does not exist"):
         gw.check_keys(model, {"secrets_dir": str(tmp_path)})
     (tmp_path / "k").write_text("sk-0123456789\n")
+    (tmp_path / "k").chmod(0o600)
     gw.check_keys(gw.GatewayModel("m", "m", 8000, (), "k"), {"secrets_dir": str(tmp_path)})
     with pytest.raises(SpecError, match="gateway_api_keys_secret.*clients does not exist"):
         gw.check_keys(gw.GatewayModel("m", "m", 8000, (), "k"),

@@ -11,6 +11,7 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 
+from tasks.bad_input import BadInput
 from tasks.model import deploy_model, variant_recipe
 from tasks.requirement import model_config_for, requirement_from_spec
 from tasks.weights.deploy import model_dest
@@ -68,9 +69,9 @@ def test_one_bad_host_stops_the_run_before_any_command(weights_module):
     hosts = [_fake("good"), _fake("bad", serve_block_size=48)]
     state = State(Inventory((hosts, {})), Config())
     connect_all(state)
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(BadInput) as err:
         add_deploy(state, deploy_model, "qwen30b")
-    assert "@fake/bad: block_size" in str(err.value) and "@fake/good" not in str(err.value)
+    assert "@fake/bad: serve_block_size: " in str(err.value) and "got 48" in str(err.value) and "@fake/good" not in str(err.value)
     for host in state.inventory:
         assert host.connector.executed_commands == []
 
@@ -79,7 +80,7 @@ def test_missing_secret_stops_the_run_before_any_command(weights_module, tmp_pat
     hosts = [_fake("a", secrets_dir=str(tmp_path))]
     state = State(Inventory((hosts, {})), Config())
     connect_all(state)
-    with pytest.raises(SpecError, match=r"@fake/a: api_key_secret: no secret file 'qwen235b_api_key'"):
+    with pytest.raises(BadInput, match=r"@fake/a: api_key_secret: no secret file 'qwen235b_api_key'"):
         add_deploy(state, deploy_model, variant_recipe("qwen235b", ("awq", "gptq"), "awq"))
     assert state.inventory.get_host("@fake/a").connector.executed_commands == []
 
@@ -88,5 +89,5 @@ def test_missing_image_builder_is_named(weights_module, monkeypatch):
     monkeypatch.setitem(sys.modules, "tasks.image_build", None)  # None in sys.modules: ImportError
     state = State(Inventory(([_fake("g")], {})), Config())
     connect_all(state)
-    with pytest.raises(SpecError, match="tasks.image_build cannot be imported"):
+    with pytest.raises(BadInput, match="tasks.image_build cannot be imported"):
         add_deploy(state, deploy_model, "glm5")

@@ -109,6 +109,7 @@ def test_missing_secret_names_the_file(tmp_path):
 
 def test_secret_file_env_content_and_dir_precedence(tmp_path, monkeypatch):
     (tmp_path / "qwen235b_api_key").write_text("sk-123 456\n")
+    (tmp_path / "qwen235b_api_key").chmod(0o600)
     spec = load_spec("qwen235b_awq")
     monkeypatch.setenv("LLMFLEET_SECRETS_DIR", str(tmp_path))
     secrets = service.secret_files(spec, {})
@@ -119,6 +120,7 @@ def test_secret_file_env_content_and_dir_precedence(tmp_path, monkeypatch):
 
 def test_multiline_secret_refused(tmp_path):
     (tmp_path / "k").write_text("one\ntwo\n")
+    (tmp_path / "k").chmod(0o600)
     with pytest.raises(SpecError, match="exactly one non-empty line"):
         service.secret_files(load_spec("qwen30b", {"serve_api_key_secret": "k"}), {"secrets_dir": str(tmp_path)})
 

@@ -38,6 +38,7 @@ def uploads(monkeypatch):
 def with_key(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMFLEET_SECRETS_DIR", str(tmp_path))
     (tmp_path / "m_key").write_text(KEY + "\n")
+    (tmp_path / "m_key").chmod(0o600)
     return {"serve_api_key_secret": "m_key"}
 
 

@@ -23,6 +23,7 @@ PATH = "/etc/llmfleet/m.env"
 def secret(tmp_path):
     path = tmp_path / "m_key"
     path.write_text(KEY + "\n")
+    path.chmod(0o600)
     return str(path)
 
 

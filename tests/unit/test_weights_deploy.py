@@ -234,6 +234,7 @@ def test_secret_name_checks(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no secret file 'hf-token'"):
         secrets.local_secret("hf-token", "weights_token_secret")
     (tmp_path / "hf-token").write_text("tok\n")
+    (tmp_path / "hf-token").chmod(0o600)
     assert secrets.local_secret("hf-token") == tmp_path / "hf-token"
     st = secrets.SecretFileState().process([f"{'0' * 64} 600 root:root"])
     assert st == {"sha256": "0" * 64, "mode": "600", "owner": "root:root"}
@@ -319,15 +320,15 @@ def test_gateway_listed_first_is_no_weights_host_and_never_the_seed():
 def test_disagreeing_fleet_weights_settings_stop_the_run_naming_hosts(key, values):
     from pyinfra.context import ctx_host, ctx_state
 
+    from tasks.bad_input import BadInput
     from tasks.model import validate_fleet
-    from tasks.spec import SpecError
 
     state = _fake_state({"replicas": [("@fake/r0", {"weights_fanout": True, key: values[0]}),
                                       ("@fake/r1", {"weights_fanout": True, key: values[1]})]})
     with ctx_state.use(state), ctx_host.use(state.inventory.get_host("@fake/r0")):
-        with pytest.raises(SpecError) as exc:
+        with pytest.raises(BadInput) as exc:
             validate_fleet("qwen30b")
-    field, message = exc.value.problems[0]
+    field, message = exc.value.problems[0].field, exc.value.problems[0].message
     assert field == key and "every host of a weights fan-out" in message
     assert f"@fake/r0 has {values[0]!r}" in message and f"@fake/r1 has {values[1]!r}" in message
     assert not any(h.connector.executed_commands for h in state.inventory)  # no host touched
