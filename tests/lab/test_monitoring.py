@@ -1,0 +1,195 @@
+"""Monitoring end to end in the lab ("mo": mo-h1, mo-h2 replicas on rtx4090x2, mo-h3 the monitoring host).
+
+Real Prometheus, Alertmanager, node exporter and promtool from Debian's packages on the lab hosts; the
+replicas run the stand-in vLLM images (mo-h1 v0.10.1.1, which exports the old inter-token latency
+name, mo-h2 v0.18.0) and the stand-in dcgm-exporter image under its real name. Every target is up
+(Prometheus' HTTP API), requests show per-replica series, every dashboard panel's query returns
+data, a stopped replica fires the replica-down alert into Alertmanager and resolves once restarted,
+``promtool test rules`` passes on series of old and new metric names, a second run changes nothing,
+and the webhook URL (a secret) is in no output and only in a 0640 root:prometheus file.
+Grafana is not in the lab (no image): its provisioning files are written and walked here.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from bench.client_loop import ClientLoop
+from tasks.monitoring import dashboard, fleet, render
+from tasks.monitoring.deploy import DEFAULTS
+
+from .helpers import pyinfra, own_lab, secrets_env, ssh
+
+PROFILES = ["rtx4090x2", "rtx4090x2", "cpu"]
+OLD, NEW = "vllm/vllm-openai:v0.10.1.1", "vllm/vllm-openai:v0.18.0"
+KEY_SECRET, HOOK_SECRET = "mo_api_key", "mo_webhook"
+UNIT = "llmfleet-qwen30b_fp8.service"
+MONITORING = {"monitoring_scrape_interval": "2s", "monitoring_evaluation_interval": "2s",
+              "monitoring_down_for": "4s", "monitoring_alert_for": "1m", "monitoring_group_wait": "1s",
+              "monitoring_receivers": [{"name": "oncall", "webhook_secret": HOOK_SECRET}]}
+
+
+def inventory_text(lab_inventory: str) -> str:
+    """The lab's inventory plus what an operator's would say: the replicas' recipe and images, the monitoring group."""
+    return lab_inventory + (
+        "\nfor _name, _data in rtx4090x2:\n"
+        "    _data.update(monitoring_recipe='qwen30b_fp8', serve_api_key_secret=%r)\n"
+        "rtx4090x2[0][1]['serve_image'] = %r\nrtx4090x2[1][1]['serve_image'] = %r\n"
+        "cpu[0][1].update(%r)\nreplicas = rtx4090x2\nmonitoring = cpu\n"
+    ) % (KEY_SECRET, OLD, NEW, MONITORING)
+
+
+@pytest.fixture(scope="module")
+def mo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("mo")
+    key, hook = "sk-mo-" + secrets.token_hex(16), f"http://127.0.0.1:9/hook-{secrets.token_hex(8)}"
+    with own_lab("mo", PROFILES) as state, secrets_env(work / "secrets", **{KEY_SECRET: key, HOOK_SECRET: hook}):
+        inv = work / "inventory.py"
+        inv.write_text(inventory_text(open(state["inventory"]).read()))
+        ips = {h["name"]: h["ip"] for h in state["hosts"]}
+        started = time.monotonic()
+        pyinfra(inv, "deploys/qwen30b_fp8.py", "--limit", "replicas", data={"preflight_weights_bytes": 1_000_000},
+                timeout=600)
+        model_s = time.monotonic() - started
+        first = pyinfra(inv, "deploys/monitoring.py", timeout=600)
+        again = pyinfra(inv, "deploys/monitoring.py", timeout=300)
+        yield {"ips": ips, "key": key, "hook": hook, "first": first, "again": again, "work": work,
+               "timing": {"model": model_s, "monitoring": time.monotonic() - started - model_s}}
+
+
+def api(mo, port: int, path: str, **params) -> dict | list:
+    url = f"http://{mo['ips']['mo-h3']}:{port}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def query(mo, expr: str) -> list[dict]:
+    return api(mo, 9090, "/api/v1/query", query=expr)["data"]["result"]
+
+
+def wait_for(check, seconds: float, every: float = 2.0):
+    """``check()`` until it returns something truthy (bounded in time); the last value otherwise."""
+    deadline, value = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return value
+
+
+def down_alerts(mo) -> list[dict]:
+    return [a for a in api(mo, 9093, "/api/v2/alerts", active="true")
+            if a["labels"].get("alertname") == "LlmfleetReplicaDown"]
+
+
+def test_converged_and_second_run_changes_nothing(mo):
+    changed = mo["first"].changed()
+    assert any(name.endswith("Prometheus configuration") for name in changed)
+    assert any("dcgm-exporter: running" in name for name in changed) or any("dcgm-exporter" in n for n in changed)
+    assert mo["again"].changed() == {}
+    text = "".join(r.stdout + r.stderr for r in (mo["first"], mo["again"]))
+    assert mo["hook"] not in text
+    h3 = mo["ips"]["mo-h3"]
+    assert ssh(h3, "stat -c '%a %U:%G' /etc/prometheus/alertmanager.yml").stdout.split() == ["640", "root:prometheus"]
+    assert mo["hook"] in ssh(h3, "cat /etc/prometheus/alertmanager.yml").stdout
+    print(f"\nmonitoring lab timing: model deploy {mo['timing']['model']:.0f} s, "
+          f"monitoring first + second run {mo['timing']['monitoring']:.0f} s")
+
+
+def test_every_target_up(mo):
+    def all_up():
+        targets = api(mo, 9090, "/api/v1/targets")["data"]["activeTargets"]
+        return targets if targets and all(t["health"] == "up" for t in targets) else None
+
+    targets = wait_for(all_up, 60)
+    assert targets, api(mo, 9090, "/api/v1/targets")["data"]["activeTargets"]
+    jobs = sorted((t["labels"]["job"], t["labels"].get("host", "")) for t in targets)
+    assert jobs == [("dcgm", "mo-h1"), ("dcgm", "mo-h2"), ("node", "mo-h1"), ("node", "mo-h2"), ("node", "mo-h3"),
+                    ("prometheus", ""), ("vllm", "mo-h1"), ("vllm", "mo-h2")]
+    heads = {t["labels"]["replica"]: t["labels"] for t in targets if t["labels"]["job"] == "vllm"}
+    assert heads["mo-h1"]["vllm_version"] == "0.10.1.1" and heads["mo-h2"]["vllm_version"] == "0.18.0"
+    assert {h["recipe"] for h in heads.values()} == {"qwen30b_fp8"}
+
+
+def test_requests_show_per_replica_series_and_every_panel_has_data(mo):
+    for host in ("mo-h1", "mo-h2"):
+        loop = ClientLoop(f"http://{mo['ips'][host]}:8000", mo["key"], "qwen-30b", threads=2, max_requests=10,
+                          max_seconds=30)
+        assert loop.run().served == 10
+    series = wait_for(lambda: query(mo, "sum by (replica) (increase(vllm:generation_tokens_total[1m])) > 0")
+                      if len(query(mo, "sum by (replica) (increase(vllm:generation_tokens_total[1m])) > 0")) == 2
+                      else None, 30)
+    assert series and sorted(s["metric"]["replica"] for s in series) == ["mo-h1", "mo-h2"]
+    board = ssh(mo["ips"]["mo-h3"], "cat /etc/llmfleet/grafana/dashboards/fleet.json").stdout
+    panels = dashboard.queries(board)
+    assert len(panels) == 13
+    empty = [title for title, expr in panels if not query(mo, expr)]
+    assert empty == []
+    # Both inter-token latency names are read: the old one from 0.10.1.1, the new one from 0.18.0.
+    itl = dict(panels)["Inter-token latency p95"]
+    assert "time_per_output_token_seconds" in itl and "inter_token_latency_seconds" in itl
+    assert sorted(r["metric"]["replica"] for r in query(mo, itl)) == ["mo-h1", "mo-h2"]
+
+
+def test_stopped_replica_fires_alert_in_alertmanager_and_resolves(mo):
+    h1 = mo["ips"]["mo-h1"]
+    ssh(h1, f"systemctl stop {UNIT}")
+    try:
+        fired = wait_for(lambda: down_alerts(mo), 90)
+        assert fired and [a["labels"]["replica"] for a in fired] == ["mo-h1"]
+        assert fired[0]["labels"]["recipe"] == "qwen30b_fp8" and fired[0]["status"]["state"] == "active"
+    finally:
+        ssh(h1, f"systemctl start {UNIT}")
+    resolved = wait_for(lambda: not down_alerts(mo) and not query(mo, 'ALERTS{alertname="LlmfleetReplicaDown"}'), 120)
+    assert resolved
+
+
+def test_promtool_checks_and_tests_rules_on_old_and_new_names(mo):
+    h3 = mo["ips"]["mo-h3"]
+    assert "SUCCESS" in ssh(h3, "promtool check rules /etc/prometheus/llmfleet.rules.yml").stdout
+    # A fleet of 0.8.5 (old KV cache and inter-token names) beside 0.18.0 (new names).
+    f = fleet.build([("old", {"monitoring_recipe": "qwen30b", "serve_image": "vllm/vllm-openai:v0.8.5"}, []),
+                     ("new", {"monitoring_recipe": "qwen30b", "serve_image": "vllm/vllm-openai:v0.18.0"}, [])])
+    rules = render.rules(f, {**DEFAULTS, "monitoring_alert_for": "1m"})
+    assert "vllm:gpu_cache_usage_perc" in rules and "vllm:kv_cache_usage_perc" in rules
+    labels = 'job="vllm",recipe="qwen30b",replica="{r}",host="{r}",instance="{r}:8000",vllm_version="{v}"'
+    old, new = labels.format(r="old", v="0.8.5"), labels.format(r="new", v="0.18.0")
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [
+            {"series": f"vllm:gpu_cache_usage_perc{{{old}}}", "values": "0.5 0.95x10"},
+            {"series": f"vllm:kv_cache_usage_perc{{{new}}}", "values": "0.5 0.97x10"},
+            {"series": f"vllm:num_requests_waiting{{{old}}}", "values": "0x11"},
+            {"series": f"vllm:num_requests_waiting{{{new}}}", "values": "0x11"},
+            {"series": f"up{{{old}}}", "values": "1 1 0x9"},
+            {"series": f"up{{{new}}}", "values": "1x11"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "LlmfleetKvCacheHigh", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", **dict(kv.split("=") for kv in old.replace('"', "").split(","))},
+                 "exp_annotations": {"summary": "KV cache of old above 95%"}},
+                {"exp_labels": {"severity": "warning", **dict(kv.split("=") for kv in new.replace('"', "").split(","))},
+                 "exp_annotations": {"summary": "KV cache of new above 97%"}}]},
+            {"eval_time": "2m", "alertname": "LlmfleetRequestsWaiting", "exp_alerts": []},
+            {"eval_time": "2m", "alertname": "LlmfleetReplicaDown", "exp_alerts": [
+                {"exp_labels": {"severity": "critical", **dict(kv.split("=") for kv in old.replace('"', "").split(","))},
+                 "exp_annotations": {"summary": "vLLM replica old (qwen30b) does not answer /metrics"}}]},
+        ]}]}
+    import yaml
+
+    ssh(h3, "mkdir -p /tmp/rt && cat > /tmp/rt/rules.yml <<'EOF'\n" + rules + "EOF\n"
+        "cat > /tmp/rt/test.yml <<'EOF'\n" + yaml.safe_dump(tests, sort_keys=False) + "EOF")
+    result = ssh(h3, "cd /tmp/rt && promtool test rules test.yml", check=False)
+    assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+    # The same test fails when the old replica's series carries the new name (the rule would miss it).
+    ssh(h3, "sed -i 's/vllm:gpu_cache_usage_perc/vllm:kv_cache_usage_perc/' /tmp/rt/test.yml")
+    assert ssh(h3, "cd /tmp/rt && promtool test rules test.yml", check=False).returncode != 0
