@@ -74,7 +74,7 @@ def address_of(data: Any, name: str) -> str:
     """Where Prometheus reaches a host: ``monitoring_address``, ``ssh_hostname``, else its name."""
     address = str(data.get("monitoring_address") or data.get("ssh_hostname") or name)
     if not _ADDRESS.match(address):
-        raise SpecError("monitoring_address", f"{name}: {address!r} is not a host name or address")
+        raise SpecError(f"{name}: monitoring_address", f"{address!r} is not a host name or address")
     return address
 
 
@@ -86,7 +86,8 @@ def _head(name: str, data: Any, address: str, recipe: str) -> tuple[Head, str]:
         spec = load_spec(recipe, data)
     except SpecError as exc:
         field = {"recipe": "monitoring_recipe"}
-        raise SpecError(*[(f"{name}: {field.get(f, f)}", m) for f, m in exc.problems]) from None
+        problems = [(f"{name}: {field.get(f, f)}", m) for f, m in exc.problems]
+        raise SpecError(*problems[0], *problems[1:]) from None
     budget = data.get("monitoring_ttft_p95_budget_s", DEFAULTS["monitoring_ttft_p95_budget_s"])
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
         raise SpecError(f"{name}: monitoring_ttft_p95_budget_s", f"{budget!r}: a number of seconds > 0")
@@ -135,7 +136,7 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
 
 def from_state(state: Any) -> Fleet:
     """The fleet of a pyinfra run's inventory (every host, active or not)."""
-    return build((h.name, h.data, list(h.groups or [])) for h in state.inventory)
+    return build((h.name, h.data.dict(), list(h.groups or [])) for h in state.inventory)
 
 
 __all__ = ["ALERTMANAGER_PORT", "DCGM_EXPORTER_PORT", "Fleet", "Head", "Member", "NODE_EXPORTER_PORT",

@@ -16,6 +16,7 @@ import yaml
 from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT, NPU_EXPORTER_PORT,
                                     PROMETHEUS_PORT, Fleet, Head)
 from tasks.vllm.metrics import MetricNames
+from tasks.vllm.versions import Version
 
 RULES_PATH = "/etc/prometheus/llmfleet.rules.yml"
 FABRIC_MANAGER_UNIT = "nvidia-fabricmanager.service"
@@ -43,7 +44,7 @@ def per_generation(heads: list[Head], clause: Callable[[MetricNames, str], str])
     for h in heads:
         versions[clause(h.names, marker)].append(h.vllm_version)
     parts = [text.replace(marker, f'job="vllm",vllm_version=~"{_alternatives(vs)}"')
-             for text, vs in sorted(versions.items(), key=lambda kv: sorted(kv[1]))]
+             for text, vs in sorted(versions.items(), key=lambda kv: min(map(Version.parse, kv[1])))]
     return " or ".join(f"({p})" for p in parts) if parts else None
 
 
