@@ -43,6 +43,9 @@ def panels(fleet: Fleet) -> list[tuple[str, str, str, str]]:
         expr = per_generation(heads, clause)
         if expr:
             out.append((title, unit, expr, "{{replica}}"))
+    if fleet.gateways:
+        out.append(("Gateway requests/s", "reqps", 'sum by (host) (rate(nginx_http_requests_total{job="gateway"}[5m]))',
+                    "{{host}}"))
     if fleet.with_accelerator("nvidia"):
         out += [("GPU utilisation", "percent", 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}', "{{host}} GPU {{gpu}}"),
                 ("GPU memory used", "decmbytes", 'DCGM_FI_DEV_FB_USED{job="dcgm"}', "{{host}} GPU {{gpu}}"),

@@ -8,14 +8,16 @@ Choices, and why:
   in ``monitoring_recipe`` (group data), its spec gives port and vLLM version. Rules and dashboard
   use the metric names of each replica's version (``tasks.vllm.metrics``): run this deploy again
   after an upgrade that crosses a rename.
-- Configuration is checked before it is put in place (``promtool check rules|config``,
-  ``amtool check-config`` on a temporary file); a refused file leaves the running one untouched.
+- Configuration is checked before it is put in place (``promtool check rules|config`` on a
+  temporary file); a refused file leaves the running one untouched.
   Prometheus and Alertmanager reload on a changed file and restart on changed arguments.
 - Exporters in containers run from pinned images pulled through the mirrors (``image_mirrors``:
   ``nvcr.io`` for dcgm-exporter). dcgm-exporter gets ``--gpus all``, every capability dropped but
   ``SYS_ADMIN``, which DCGM needs for the profiling fields ``DCGM_FI_PROF_*``
   (``monitoring_dcgm_profiling: False`` drops it too). Docker must be there (the model deploy or
   ``deploys/bringup.py`` installs it).
+- Gateway hosts (``gateway_group``, after the model deploy put nginx there): nginx's
+  ``stub_status`` on 127.0.0.1:8079 only, read by Debian's prometheus-nginx-exporter on :9113.
 - NVSwitch hosts (``NvidiaFabric``) let node exporter report ``nvidia-fabricmanager.service``
   (systemd collector, that unit only): the fabric-manager alert reads it.
 - Alertmanager receivers are data: ``monitoring_receivers: [{"name": "oncall", "webhook_secret":
@@ -68,17 +70,20 @@ from pyinfra.facts.files import Sha256File
 from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks import gateway as gw
 from tasks import image as image_task
 from tasks.facts.nvidia import NvidiaFabric
 from tasks.monitoring import dashboard, render
-from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT, NPU_EXPORTER_PORT, Fleet,
-                                    from_state)
+from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
+                                    NPU_EXPORTER_PORT, Fleet, from_state)
 from tasks.secrets import local_secret, read_secret, secret_file
 from tasks.spec import SpecError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_TEMPLATE = REPO_ROOT / "templates" / "monitoring" / "container.service.j2"
 GRAFANA_DIR = "/etc/llmfleet/grafana"
+#: nginx's stub_status for the exporter, on loopback only.
+STUB_STATUS = "127.0.0.1:8079"
 
 DEFAULTS: dict[str, Any] = {
     "monitoring_group": "monitoring",
@@ -257,6 +262,34 @@ def npu_exporter() -> None:
     _container("llmfleet-npu-exporter", "npu-exporter", image, argv)
 
 
+@deploy("Gateway exporter", data_defaults=DEFAULTS)
+def gateway_exporter() -> None:
+    """
+    nginx's ``stub_status`` on loopback and Debian's prometheus-nginx-exporter on :9113 (gateway hosts).
+
+    Example:
+
+    .. code:: python
+
+        gateway_exporter()
+    """
+    conf = files.put(name="nginx stub_status (loopback)", src=io.StringIO(
+        "# Managed by llmfleet (tasks/monitoring): nginx's counters for prometheus-nginx-exporter.\n"
+        f"server {{\n    listen {STUB_STATUS};\n    access_log off;\n"
+        "    location = /stub_status { stub_status; }\n}\n"),
+        dest="/etc/nginx/conf.d/llmfleet-stub-status.conf", user="root", group="root", mode="644")
+    gw.reloaded(name="reload nginx (stub_status)", _if=conf.did_change)
+    pkg = apt.packages(name="nginx exporter package", packages=["prometheus-nginx-exporter"], no_recommends=True,
+                       update=True, cache_time=86400)
+    args = _defaults_file("nginx exporter arguments", "/etc/default/prometheus-nginx-exporter",
+                          [f"-nginx.scrape-uri=http://{STUB_STATUS}/stub_status",
+                           f"-web.listen-address=:{GATEWAY_EXPORTER_PORT}"])
+    systemd.service(name="nginx exporter restart", service="prometheus-nginx-exporter.service", running=True,
+                    restarted=True, _if=any_changed(args, pkg))
+    systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter.service", running=True,
+                    enabled=True)
+
+
 @deploy("Prometheus", data_defaults=DEFAULTS)
 def prometheus_server(fleet: Fleet) -> None:
     """
@@ -348,9 +381,12 @@ def monitor() -> None:
         dcgm_exporter()
     elif me.accelerator == "ascend":
         npu_exporter()
+    if me.gateway:
+        gateway_exporter()
     if me.monitoring:
         prometheus_server(fleet)
 
 
-__all__ = ["DEFAULTS", "alertmanager_content", "checked_file", "dcgm_exporter", "monitor", "node_exporter",
+__all__ = ["DEFAULTS", "alertmanager_content", "checked_file", "dcgm_exporter", "gateway_exporter", "monitor",
+           "node_exporter",
            "npu_exporter", "options", "prometheus_server", "receivers"]

@@ -2,7 +2,7 @@
 
 Every inventory host (the whole inventory, not only ``--limit``: a limited run never drops
 targets) is a scrape target for node exporter; NVIDIA hosts add dcgm-exporter, Ascend hosts
-npu-exporter; a host whose data names the recipe it serves (``monitoring_recipe``, usually group
+npu-exporter, gateway hosts (``gateway_group``) nginx's exporter; a host whose data names the recipe it serves (``monitoring_recipe``, usually group
 data beside the group's other ``serve_*`` data) adds its vLLM head, labelled with recipe, replica,
 host, vLLM version and served model. The spec is loaded exactly as the model deploy loads it
 (recipe + ``serve_*`` host data), so port and version are the ones the replica runs.
@@ -17,12 +17,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from tasks.gateway import DEFAULTS as GATEWAY_DEFAULTS
 from tasks.spec import SpecError, load_spec
 from tasks.vllm.metrics import MetricNames, names_for
 
 NODE_EXPORTER_PORT = 9100
 DCGM_EXPORTER_PORT = 9400
 NPU_EXPORTER_PORT = 8082
+GATEWAY_EXPORTER_PORT = 9113
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
@@ -55,6 +57,7 @@ class Member:
     accelerator: str  # "nvidia", "ascend" or "none"
     weights_root: str
     monitoring: bool
+    gateway: bool
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class Fleet:
 
     def with_accelerator(self, kind: str) -> list[Member]:
         return [m for m in self.members if m.accelerator == kind]
+
+    @property
+    def gateways(self) -> list[Member]:
+        return [m for m in self.members if m.gateway]
 
     @property
     def alertmanagers(self) -> list[Member]:
@@ -126,7 +133,8 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
             group = str(data.get("monitoring_group", DEFAULTS["monitoring_group"]))
             members.append(Member(name=name, address=address, accelerator=accelerator,
                                   weights_root=str(data.get("weights_root", "/srv/models")),
-                                  monitoring=group in (groups or [])))
+                                  monitoring=group in (groups or []),
+                                  gateway=str(data.get("gateway_group", GATEWAY_DEFAULTS["gateway_group"])) in (groups or [])))
         except SpecError as exc:
             problems += exc.problems
     if problems:
@@ -139,5 +147,6 @@ def from_state(state: Any) -> Fleet:
     return build((h.name, h.data.dict(), list(h.groups or [])) for h in state.inventory)
 
 
-__all__ = ["ALERTMANAGER_PORT", "DCGM_EXPORTER_PORT", "Fleet", "Head", "Member", "NODE_EXPORTER_PORT",
+__all__ = ["ALERTMANAGER_PORT", "DCGM_EXPORTER_PORT", "Fleet", "GATEWAY_EXPORTER_PORT", "Head", "Member",
+           "NODE_EXPORTER_PORT",
            "NPU_EXPORTER_PORT", "PROMETHEUS_PORT", "address_of", "build", "from_state"]

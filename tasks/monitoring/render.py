@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import yaml
 
-from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, NODE_EXPORTER_PORT, NPU_EXPORTER_PORT,
-                                    PROMETHEUS_PORT, Fleet, Head)
+from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
+                                    NPU_EXPORTER_PORT, PROMETHEUS_PORT, Fleet, Head)
 from tasks.vllm.metrics import MetricNames
 from tasks.vllm.versions import Version
 
@@ -60,6 +60,7 @@ def prometheus_config(fleet: Fleet, opts: dict[str, Any]) -> str:
             ("node", static(fleet.members, NODE_EXPORTER_PORT)),
             ("dcgm", static(fleet.with_accelerator("nvidia"), DCGM_EXPORTER_PORT)),
             ("npu", static(fleet.with_accelerator("ascend"), NPU_EXPORTER_PORT)),
+            ("gateway", static(fleet.gateways, GATEWAY_EXPORTER_PORT)),
             ("vllm", heads)]
     config = {
         "global": {"scrape_interval": str(opts["monitoring_scrape_interval"]),
@@ -128,6 +129,9 @@ def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
     if fleet.with_accelerator("ascend"):
         out.append(_rule("LlmfleetNpuUnhealthy", 'npu_chip_info_health_status{job="npu"} != 1', down, "critical",
                          "NPU {{ $labels.id }} of {{ $labels.host }} is not healthy"))
+    if fleet.gateways:
+        out.append(_rule("LlmfleetGatewayDown", 'up{job="gateway"} == 0 or nginx_up{job="gateway"} == 0', down,
+                         "critical", "the gateway on {{ $labels.host }} (nginx) does not answer"))
     by_root: dict[str, list[str]] = defaultdict(list)
     for m in fleet.members:
         by_root[m.weights_root].append(m.name)

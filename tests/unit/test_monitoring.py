@@ -116,8 +116,9 @@ def _run(tmp_path, monkeypatch, **mon) -> tuple[State, dict[str, str]]:
     hosts = [("@fake/gpu1", {**fake, "monitoring_recipe": "qwen30b", "monitoring_address": "10.0.0.1"}),
              ("@fake/npu1", {**fake, "monitoring_recipe": "qwen3_ascend", "monitoring_address": "10.0.0.2"}),
              ("@fake/mon", {**fake, "secrets_dir": str(tmp_path), "monitoring_address": "10.0.0.3", **mon,
-                            "monitoring_receivers": [{"name": "oncall", "webhook_secret": "hook"}]})]
-    state = State(Inventory((hosts, {}), monitoring=(["@fake/mon"], {})), Config())
+                            "monitoring_receivers": [{"name": "oncall", "webhook_secret": "hook"}]}),
+             ("@fake/gw", {**fake, "monitoring_address": "10.0.0.4"})]
+    state = State(Inventory((hosts, {}), monitoring=(["@fake/mon"], {}), gateway=(["@fake/gw"], {})), Config())
     connect_all(state)
     add_deploy(state, monitor)
     run_ops(state)
@@ -139,7 +140,11 @@ def test_deploy_on_fake_hosts(tmp_path, monkeypatch):
     assert "promtool check rules" in mon and "promtool check config" in mon
     assert "grafana/grafana:11.3.0" in uploads["@fake/mon:/etc/systemd/system/llmfleet-grafana.service"]
     config = yaml.safe_load(uploads["@fake/mon:/etc/prometheus/prometheus.yml.llmfleet-new"])
-    assert {j["job_name"] for j in config["scrape_configs"]} == {"prometheus", "node", "dcgm", "npu", "vllm"}
+    assert {j["job_name"] for j in config["scrape_configs"]} == {"prometheus", "node", "dcgm", "npu", "gateway",
+                                                                 "vllm"}
+    assert "listen 127.0.0.1:8079;" in uploads["@fake/gw:/etc/nginx/conf.d/llmfleet-stub-status.conf"]
+    assert "prometheus-nginx-exporter" in commands["@fake/gw"] and "nginx -s reload" in commands["@fake/gw"]
+    assert "prometheus-nginx-exporter" not in commands["@fake/gpu1"]
     # The webhook URL: only in the Alertmanager file's upload (0640 root:prometheus), nowhere else.
     holding = [k for k, v in uploads.items() if "secret-part" in v]
     assert holding == ["@fake/mon:/etc/prometheus/.alertmanager.yml.new"]
