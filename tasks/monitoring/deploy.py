@@ -75,7 +75,7 @@ from tasks import image as image_task
 from tasks.facts.nvidia import NvidiaFabric
 from tasks.monitoring import dashboard, render
 from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
-                                    NPU_EXPORTER_PORT, Fleet, from_state)
+                                    NPU_EXPORTER_PORT, Fleet, build, from_state)
 from tasks.secrets import local_secret, read_secret, secret_file
 from tasks.spec import SpecError
 
@@ -364,9 +364,10 @@ def grafana(fleet: Fleet, opts: dict[str, Any]) -> None:
 
 def monitor() -> None:
     """
-    What ``deploys/monitoring.py`` runs on each host: the fleet is built (and checked) from the whole
-    inventory first, then node exporter everywhere, the accelerator's exporter, and on the hosts of
-    ``monitoring_group`` Prometheus, Alertmanager (and Grafana).
+    What ``deploys/monitoring.py`` runs on each host: node exporter, the accelerator's exporter, nginx's
+    on gateways, and on the hosts of ``monitoring_group`` Prometheus, Alertmanager and Grafana's files.
+    A host checks its own data; a monitoring host builds (and checks) the fleet from the whole
+    inventory, at plan time, before any host is touched.
 
     Example:
 
@@ -374,8 +375,7 @@ def monitor() -> None:
 
         monitor()
     """
-    fleet = from_state(host.state)
-    me = next(m for m in fleet.members if m.name == host.name)
+    (me,) = build([(host.name, host.data.dict(), list(host.groups or []))]).members
     node_exporter(nvidia=me.accelerator == "nvidia")
     if me.accelerator == "nvidia":
         dcgm_exporter()
@@ -384,7 +384,7 @@ def monitor() -> None:
     if me.gateway:
         gateway_exporter()
     if me.monitoring:
-        prometheus_server(fleet)
+        prometheus_server(from_state(host.state))
 
 
 __all__ = ["DEFAULTS", "alertmanager_content", "checked_file", "dcgm_exporter", "gateway_exporter", "monitor",

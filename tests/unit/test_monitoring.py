@@ -151,3 +151,16 @@ def test_deploy_on_fake_hosts(tmp_path, monkeypatch):
     assert "secret-part" not in "\n".join(commands.values())
     assert "chown root:prometheus /etc/prometheus/.alertmanager.yml.new && chmod 640" in mon
     assert "prometheus" not in commands["@fake/gpu1"].replace("prometheus-node-exporter", "")
+
+
+def test_bad_replica_data_stops_the_run_before_any_host_is_touched(tmp_path):
+    fake = {"fake_delay": 0, "fake_delay_jitter": 0}
+    hosts = [("@fake/gpu1", {**fake, "monitoring_recipe": "qwen30b", "monitoring_address": "10.0.0.1",
+                             "serve_max_model_len": -5}),
+             ("@fake/mon", {**fake, "monitoring_address": "10.0.0.3"})]
+    state = State(Inventory((hosts, {}), monitoring=(["@fake/mon"], {})), Config())
+    connect_all(state)
+    with pytest.raises(SpecError) as err:
+        add_deploy(state, monitor)
+    assert err.value.field == "@fake/gpu1: max_model_len"
+    assert all(not h.connector.executed_commands for h in state.inventory)
