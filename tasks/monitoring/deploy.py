@@ -77,6 +77,7 @@ from tasks.monitoring import dashboard, render
 from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
                                     NPU_EXPORTER_PORT, Fleet, build, from_state)
 from tasks.secrets import local_secret, read_secret, secret_file
+from tasks.service import reset_failed
 from tasks.spec import SpecError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -209,9 +210,10 @@ def node_exporter(nvidia: bool) -> None:
     args = []
     if nvidia and host.get_fact(NvidiaFabric).get("nvswitch_count", 0) > 0:
         args = ["--collector.systemd", f"--collector.systemd.unit-include={render.FABRIC_MANAGER_UNIT.replace('.', '[.]')}"]
+    conf = _defaults_file("node exporter arguments", "/etc/default/prometheus-node-exporter", args)
     pkg = apt.packages(name="node exporter package", packages=["prometheus-node-exporter"], no_recommends=True,
                        update=True, cache_time=86400)
-    conf = _defaults_file("node exporter arguments", "/etc/default/prometheus-node-exporter", args)
+    reset_failed(name="node exporter: clear a failed state", unit="prometheus-node-exporter.service")
     systemd.service(name="node exporter restart", service="prometheus-node-exporter.service", running=True,
                     restarted=True, _if=any_changed(conf, pkg))
     systemd.service(name="node exporter running", service="prometheus-node-exporter.service", running=True,
@@ -279,11 +281,14 @@ def gateway_exporter() -> None:
         "    location = /stub_status { stub_status; }\n}\n"),
         dest="/etc/nginx/conf.d/llmfleet-stub-status.conf", user="root", group="root", mode="644")
     gw.reloaded(name="reload nginx (stub_status)", _if=conf.did_change)
-    pkg = apt.packages(name="nginx exporter package", packages=["prometheus-nginx-exporter"], no_recommends=True,
-                       update=True, cache_time=86400)
+    # The arguments go in before the package, whose postinst starts the exporter: with Debian's
+    # default (stub_status on :8080) it exits at once and hits its start limit.
     args = _defaults_file("nginx exporter arguments", "/etc/default/prometheus-nginx-exporter",
                           [f"-nginx.scrape-uri=http://{STUB_STATUS}/stub_status",
                            f"-web.listen-address=:{GATEWAY_EXPORTER_PORT}"])
+    pkg = apt.packages(name="nginx exporter package", packages=["prometheus-nginx-exporter"], no_recommends=True,
+                       update=True, cache_time=86400)
+    reset_failed(name="nginx exporter: clear a failed state", unit="prometheus-nginx-exporter.service")
     systemd.service(name="nginx exporter restart", service="prometheus-nginx-exporter.service", running=True,
                     restarted=True, _if=any_changed(args, pkg))
     systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter.service", running=True,
@@ -306,27 +311,28 @@ def prometheus_server(fleet: Fleet) -> None:
     opts = options(host.data)
     named = receivers(opts, host.data)
     me = next(m for m in fleet.members if m.name == host.name)
-    pkgs = apt.packages(name="Prometheus and Alertmanager packages",
-                        packages=["prometheus", "prometheus-alertmanager"], no_recommends=True, update=True,
-                        cache_time=86400)
     storage = str(opts["monitoring_storage_dir"])
-    files.directory(name="metrics storage", path=storage, user="prometheus", group="prometheus", mode="750")
     args = _defaults_file("Prometheus arguments", "/etc/default/prometheus", [
         f"--storage.tsdb.path={storage}", f"--storage.tsdb.retention.time={opts['monitoring_retention_time']}",
         f"--storage.tsdb.retention.size={opts['monitoring_retention_size']}",
         f"--web.external-url=http://{me.address}:9090/"])
+    peers = [f"--cluster.peer={m.address}:9094" for m in fleet.alertmanagers if m.name != host.name]
+    am_args = _defaults_file("Alertmanager arguments", "/etc/default/prometheus-alertmanager",
+                             [f"--web.external-url=http://{me.address}:9093/", *peers])
+    pkgs = apt.packages(name="Prometheus and Alertmanager packages",
+                        packages=["prometheus", "prometheus-alertmanager"], no_recommends=True, update=True,
+                        cache_time=86400)
+    files.directory(name="metrics storage", path=storage, user="prometheus", group="prometheus", mode="750")
     rules = checked_file(name="alert rules", path=render.RULES_PATH, content=render.rules(fleet, opts),
                          check="promtool check rules")
     config = checked_file(name="Prometheus configuration", path="/etc/prometheus/prometheus.yml",
                           content=render.prometheus_config(fleet, opts), check="promtool check config")
-    peers = [f"--cluster.peer={m.address}:9094" for m in fleet.alertmanagers if m.name != host.name]
-    am_args = _defaults_file("Alertmanager arguments", "/etc/default/prometheus-alertmanager",
-                             [f"--web.external-url=http://{me.address}:9093/", *peers])
     am_conf = secret_file(name="Alertmanager configuration (receivers)", dest="/etc/prometheus/alertmanager.yml",
                           content_of=lambda: alertmanager_content(named, opts), mode="640", group="prometheus",
                           dir_mode="755")
     for unit, restart, reload in (("prometheus", any_changed(args, pkgs), any_changed(rules, config)),
                                   ("prometheus-alertmanager", any_changed(am_args, pkgs), am_conf.did_change)):
+        reset_failed(name=f"{unit}: clear a failed state", unit=f"{unit}.service")
         systemd.service(name=f"{unit} restart", service=f"{unit}.service", running=True, restarted=True,
                         _if=restart)
         systemd.service(name=f"{unit} reload", service=f"{unit}.service", running=True, reloaded=True,
@@ -376,6 +382,7 @@ def monitor() -> None:
         monitor()
     """
     (me,) = build([(host.name, host.data.dict(), list(host.groups or []))]).members
+    fleet = from_state(host.state) if me.monitoring else None  # checked before this host is read
     node_exporter(nvidia=me.accelerator == "nvidia")
     if me.accelerator == "nvidia":
         dcgm_exporter()
@@ -383,8 +390,8 @@ def monitor() -> None:
         npu_exporter()
     if me.gateway:
         gateway_exporter()
-    if me.monitoring:
-        prometheus_server(from_state(host.state))
+    if fleet is not None:
+        prometheus_server(fleet)
 
 
 __all__ = ["DEFAULTS", "alertmanager_content", "checked_file", "dcgm_exporter", "gateway_exporter", "monitor",
