@@ -60,6 +60,7 @@ DEFAULTS (host data, prefix ``monitoring_``):
 from __future__ import annotations
 
 import io
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,34 @@ DEFAULTS: dict[str, Any] = {
 def options(data: Any) -> dict[str, Any]:
     """The ``monitoring_*`` settings from host data over DEFAULTS."""
     return {key: data.get(key, default) for key, default in DEFAULTS.items()}
+
+
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+_SIZE = re.compile(r"^\d+(B|KB|MB|GB|TB|PB|EB)$")
+
+
+def validate(opts: dict[str, Any]) -> None:
+    """Check the ``monitoring_*`` settings before any host is touched; SpecError naming the key."""
+    for key in ("monitoring_scrape_interval", "monitoring_evaluation_interval", "monitoring_retention_time",
+                "monitoring_down_for", "monitoring_alert_for", "monitoring_group_wait",
+                "monitoring_group_interval", "monitoring_repeat_interval"):
+        if not _DURATION.match(str(opts[key])):
+            raise SpecError(key, f"{opts[key]!r}: a Prometheus duration (30s, 5m, 1h30m, 15d)")
+    if not _SIZE.match(str(opts["monitoring_retention_size"])):
+        raise SpecError("monitoring_retention_size", f"{opts['monitoring_retention_size']!r}: e.g. 50GB, 500MB, 2TB")
+    for key, low, high in (("monitoring_kv_cache_high", 0, 1), ("monitoring_disk_free_min", 0, 1),
+                           ("monitoring_waiting_high", 0, 1e9), ("monitoring_gpu_temp_c", 20, 150),
+                           ("monitoring_grafana_port", 1, 65535)):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise SpecError(key, f"{value!r}: a number from {low} to {high}")
+    for key in ("monitoring_dcgm_image", "monitoring_npu_exporter_image", "monitoring_grafana_image"):
+        try:
+            image_task.check_pinned(str(opts[key]))
+        except ValueError as exc:
+            raise SpecError(key, str(exc)) from None
+    if not str(opts["monitoring_storage_dir"]).startswith("/"):
+        raise SpecError("monitoring_storage_dir", f"{opts['monitoring_storage_dir']!r}: an absolute path")
 
 
 def receivers(opts: dict[str, Any], data: Any) -> list[tuple[str, Path]]:
@@ -381,6 +410,7 @@ def monitor() -> None:
 
         monitor()
     """
+    validate(options(host.data))
     (me,) = build([(host.name, host.data.dict(), list(host.groups or []))]).members
     fleet = from_state(host.state) if me.monitoring else None  # checked before this host is read
     node_exporter(nvidia=me.accelerator == "nvidia")
@@ -395,5 +425,4 @@ def monitor() -> None:
 
 
 __all__ = ["DEFAULTS", "alertmanager_content", "checked_file", "dcgm_exporter", "gateway_exporter", "monitor",
-           "node_exporter",
-           "npu_exporter", "options", "prometheus_server", "receivers"]
+           "node_exporter", "npu_exporter", "options", "prometheus_server", "receivers", "validate"]

@@ -164,3 +164,16 @@ def test_bad_replica_data_stops_the_run_before_any_host_is_touched(tmp_path):
         add_deploy(state, monitor)
     assert err.value.field == "@fake/gpu1: max_model_len"
     assert all(not h.connector.executed_commands for h in state.inventory)
+
+
+@pytest.mark.parametrize("key, value", [("monitoring_alert_for", "5 minutes"), ("monitoring_retention_size", "lots"),
+                                        ("monitoring_kv_cache_high", 90), ("monitoring_gpu_temp_c", "hot"),
+                                        ("monitoring_dcgm_image", "nvcr.io/nvidia/k8s/dcgm-exporter:latest"),
+                                        ("monitoring_storage_dir", "metrics")])
+def test_bad_settings_are_refused_naming_the_key(key, value):
+    from tasks.monitoring.deploy import validate
+
+    validate(dict(DEFAULTS))
+    with pytest.raises(SpecError) as err:
+        validate({**DEFAULTS, key: value})
+    assert err.value.field == key
