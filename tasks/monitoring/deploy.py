@@ -211,12 +211,27 @@ def _defaults_file(name: str, path: str, args: list[str]) -> Any:
     return files.put(name=name, src=io.StringIO(text), dest=path, user="root", group="root", mode="644")
 
 
+def _debian_service(label: str, package: str, args: list[str]) -> None:
+    """A Debian package whose unit reads ``ARGS`` from /etc/default/<package>; restarted when either changed.
+
+    The arguments go in before the package: its postinst starts the daemon, and with Debian's
+    defaults the nginx exporter (stub_status on :8080) exits at once and hits its start limit.
+    """
+    conf = _defaults_file(f"{label} arguments", f"/etc/default/{package}", args)
+    pkg = apt.packages(name=f"{label} package", packages=[package], no_recommends=True, update=True,
+                       cache_time=86400)
+    reset_failed(name=f"{label}: clear a failed state", unit=f"{package}.service")
+    systemd.service(name=f"{label} restart", service=f"{package}.service", running=True, restarted=True,
+                    _if=any_changed(conf, pkg))
+    systemd.service(name=f"{label} running", service=f"{package}.service", running=True, enabled=True)
+
+
 def _container(name: str, description: str, image: str, argv: list[str]) -> None:
     """A pinned image pulled through the mirrors and a unit running it; restarted when either changed."""
     pulled = image_task.pulled(name=f"{description}: image {image}", image=image)
-    unit = files.template(name=f"{description}: unit", src=str(UNIT_TEMPLATE), dest=f"/etc/systemd/system/{name}.service",
-                          user="root", group="root", mode="644", name_=name, description=description,
-                          exec_start=" ".join(shlex.quote(a) for a in argv))
+    unit = files.template(name=f"{description}: unit", src=str(UNIT_TEMPLATE),
+                          dest=f"/etc/systemd/system/{name}.service", user="root", group="root", mode="644",
+                          name_=name, description=description, exec_start=" ".join(shlex.quote(a) for a in argv))
     systemd.daemon_reload(name=f"{description}: reload units", _if=unit.did_change)
     systemd.service(name=f"{description}: restart", service=f"{name}.service", running=True, restarted=True,
                     _if=any_changed(unit, pulled))
@@ -238,15 +253,9 @@ def node_exporter(nvidia: bool) -> None:
     """
     args = []
     if nvidia and host.get_fact(NvidiaFabric).get("nvswitch_count", 0) > 0:
-        args = ["--collector.systemd", f"--collector.systemd.unit-include={render.FABRIC_MANAGER_UNIT.replace('.', '[.]')}"]
-    conf = _defaults_file("node exporter arguments", "/etc/default/prometheus-node-exporter", args)
-    pkg = apt.packages(name="node exporter package", packages=["prometheus-node-exporter"], no_recommends=True,
-                       update=True, cache_time=86400)
-    reset_failed(name="node exporter: clear a failed state", unit="prometheus-node-exporter.service")
-    systemd.service(name="node exporter restart", service="prometheus-node-exporter.service", running=True,
-                    restarted=True, _if=any_changed(conf, pkg))
-    systemd.service(name="node exporter running", service="prometheus-node-exporter.service", running=True,
-                    enabled=True)
+        unit = render.FABRIC_MANAGER_UNIT.replace(".", "[.]")
+        args = ["--collector.systemd", f"--collector.systemd.unit-include={unit}"]
+    _debian_service("node exporter", "prometheus-node-exporter", args)
 
 
 @deploy("dcgm-exporter", data_defaults=DEFAULTS)
@@ -310,18 +319,9 @@ def gateway_exporter() -> None:
         "    location = /stub_status { stub_status; }\n}\n"),
         dest="/etc/nginx/conf.d/llmfleet-stub-status.conf", user="root", group="root", mode="644")
     gw.reloaded(name="reload nginx (stub_status)", _if=conf.did_change)
-    # The arguments go in before the package, whose postinst starts the exporter: with Debian's
-    # default (stub_status on :8080) it exits at once and hits its start limit.
-    args = _defaults_file("nginx exporter arguments", "/etc/default/prometheus-nginx-exporter",
-                          [f"-nginx.scrape-uri=http://{STUB_STATUS}/stub_status",
-                           f"-web.listen-address=:{GATEWAY_EXPORTER_PORT}"])
-    pkg = apt.packages(name="nginx exporter package", packages=["prometheus-nginx-exporter"], no_recommends=True,
-                       update=True, cache_time=86400)
-    reset_failed(name="nginx exporter: clear a failed state", unit="prometheus-nginx-exporter.service")
-    systemd.service(name="nginx exporter restart", service="prometheus-nginx-exporter.service", running=True,
-                    restarted=True, _if=any_changed(args, pkg))
-    systemd.service(name="nginx exporter running", service="prometheus-nginx-exporter.service", running=True,
-                    enabled=True)
+    _debian_service("nginx exporter", "prometheus-nginx-exporter",
+                    [f"-nginx.scrape-uri=http://{STUB_STATUS}/stub_status",
+                     f"-web.listen-address=:{GATEWAY_EXPORTER_PORT}"])
 
 
 @deploy("Prometheus", data_defaults=DEFAULTS)
@@ -380,7 +380,8 @@ def grafana(fleet: Fleet, opts: dict[str, Any]) -> None:
     changed = [
         files.put(name="Grafana datasource", src=io.StringIO(dashboard.datasource_yaml()),
                   dest=f"{prov}/datasources/llmfleet.yaml", mode="644"),
-        files.put(name="Grafana dashboard provider", src=io.StringIO(dashboard.dashboards_yaml("/var/lib/grafana/dashboards")),
+        files.put(name="Grafana dashboard provider",
+                  src=io.StringIO(dashboard.dashboards_yaml("/var/lib/grafana/dashboards")),
                   dest=f"{prov}/dashboards/llmfleet.yaml", mode="644"),
         files.put(name="Grafana fleet dashboard", src=io.StringIO(dashboard.dashboard(fleet)),
                   dest=f"{GRAFANA_DIR}/dashboards/fleet.json", mode="644"),

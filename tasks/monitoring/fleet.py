@@ -2,10 +2,11 @@
 
 Every inventory host (the whole inventory, not only ``--limit``: a limited run never drops
 targets) is a scrape target for node exporter; NVIDIA hosts add dcgm-exporter, Ascend hosts
-npu-exporter, gateway hosts (``gateway_group``) nginx's exporter; a host whose data names the recipe it serves (``monitoring_recipe``, usually group
-data beside the group's other ``serve_*`` data) adds its vLLM head, labelled with recipe, replica,
-host, vLLM version and served model. The spec is loaded exactly as the model deploy loads it
-(recipe + ``serve_*`` host data), so port and version are the ones the replica runs.
+npu-exporter, gateway hosts (``gateway_group``) nginx's exporter; a host whose data names the
+recipe it serves (``monitoring_recipe``, usually group data beside the group's other ``serve_*``
+data) adds its vLLM head, labelled with recipe, replica, host, vLLM version and served model. The
+spec is loaded exactly as the model deploy loads it (recipe + ``serve_*`` host data), so port and
+version are the ones the replica runs.
 
 Bad data (an unknown recipe, a spec that does not validate, an address that is no host name)
 raises :class:`tasks.spec.SpecError` naming the host and the field, before any host is touched.
@@ -131,10 +132,10 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
             if accelerator not in ("nvidia", "ascend", "none"):
                 raise SpecError(f"{name}: runtime_accelerator", f"{accelerator!r}: allowed nvidia, ascend, none")
             group = str(data.get("monitoring_group", DEFAULTS["monitoring_group"]))
+            gateway_group = str(data.get("gateway_group", GATEWAY_DEFAULTS["gateway_group"]))
             members.append(Member(name=name, address=address, accelerator=accelerator,
                                   weights_root=str(data.get("weights_root", "/srv/models")),
-                                  monitoring=group in (groups or []),
-                                  gateway=str(data.get("gateway_group", GATEWAY_DEFAULTS["gateway_group"])) in (groups or [])))
+                                  monitoring=group in (groups or []), gateway=gateway_group in (groups or [])))
         except SpecError as exc:
             problems += exc.problems
     if problems:

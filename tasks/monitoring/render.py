@@ -2,8 +2,9 @@
 
 Each vLLM rule is written with the names each replica's version exports
 (``tasks.vllm.metrics.names_for``): one clause per distinct set of names the rule uses, selecting its
-replicas by their ``vllm_version`` target label, the clauses joined with ``or``. A fleet mid-upgrade (0.10.1 beside 0.18.0) is watched under both names; a rule never asks
-for a name a replica does not export.
+replicas by their ``vllm_version`` target label, the clauses joined with ``or``. A fleet in the
+middle of an upgrade (0.10.1 beside 0.18.0) is watched under both names; a rule never asks for a
+name a replica does not export.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
         sel = f'job="node",host=~"{_alternatives(hosts)}",mountpoint=~"{_alternatives(mounts)}",fstype!="tmpfs"'
         disk.append(f"node_filesystem_avail_bytes{{{sel}}} / node_filesystem_size_bytes{{{sel}}} < {free}")
     out.append(_rule("LlmfleetWeightsDiskNearlyFull", " or ".join(f"({d})" for d in disk), slow, "warning",
-                     "{{ $labels.mountpoint }} on {{ $labels.host }} (weights) has {{ $value | humanizePercentage }} free"))
+                     "{{ $labels.mountpoint }} on {{ $labels.host }} (weights) has "
+                     "{{ $value | humanizePercentage }} free"))
     return _dump({"groups": [{"name": "llmfleet", "rules": out}]})
 
 
