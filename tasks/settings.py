@@ -42,6 +42,7 @@ CAPABILITIES = (
     ("tasks.rollout", "Rolling upgrades", "rollout_"),
     ("tasks.gateway", "Gateway", "gateway_"),
     ("tasks.status", "Status", "status_"),
+    ("tasks.monitoring.deploy", "Monitoring", "monitoring_"),
 )
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- settings:begin (python -m tasks.settings --write) -->", "<!-- settings:end -->"

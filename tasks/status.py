@@ -6,8 +6,11 @@ host, model (served name), image the container runs, vLLM version (``GET /versio
 endpoint), unit state (``ActiveState``), health (``GET /health``), last verification (the gate's
 ``<name>.last-verify.json``: ok/FAIL and when), weights (the unit's ``org.llmfleet.weights``
 label and the ``current`` link's target), last rollout (``<name>.rollout.json``: upgraded,
-rolled_back with its reason, rollback_failed). Gateway hosts add a row per endpoint: nginx state
-and the replicas in/out of its upstream.
+rolled_back with its reason, rollback_failed). Live columns, read from the head's ``/metrics``
+(``tasks.monitoring.live``, the names of its vLLM version): running and waiting requests, KV cache
+%, generated tokens/s and TTFT p95 since the last read (the previous report in
+``status_report_dir``). Gateway hosts add a row per endpoint: nginx state and the replicas in/out of
+its upstream.
 
 DEFAULTS (host data, prefix ``status_``):
 
@@ -28,13 +31,17 @@ from typing import Any
 from pyinfra import logger
 from pyinfra.api import FactBase
 
+from tasks.monitoring import live
+from tasks.vllm.metrics import all_names
+
 DEFAULTS: dict[str, Any] = {"status_report_dir": "reports/status", "status_http_timeout_s": 3}
-COLUMNS = ("host", "model", "image", "vllm", "unit", "health", "verified", "weights", "rollout")
+COLUMNS = ("host", "model", "image", "vllm", "unit", "health", *live.LIVE_COLUMNS, "verified", "weights", "rollout")
 
 #: Runs on the host (python3, stdlib): one JSON line per service, then one per gateway endpoint.
 SCRIPT = r'''
 import glob, json, os, re, subprocess, sys, time, urllib.request
 etc, nginx_dir, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+names = json.loads(sys.argv[4]) if len(sys.argv) > 4 else []
 def run(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=15).stdout.strip()
@@ -46,10 +53,10 @@ def load(path):
             return json.load(fh)
     except Exception:
         return None
-def get(port, path):
+def get(port, path, limit=2000):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            return r.status, r.read(2000).decode("utf-8", "replace")
+            return r.status, r.read(limit).decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return e.code, ""
     except Exception as e:
@@ -79,6 +86,11 @@ for cfg_path in sorted(glob.glob(os.path.join(etc, "*.verify.json"))):
         row["vllm_version"] = json.loads(body).get("version") if status == 200 else None
     except ValueError:
         row["vllm_version"] = None
+    if names and row["health"] == 200:
+        status, body = get(port, "/metrics", 4 << 20)
+        keep = tuple(n + s for n in names for s in ("{", " ", "_bucket{"))
+        row["metrics"] = [ln for ln in body.splitlines() if ln.startswith(keep)] if status == 200 else None
+        row["metrics_at"] = time.time()
     last = load(os.path.join(etc, f"{name}.last-verify.json"))
     row["last_verify"] = ({"ok": bool(last.get("ok")), "error": last.get("error"),
                            "at": int(os.path.getmtime(os.path.join(etc, f"{name}.last-verify.json")))}
@@ -118,9 +130,9 @@ class FleetStatus(FactBase):
     requires_command = "python3"
 
     def command(self, etc_dir: str = "/etc/llmfleet", nginx_dir: str = "/etc/nginx/llmfleet",
-                timeout_s: float = 3) -> str:
+                timeout_s: float = 3, metric_names: list[str] | None = None) -> str:
         return (f"python3 -c {shlex.quote(SCRIPT)} {shlex.quote(etc_dir)} {shlex.quote(nginx_dir)} "
-                f"{float(timeout_s)} 2>/dev/null; true")
+                f"{float(timeout_s)} {shlex.quote(json.dumps(metric_names or []))} 2>/dev/null; true")
 
     def process(self, output):
         rows = []
@@ -141,14 +153,15 @@ def _ago(at: Any, now: float) -> str:
     return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
 
 
-def row(host: str, r: dict, now: float | None = None) -> dict[str, str]:
-    """One table row of a status record."""
+def row(host: str, r: dict, now: float | None = None, before: dict | None = None) -> dict[str, str]:
+    """One table row of a status record; ``before`` is the same service's record of the previous read."""
     now = time.time() if now is None else now
     if r.get("kind") == "gateway":
         servers = r.get("servers") or {}
         up = sorted(h for h, s in servers.items() if not s.get("down"))
         down = sorted(h for h, s in servers.items() if s.get("down"))
-        return {"host": host, "model": f"gateway {r.get('name')} :{r.get('port')}", "image": "nginx", "vllm": "-",
+        return {**live.columns(None, now), "host": host, "model": f"gateway {r.get('name')} :{r.get('port')}",
+                "image": "nginx", "vllm": "-",
                 "unit": str(r.get("unit_state") or "?"), "health": str(r.get("health") or "-"), "verified": "-",
                 "weights": "-",
                 "rollout": f"in: {', '.join(up) or '-'}" + (f"; drained: {', '.join(down)}" if down else "")}
@@ -163,7 +176,10 @@ def row(host: str, r: dict, now: float | None = None) -> dict[str, str]:
     weights = str(r.get("weights") or "?")
     if r.get("weights_current"):
         weights += f" -> {r['weights_current']}"
-    return {"host": host, "model": str(r.get("model") or r.get("name")), "image": str(r.get("image") or "(not running)"),
+    cols = live.columns(r.get("live"), float(r.get("metrics_at") or now), (before or {}).get("live"),
+                        (before or {}).get("metrics_at"))
+    return {**cols, "host": host, "model": str(r.get("model") or r.get("name")),
+            "image": str(r.get("image") or "(not running)"),
             "vllm": str(r.get("vllm_version") or "?"), "unit": str(r.get("unit_state") or "?"),
             "health": str(r.get("health") or "down"), "verified": verified, "weights": weights, "rollout": rollout}
 
@@ -175,6 +191,18 @@ def table(rows: list[dict[str, str]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS), "  ".join("-" * widths[c] for c in COLUMNS)]
     lines += ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def previous_reads(report_dir: Path) -> dict[tuple, dict]:
+    """(host, kind, name) -> record of the newest report in ``report_dir`` (the last read); {} if none."""
+    reports = sorted(report_dir.glob("*.json")) if report_dir.is_dir() else []
+    for path in reversed(reports):
+        try:
+            hosts = json.loads(path.read_text()).get("hosts") or {}
+        except (OSError, ValueError):
+            continue
+        return {(h, r.get("kind"), r.get("name")): r for h, records in hosts.items() for r in records}
+    return {}
 
 
 _FLEET: dict[int, dict[str, Any]] = {}
@@ -192,16 +220,22 @@ def status_host() -> list[dict]:
     opts = {k: real.data.get(k, v) for k, v in DEFAULTS.items()}
     records = real.get_fact(FleetStatus, etc_dir=str(real.data.get("service_etc_dir", "/etc/llmfleet")),
                             nginx_dir=str(real.data.get("gateway_conf_dir", "/etc/nginx/llmfleet")),
-                            timeout_s=float(opts["status_http_timeout_s"]))
+                            timeout_s=float(opts["status_http_timeout_s"]), metric_names=all_names())
+    for r in records:
+        text = r.pop("metrics", None)
+        if text is not None and r.get("vllm_version"):
+            r["live"] = live.sample("\n".join(text), str(r["vllm_version"]))
     run = _FLEET.setdefault(id(real.state), {"started": time.time(), "hosts": {}})
     run["hosts"][real.name] = records
-    live = {h.name for h in real.state.inventory.get_active_hosts()}
-    active = [h.name for h in real.state.inventory if h.name in live]
+    alive = {h.name for h in real.state.inventory.get_active_hosts()}
+    active = [h.name for h in real.state.inventory if h.name in alive]
     if set(active) <= set(run["hosts"]):
         now = time.time()
-        rows = [row(name, r, now) for name in active for r in run["hosts"][name]]
-        logger.info("llmfleet fleet status:\n" + table(rows))
         report_dir = Path(str(opts["status_report_dir"]))
+        before = previous_reads(report_dir)
+        rows = [row(name, r, now, before.get((name, r.get("kind"), r.get("name"))))
+                for name in active for r in run["hosts"][name]]
+        logger.info("llmfleet fleet status:\n" + table(rows))
         report_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(run["started"]))
         path = report_dir / f"{stamp}.json"

@@ -24,6 +24,8 @@ PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VLLM_TAGS = ("v0.8.5", "v0.8.5.post1", "v0.9.2", "v0.10.1.1", "v0.11.0", "v0.12.0", "v0.16.0",
              "v0.18.0", "v0.19.0")
 ASCEND_TAGS = ("v0.11.0",)
+# dcgm-exporter as NVIDIA publishes it on nvcr.io (reached through image_mirrors): standins/dcgm_exporter.py.
+DCGM = ("nvidia/k8s/dcgm-exporter", ("4.2.3-4.1.3-ubuntu22.04",))
 # An image that starts but never turns healthy: for rollback tests.
 UNHEALTHY = ("vllm/vllm-openai", "v0.19.0-standin-unhealthy", "0.19.0", {"LLMFLEET_STANDIN_FAIL_HEALTH": "1"})
 
@@ -49,6 +51,7 @@ def standin_layer() -> Layer:
     launcher = b'#!/bin/sh\n# llmfleet lab stand-in launcher. Not vLLM.\nexec python3 /opt/vllm-standin/vllm_server.py vllm "$@"\n'
     files = {"/opt/vllm-standin/vllm_server.py": (server.read_bytes(), 0o755),
              "/opt/vllm-standin/vllm_bench.py": ((STANDINS / "vllm_bench.py").read_bytes(), 0o644),
+             "/opt/vllm-standin/vllm_metrics.py": ((STANDINS / "vllm_metrics.py").read_bytes(), 0o644),
              "/usr/local/bin/vllm": (launcher, 0o755),
              "/opt/vllm-standin/vllm-flags-by-version.tsv": (FLAGS_TSV.read_bytes(), 0o644),
              "/opt/vllm-standin/README": (b"llmfleet lab stand-in for the vLLM server. Not vLLM.\n", 0o644)}
@@ -82,4 +85,20 @@ def push_all(cfg: LabConfig, log=print) -> list[str]:
                        "Labels": {"org.llmfleet.standin": "vllm", "org.llmfleet.standin.version": version}},
         })
         pushed.append(f"{repo}:{tag}")
-    return pushed
+    return pushed + push_dcgm(pusher, base)
+
+
+def push_dcgm(pusher: Pusher, base: Layer) -> list[str]:
+    """The dcgm-exporter stand-in under its real repository and tags."""
+    layer = layer_from_files({
+        "/opt/dcgm-standin/dcgm_exporter.py": ((STANDINS / "dcgm_exporter.py").read_bytes(), 0o755),
+        "/opt/dcgm-standin/README": (b"llmfleet lab stand-in for dcgm-exporter. Not DCGM.\n", 0o644)})
+    repo, tags = DCGM
+    for tag in tags:
+        pusher.push(repo, tag, [base, layer], {
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": [PATH_ENV], "Entrypoint": ["python3", "/opt/dcgm-standin/dcgm_exporter.py"],
+                       "Cmd": [], "ExposedPorts": {"9400/tcp": {}},
+                       "Labels": {"org.llmfleet.standin": "dcgm-exporter"}},
+        })
+    return [f"{repo}:{t}" for t in tags]

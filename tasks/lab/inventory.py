@@ -24,7 +24,7 @@ def lab_data(cfg: LabConfig) -> dict:
         "lab_name": cfg.name,
         "docker_registry_mirrors": [f"http://{cfg.registry}"],
         "docker_insecure_registries": [cfg.registry],
-        "image_mirrors": {"quay.io": cfg.registry},
+        "image_mirrors": {"quay.io": cfg.registry, "nvcr.io": cfg.registry},
         "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
         "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
         "ascend_cann_sha256": served_cann_digests(cfg),

@@ -7,8 +7,9 @@ the name it is called as:
 - nvidia-ctk: ``--version``, ``runtime configure --runtime=docker [--config=PATH]`` (edits
   daemon.json like the real tool), ``cdi generate --output=PATH`` (a CDI spec listing the
   stand-in GPUs from /etc/llmfleet-standin/accelerators.json), ``cdi list``;
-- nvidia-container-runtime-hook: reads the OCI state on stdin and lets the container start
-  (Docker refuses ``--gpus`` unless this hook exists);
+- nvidia-container-runtime-hook: reads the OCI state on stdin, copies the accelerator profile
+  into the container's root (where the real hook injects the driver) and lets it start (Docker
+  refuses ``--gpus`` unless this hook exists);
 - nvidia-container-runtime: hands over to runc;
 - nvidia-container-cli: ``--version``, ``info``.
 """
@@ -93,11 +94,26 @@ def ctk(args):
     return 1
 
 
+def inject_profile(state_text):
+    """As the real hook puts the driver's files into a --gpus container, this one puts the host's
+    accelerator profile there (what the lab's GPU-reading stand-ins, e.g. dcgm-exporter, read)."""
+    try:
+        bundle = json.loads(state_text or "{}").get("bundle") or ""
+        with open(os.path.join(bundle, "config.json")) as fh:
+            root = json.load(fh)["root"]["path"]
+        root = root if os.path.isabs(root) else os.path.join(bundle, root)
+        os.makedirs(os.path.join(root, "etc/llmfleet-standin"), exist_ok=True)
+        with open(PROFILE) as src, open(os.path.join(root, "etc/llmfleet-standin/accelerators.json"), "w") as dst:
+            dst.write(src.read())
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a container without a bundle or profile starts as before
+
+
 def main():
     name = os.path.basename(sys.argv[0])
     args = sys.argv[1:]
     if name == "nvidia-container-runtime-hook":
-        sys.stdin.read()
+        inject_profile(sys.stdin.read())
         return 0
     if name == "nvidia-container-runtime":
         os.execvp("runc", ["runc", *args])

@@ -20,7 +20,7 @@ depends on it:
 * GLM-5 (config.json ``model_type: glm_moe_dsa``): refused unless the image's transformers is
   >= 5.2 (``importlib.metadata``), with transformers' "does not recognize this architecture".
 * serving: ``/health``, ``/version``, ``/v1/models``, ``/v1/chat/completions`` (stream and not),
-  ``/v1/completions``, ``/metrics`` (vLLM metric names, ``model_name`` label); ``--api-key`` or
+  ``/v1/completions``, ``/metrics`` (the names of the version, vllm_metrics.py); ``--api-key`` or
   ``VLLM_API_KEY`` guard ``/v1`` with vLLM's 401 body. Replies are tiny and deterministic;
   thinking, reasoning parsers and tool calls follow vLLM's response shapes.
 
@@ -54,6 +54,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vllm_metrics  # noqa: E402 - the stand-in's /metrics, shipped next to this file
+
 STANDIN = "vllm-standin"
 HERE = Path(__file__).resolve().parent
 
@@ -77,9 +80,6 @@ FLOAT_FLAGS = {"--gpu-memory-utilization", "--swap-space"}
 JSON_FLAGS = {"--hf-overrides", "--rope-scaling", "--default-chat-template-kwargs"}
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
-TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0]
-E2E_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]
 ANSWER = "Hello! This is the llmfleet vLLM stand-in answering."
 REASONING = "The user wants a short reply. I will answer briefly."
 MAX_GENERATED = 8192  # bound on tokens one request generates (ignore_eos)
@@ -343,82 +343,6 @@ def log(level: str, where: str, message: str) -> None:
     print(f"{level} {stamp} [{where}] {message}", flush=True)
 
 
-class Metrics:
-    """vLLM's Prometheus metrics (the subset llmfleet reads), thread-safe."""
-
-    def __init__(self, model_name: str, engine_label: bool) -> None:
-        self.lock = threading.Lock()
-        self.labels = f'engine="0",model_name="{model_name}"' if engine_label else f'model_name="{model_name}"'
-        self.running = 0
-        self.prompt_tokens = 0
-        self.generation_tokens = 0
-        self.success: dict[str, int] = {"stop": 0, "length": 0, "abort": 0}
-        self.ttft = [0] * (len(TTFT_BUCKETS) + 1)
-        self.ttft_sum = 0.0
-        self.e2e = [0] * (len(E2E_BUCKETS) + 1)
-        self.e2e_sum = 0.0
-
-    @staticmethod
-    def _observe(counts: list[int], buckets: list[float], value: float) -> None:
-        for i, b in enumerate(buckets):
-            if value <= b:
-                counts[i] += 1
-                return
-        counts[-1] += 1
-
-    def start(self) -> None:
-        with self.lock:
-            self.running += 1
-
-    def finish(self, prompt: int, generated: int, reason: str, ttft: float, e2e: float) -> None:
-        with self.lock:
-            self.running -= 1
-            self.prompt_tokens += prompt
-            self.generation_tokens += generated
-            self.success[reason if reason in self.success else "stop"] += 1
-            self._observe(self.ttft, TTFT_BUCKETS, ttft)
-            self.ttft_sum += ttft
-            self._observe(self.e2e, E2E_BUCKETS, e2e)
-            self.e2e_sum += e2e
-
-    def _hist(self, name: str, help_: str, buckets: list[float], counts: list[int], total: float) -> list[str]:
-        out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
-        acc = 0
-        for b, c in zip(buckets, counts):
-            acc += c
-            out.append(f'{name}_bucket{{{self.labels},le="{b}"}} {acc}')
-        acc += counts[-1]
-        out.append(f'{name}_bucket{{{self.labels},le="+Inf"}} {acc}')
-        out.append(f"{name}_count{{{self.labels}}} {acc}")
-        out.append(f"{name}_sum{{{self.labels}}} {total}")
-        return out
-
-    def render(self, kv_name: str) -> str:
-        with self.lock:
-            L = self.labels
-            lines = [
-                "# HELP vllm:num_requests_running Number of requests in model execution batches.",
-                "# TYPE vllm:num_requests_running gauge", f"vllm:num_requests_running{{{L}}} {self.running}",
-                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-                "# TYPE vllm:num_requests_waiting gauge", f"vllm:num_requests_waiting{{{L}}} 0",
-                f"# HELP {kv_name} KV-cache usage. 1 means 100 percent usage.",
-                f"# TYPE {kv_name} gauge", f"{kv_name}{{{L}}} {min(self.running, 10) / 100}",
-                "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
-                "# TYPE vllm:prompt_tokens_total counter", f"vllm:prompt_tokens_total{{{L}}} {self.prompt_tokens}",
-                "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
-                "# TYPE vllm:generation_tokens_total counter",
-                f"vllm:generation_tokens_total{{{L}}} {self.generation_tokens}",
-                "# HELP vllm:request_success_total Count of successfully processed requests.",
-                "# TYPE vllm:request_success_total counter",
-            ]
-            lines += [f'vllm:request_success_total{{{L},finished_reason="{r}"}} {n}' for r, n in self.success.items()]
-            lines += self._hist("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
-                                TTFT_BUCKETS, self.ttft, self.ttft_sum)
-            lines += self._hist("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
-                                E2E_BUCKETS, self.e2e, self.e2e_sum)
-        return "\n".join(lines) + "\n"
-
-
 class Server:
     """State shared by request handlers."""
 
@@ -429,7 +353,7 @@ class Server:
         key = getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY") or None
         self.tokens = [key] if key else []
         self.fail_health = os.environ.get("LLMFLEET_STANDIN_FAIL_HEALTH") == "1"
-        self.metrics = Metrics(names[0], engine_label=st.at_least("0.10.0"))
+        self.metrics = vllm_metrics.Metrics(st.version, names[0])
         self.max_model_len = getattr(args, "max_model_len", None) or derived_max_len(config, args) or 32768
         self.default_kwargs = getattr(args, "default_chat_template_kwargs", None) or {}
         self.template_thinking = self._template_thinking()
@@ -530,8 +454,7 @@ def make_handler(srv: Server):
                          "permission": []} for n in srv.served]
                 self._json(200, {"object": "list", "data": data})
             elif path == "/metrics":
-                kv = "vllm:kv_cache_usage_perc" if st.at_least("0.10.2") else "vllm:gpu_cache_usage_perc"
-                self._send(200, srv.metrics.render(kv).encode(), "text/plain; version=0.0.4; charset=utf-8")
+                self._send(200, srv.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
             else:
                 self._json(404, {"detail": "Not Found"})
 

@@ -1,0 +1,1 @@
+"""Fleet monitoring: targets from the inventory (fleet), configs (render, dashboard), deploy."""
