@@ -88,6 +88,8 @@ def test_bad_inventory_data_is_refused_naming_host_and_field(data, field):
 def test_receivers_come_from_secret_files(tmp_path):
     (tmp_path / "hook").write_text("https://hooks.internal/T0/abc\n")
     (tmp_path / "notaurl").write_text("hello\n")
+    for name in ("hook", "notaurl"):
+        (tmp_path / name).chmod(0o600)  # secret files are the owner's only (tasks.secrets)
     data = {"secrets_dir": str(tmp_path)}
     opts = {**DEFAULTS, "monitoring_receivers": [{"name": "oncall", "webhook_secret": "hook"}]}
     assert receivers(opts, data) == [("oncall", tmp_path / "hook")]
@@ -112,6 +114,7 @@ def _run(tmp_path, monkeypatch, **mon) -> tuple[State, dict[str, str]]:
 
     monkeypatch.setattr(FakeConnector, "put_file", put_file)
     (tmp_path / "hook").write_text("https://hooks.internal/T0/secret-part\n")
+    (tmp_path / "hook").chmod(0o600)
     fake = {"fake_delay": 0, "fake_delay_jitter": 0}
     hosts = [("@fake/gpu1", {**fake, "monitoring_recipe": "qwen30b", "monitoring_address": "10.0.0.1"}),
              ("@fake/npu1", {**fake, "monitoring_recipe": "qwen3_ascend", "monitoring_address": "10.0.0.2"}),
