@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lab.images import harvest_record
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tasks/lab/standins/vllm_server.py"
 FLAGS = ROOT / "tasks/data/vllm-flags-by-version.tsv"
@@ -58,6 +60,9 @@ def free_port() -> int:
 def env_for(version: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "LLMFLEET_"))}
     env.update(VLLM_STANDIN_VERSION=version, VLLM_STANDIN_FLAGS=str(FLAGS), **extra)
+    record = harvest_record(version)  # as the lab images set it
+    if record is not None:
+        env["VLLM_STANDIN_HARVEST"] = str(record)
     return env
 
 
