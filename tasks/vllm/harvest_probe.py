@@ -140,6 +140,13 @@ def reasoning_fields() -> list[str]:
     return [f for f in REASONING_FIELDS if f in fields]
 
 
+def installed(*names: str) -> dict[str, str]:
+    """Versions of the distributions the parser was read with (torch, transformers)."""
+    from importlib import metadata
+
+    return {name: metadata.version(name) for name in names}
+
+
 def main() -> int:
     import vllm.version
 
@@ -157,6 +164,7 @@ def main() -> int:
         "positionals": [a.dest for a in serve._actions if not a.option_strings],
         **registries(),
         "reasoning_fields": reasoning_fields(),
+        "installed": installed("torch", "transformers"),
     }
     json.dump(result, sys.stdout)
     return 0
