@@ -24,11 +24,11 @@ def test_enable_reasoning_refused_on_0_10_accepted_on_0_8_5(lab, inventory, tmp_
     assert "unrecognized arguments: --enable-reasoning" in new.stderr + new.stdout
 
     # The v0.32.0 image carries the record read off vLLM 0.32.0's own parser (VLLM_STANDIN_HARVEST).
-    env = ssh(ip, "docker image inspect -f '{{json .Config.Env}}' vllm/vllm-openai:v0.32.0").stdout
-    assert "VLLM_STANDIN_HARVEST=/opt/vllm-standin/harvest/0.32.0.json" in env
     newest = ssh(ip, f"docker run --rm {mount} vllm/vllm-openai:v0.32.0 /model --kv-cache-dtype fp9", check=False)
     assert newest.returncode == 2
     assert "argument --kv-cache-dtype: invalid choice: 'fp9'" in newest.stderr + newest.stdout
+    env = ssh(ip, "docker image inspect -f '{{json .Config.Env}}' vllm/vllm-openai:v0.32.0").stdout
+    assert "VLLM_STANDIN_HARVEST=/opt/vllm-standin/harvest/0.32.0.json" in env
 
     ssh(ip, "docker rm -f standin-085 >/dev/null 2>&1; "
             f"docker run -d --name standin-085 -p 18085:8000 {mount} vllm/vllm-openai:v0.8.5 {args}")

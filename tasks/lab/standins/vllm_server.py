@@ -201,7 +201,10 @@ def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser
 
 
 def add_harvested_options(p: argparse.ArgumentParser, options: dict[str, dict]) -> None:
-    """The options of a harvested record, as the release's parser declares them."""
+    """The options of a harvested record, as the release's parser declares them.
+
+    llmfleet rebuilds the same parser in tasks/vllm/harvested.py; the stand-in keeps its own
+    copy because it runs inside lab images and imports nothing from llmfleet."""
     types = {"int": human_int, "float": float, "json": loads, "str": None}
     for name, opt in options.items():
         names = [name, *opt.get("aliases", [])]
