@@ -348,15 +348,15 @@ class ServingSpec(_Strict):
     @field_validator("reasoning_parser")
     @classmethod
     def _rparser(cls, v: str | None) -> str | None:
-        if v is not None and v not in vv.REASONING_PARSERS:
-            raise ValueError(f"unknown reasoning parser {v!r}; allowed: {', '.join(sorted(vv.REASONING_PARSERS))}")
+        if v is not None and v not in vv.known_parsers("reasoning"):
+            raise ValueError(f"unknown reasoning parser {v!r}; allowed: {', '.join(vv.known_parsers('reasoning'))}")
         return v
 
     @field_validator("tool_call_parser")
     @classmethod
     def _tparser(cls, v: str | None) -> str | None:
-        if v is not None and v not in vv.TOOL_PARSERS:
-            raise ValueError(f"unknown tool call parser {v!r}; allowed: {', '.join(sorted(vv.TOOL_PARSERS))}")
+        if v is not None and v not in vv.known_parsers("tool"):
+            raise ValueError(f"unknown tool call parser {v!r}; allowed: {', '.join(vv.known_parsers('tool'))}")
         return v
 
     @field_validator("api_key_secret")
@@ -432,7 +432,7 @@ class ServingSpec(_Strict):
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("enable_auto_tool_choice: needs tool_call_parser (vLLM exits with "
                              "'--enable-auto-tool-choice requires --tool-call-parser'); allowed "
-                             f"parsers: {', '.join(sorted(vv.TOOL_PARSERS))}")
+                             f"parsers: {', '.join(vv.known_parsers('tool'))}")
         ascend_image = "vllm-ascend" in self.image.repository
         if (self.accelerator == "ascend") != ascend_image:
             raise ValueError(f"accelerator: {self.accelerator!r} does not match image "

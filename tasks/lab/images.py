@@ -1,14 +1,17 @@
 """Stand-in images pushed into the lab registry under the real names the deploys use.
 
 Every image is the same small Debian base (python3 + pip) plus one layer holding the
-stand-in vLLM server (standins/vllm_server.py) and the flag table; the tag's version goes
-into VLLM_STANDIN_VERSION so the stand-in parses the command line of that version.
+stand-in vLLM server (standins/vllm_server.py), the records harvested from real vLLM parsers
+(tasks/data/vllm-flags) and the string-presence flag table; the tag's version goes into
+VLLM_STANDIN_VERSION, and where that release was harvested VLLM_STANDIN_HARVEST names its
+record, so the stand-in parses the command line as that release's own parser does.
 Labels and the layer path say "standin" so no one mistakes them for vLLM. The layer also puts
 a ``vllm`` launcher on PATH (``vllm serve``, ``vllm bench serve`` via standins/vllm_bench.py).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from . import rootfs
@@ -17,12 +20,14 @@ from .registry import Layer, Pusher, layer_from_dir, layer_from_files
 
 STANDINS = Path(__file__).parent / "standins"
 FLAGS_TSV = Path(__file__).resolve().parents[1] / "data" / "vllm-flags-by-version.tsv"
+HARVEST_DIR = Path(__file__).resolve().parents[1] / "data" / "vllm-flags"
+IMAGE_HARVEST_DIR = "/opt/vllm-standin/harvest"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # (repository, tag, stand-in version, extra env). Repositories are named as on their real
 # registry, without the registry host: quay.io images reach hosts through image mirrors.
 VLLM_TAGS = ("v0.8.5", "v0.8.5.post1", "v0.9.2", "v0.10.1.1", "v0.11.0", "v0.12.0", "v0.16.0",
-             "v0.18.0", "v0.19.0")
+             "v0.18.0", "v0.19.0", "v0.32.0")
 ASCEND_TAGS = ("v0.11.0",)
 # dcgm-exporter as NVIDIA publishes it on nvcr.io (reached through image_mirrors): standins/dcgm_exporter.py.
 DCGM = ("nvidia/k8s/dcgm-exporter", ("4.2.3-4.1.3-ubuntu22.04",))
@@ -44,6 +49,13 @@ def base_layer() -> Layer:
     return layer_from_dir(tree, key)
 
 
+def harvest_record(version: str) -> Path | None:
+    """The harvested record of ``version``'s release (a ``.postN`` is its release's build), or None."""
+    release = re.match(r"^v?(\d+(?:\.\d+)*)", version)
+    path = HARVEST_DIR / f"{release.group(1)}.json" if release else None
+    return path if path is not None and path.is_file() else None
+
+
 def standin_layer() -> Layer:
     server = STANDINS / "vllm_server.py"
     # `vllm` on PATH as in the real images (`docker exec C vllm bench serve ...`); the server
@@ -55,6 +67,8 @@ def standin_layer() -> Layer:
              "/usr/local/bin/vllm": (launcher, 0o755),
              "/opt/vllm-standin/vllm-flags-by-version.tsv": (FLAGS_TSV.read_bytes(), 0o644),
              "/opt/vllm-standin/README": (b"llmfleet lab stand-in for the vLLM server. Not vLLM.\n", 0o644)}
+    for record in sorted(HARVEST_DIR.glob("*.json")):
+        files[f"{IMAGE_HARVEST_DIR}/{record.name}"] = (record.read_bytes(), 0o644)
     return layer_from_files(files)
 
 
@@ -77,6 +91,9 @@ def push_all(cfg: LabConfig, log=print) -> list[str]:
     for repo, tag, version, env in catalogue():
         envs = [PATH_ENV, f"VLLM_STANDIN_VERSION={version}",
                 "VLLM_STANDIN_FLAGS=/opt/vllm-standin/vllm-flags-by-version.tsv"]
+        record = harvest_record(version)
+        if record is not None:
+            envs.append(f"VLLM_STANDIN_HARVEST={IMAGE_HARVEST_DIR}/{record.name}")
         envs += [f"{k}={v}" for k, v in env.items()]
         pusher.push(repo, tag, layers, {
             "architecture": "amd64", "os": "linux",

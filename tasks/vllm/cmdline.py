@@ -2,7 +2,10 @@
 
 Every spec field either renders as a flag the version has (per the flag table), is translated
 for the version with a visible warning (a removed flag dropped or rewritten), or is refused
-with a :class:`~tasks.spec.SpecError` that says why and what to do. The API key never appears
+with a :class:`~tasks.spec.SpecError` that says why and what to do. For a release whose parser
+llmfleet harvested (tasks/data/vllm-flags), each value is checked against the option's kind and
+choices, ``false`` renders the option's ``--no-`` form, and the whole command line is parsed
+with that release's options before it is returned. The API key never appears
 in argv: vLLM reads ``VLLM_API_KEY`` from the environment, which the service task fills from an
 environment file (``Rendered.secret_env_names``).
 """
@@ -57,6 +60,7 @@ class _Builder:
         except ValueError as exc:
             raise SpecError("vllm_version", str(exc)) from None
         self.flags = table.flags_for(self.v)
+        self.harvest = table.harvest_for(self.v)
         self.args: list[str] = []
         self.env: dict[str, str] = {}
         self.secret_env: list[str] = []
@@ -70,8 +74,26 @@ class _Builder:
         if flag not in self.flags:
             raise SpecError(fld, f"{flag} does not exist in vLLM {self.v} (flag table: "
                                  f"{self.listed}); use an image whose vLLM has it or unset {fld}")
+        self.check_values(fld, flag, [str(v) for v in values])
         self.args.append(flag)
         self.args.extend(str(v) for v in values)
+
+    def check_values(self, fld: str, flag: str, values: list[str]) -> None:
+        """Refuse values the harvested parser of this release would refuse (kind, choices)."""
+        opt = self.harvest.option(flag) if self.harvest else None
+        problem = opt.check(values) if opt else None
+        if problem:
+            raise SpecError(fld, f"vLLM {self.v} refuses it: {problem}")
+
+    def negative(self, fld: str, flag: str) -> None:
+        """Render the ``--no-`` form of boolean ``flag`` (known only from a harvested parser)."""
+        neg = self.harvest.negative(flag) if self.harvest else None
+        if neg is None:
+            why = (f"vLLM {self.v}'s {flag} has no --no- form" if self.harvest else
+                   f"vLLM {self.v}'s parser is not harvested (tasks/data/vllm-flags; "
+                   f"python -m tasks.vllm.harvest {self.listed}), so no --no- form of {flag} is known")
+            raise SpecError(fld, f"false cannot be rendered: {why}; leave it unset for vLLM's default")
+        self.args.append(neg)
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -114,6 +136,13 @@ def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR) -> Rendered:
     unknown = [f for f in (a.split("=", 1)[0] for a in b.args if a.startswith("-")) if f not in b.flags]
     if unknown:  # a bug here, not in the spec: every path above checks its flag
         raise SpecError("extra_args", f"rendered flags missing from vLLM {v}: {', '.join(unknown)}")
+    if b.harvest is not None:  # the whole line, as the release's own parser would read it
+        launcher = list(vv.SERVE_LAUNCHER)
+        positional = b.args[:len(launcher)] == launcher
+        try:
+            b.harvest.parse(b.args[len(launcher):] if positional else b.args, positional_model=positional)
+        except ValueError as exc:
+            raise SpecError("extra_args", str(exc)) from None
     return Rendered(args=b.args, env=b.env, secret_env_names=b.secret_env, warnings=b.warnings,
                     files=b.files, version=v, listed_release=b.listed)
 
@@ -153,9 +182,8 @@ def _engine(b: _Builder, s: ServingSpec) -> None:
                       ("enable_prefix_caching", "--enable-prefix-caching")):
         value = getattr(s, fld)
         if value is False:
-            raise SpecError(fld, f"false cannot be rendered: {flag}'s negative form is not in the "
-                                 "flag table; leave it unset for vLLM's default")
-        if value:
+            b.negative(fld, flag)
+        elif value:
             b.add(fld, flag)
     if s.enforce_eager:
         b.add("enforce_eager", "--enforce-eager")
@@ -205,8 +233,8 @@ def _need_parser(b: _Builder, fld: str, kind: str, name: str) -> None:
     if not vv.parser_available(kind, name, b.v):
         table = vv.REASONING_PARSERS if kind == "reasoning" else vv.TOOL_PARSERS
         have = ", ".join(vv.parsers_available(kind, b.v)) or "none"
-        raise SpecError(fld, f"{kind} parser {name!r} needs vLLM >= {table[name]}; vLLM {b.v} "
-                             f"has: {have}")
+        since = f"needs vLLM >= {table[name]}" if name in table else "is not registered"
+        raise SpecError(fld, f"{kind} parser {name!r} {since}; vLLM {b.v} has: {have}")
 
 
 def _thinking(b: _Builder, s: ServingSpec) -> None:
@@ -295,9 +323,11 @@ def _extra_args(b: _Builder, s: ServingSpec) -> None:
             b.warn(f"extra_args: {flag} dropped for vLLM {v}: {removal.why}")
             continue
         if flag not in b.flags:
-            raise SpecError("extra_args", f"{flag} is not a flag of vLLM {v} per the flag table "
-                            f"({b.listed}); llmfleet renders only flags listed in "
-                            "tasks/data/vllm-flags-by-version.tsv")
+            source = (f"its harvested parser (tasks/data/vllm-flags/{b.listed}.json)" if b.harvest
+                      else f"the flag table ({b.listed}, tasks/data/vllm-flags-by-version.tsv)")
+            raise SpecError("extra_args", f"{flag} is not a flag of vLLM {v} per {source}; "
+                            "llmfleet renders only flags the release has")
+        b.check_values("extra_args", flag, values)
         b.args.append(flag)
         b.args.extend(values)
 

@@ -1,11 +1,16 @@
 """What llmfleet knows about vLLM releases: one place for every version-dependent fact.
 
-The server flags of each release come from ``tasks/data/vllm-flags-by-version.tsv`` (read from
-the PyPI wheels of 0.7.0-0.33.0). Everything else below is data with the reason it is true;
-``tasks/vllm/cmdline.py`` turns a serving spec into a command line using only these facts.
+The server flags of each release come from vLLM's own parsers where llmfleet has harvested
+them (``tasks/data/vllm-flags/<release>.json``, written by ``python -m tasks.vllm.harvest``:
+options, their values and ``--no-`` forms, the parser registries), and otherwise from
+``tasks/data/vllm-flags-by-version.tsv`` (string presence in the PyPI wheels of 0.7.0-0.33.0,
+a strong hint rather than the parser's verdict). Everything else below is data with the reason
+it is true; ``tasks/vllm/cmdline.py`` turns a serving spec into a command line using only these
+facts.
 
 A version between two listed releases has the flags of the nearest listed release at or below
-it (0.10.1.1 -> 0.10.1; 0.11.0rc3 -> 0.10.2, since a release candidate precedes its release).
+it (0.10.1.1 -> 0.10.1; 0.11.0rc3 -> 0.10.2, since a release candidate precedes its release);
+a harvested release is listed, and its record replaces the table's row.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tasks.vllm import quantization as _quantization
+from tasks.vllm.harvested import Harvest, load_harvests
 
 FLAG_TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "vllm-flags-by-version.tsv"
 
@@ -95,10 +101,15 @@ def version_from_tag(tag: str) -> Version | None:
 
 @dataclass(frozen=True)
 class FlagTable:
-    """Which listed release has which server flag."""
+    """Which listed release has which server flag (harvested records first, then the TSV)."""
 
     releases: tuple[Version, ...]
     flags: dict[str, frozenset[Version]]
+    harvests: dict[Version, Harvest] = field(default_factory=dict)
+
+    def harvest_for(self, version: "str | Version") -> Harvest | None:
+        """The harvested record ``version`` reads its flags from, or None (the TSV's row)."""
+        return self.harvests.get(self.listed_release(version))
 
     def listed_release(self, version: "str | Version") -> Version:
         """The nearest listed release at or below ``version``; ValueError below the first."""
@@ -114,6 +125,8 @@ class FlagTable:
     def flags_for(self, version: "str | Version") -> frozenset[str]:
         """Server flags of ``version`` (those of the nearest listed release at or below it)."""
         rel = self.listed_release(version)
+        if rel in self.harvests:
+            return self.harvests[rel].flags()
         return frozenset(f for f, rels in self.flags.items() if rel in rels)
 
     def has(self, version: "str | Version", flag: str) -> bool:
@@ -142,9 +155,16 @@ def parse_flag_table(text: str) -> FlagTable:
 
 
 @lru_cache(maxsize=None)
-def load_flag_table(path: str | None = None) -> FlagTable:
-    """Load (once) the flag table shipped in ``tasks/data``, or the TSV at ``path``."""
-    return parse_flag_table(Path(path or FLAG_TABLE_PATH).read_text(encoding="utf-8"))
+def load_flag_table(path: str | None = None, harvest_dir: str | None = None) -> FlagTable:
+    """Load (once) the flag table shipped in ``tasks/data`` with the harvested records.
+
+    + path: a TSV instead of tasks/data/vllm-flags-by-version.tsv
+    + harvest_dir: a directory of harvested records instead of tasks/data/vllm-flags
+    """
+    table = parse_flag_table(Path(path or FLAG_TABLE_PATH).read_text(encoding="utf-8"))
+    harvests = load_harvests(harvest_dir)
+    releases = tuple(sorted(set(table.releases) | set(harvests)))
+    return FlagTable(releases=releases, flags=table.flags, harvests=dict(harvests))
 
 
 def flags_for(version: "str | Version") -> frozenset[str]:
@@ -244,18 +264,35 @@ TOOL_PARSERS: dict[str, Version] = {
 AUTO_TOOL_CHOICE_NEEDS_PARSER_FROM = V("0.8.5")
 
 
+def _registry(kind: str, harvest: Harvest) -> frozenset[str]:
+    return harvest.reasoning_parsers if kind == "reasoning" else harvest.tool_parsers
+
+
 def parser_available(kind: str, name: str, version: "str | Version") -> bool:
-    """Whether the ``kind`` ("reasoning"|"tool") parser ``name`` exists in ``version``."""
-    table = REASONING_PARSERS if kind == "reasoning" else TOOL_PARSERS
-    first = table.get(name)
-    return first is not None and Version.parse(version) >= first
+    """Whether the ``kind`` ("reasoning"|"tool") parser ``name`` exists in ``version``.
+
+    A harvested release answers from its own registry; others from the first-release tables.
+    """
+    return name in parsers_available(kind, version)
 
 
 def parsers_available(kind: str, version: "str | Version") -> list[str]:
-    """Names of the ``kind`` parsers llmfleet knows to exist in ``version``."""
+    """Names of the ``kind`` parsers ``version`` has (its registry where harvested)."""
+    harvest = load_flag_table().harvest_for(version)
+    if harvest is not None:
+        return sorted(_registry(kind, harvest))
     table = REASONING_PARSERS if kind == "reasoning" else TOOL_PARSERS
     v = Version.parse(version)
     return sorted(n for n, first in table.items() if v >= first)
+
+
+def known_parsers(kind: str) -> list[str]:
+    """Every ``kind`` parser name of any release llmfleet knows (spec validation's allowed list)."""
+    table = REASONING_PARSERS if kind == "reasoning" else TOOL_PARSERS
+    names = set(table)
+    for harvest in load_flag_table().harvests.values():
+        names |= _registry(kind, harvest)
+    return sorted(names)
 
 
 #: Chat responses carry the parsed reasoning as ``reasoning_content`` up to 0.11.0, as both
@@ -266,7 +303,10 @@ REASONING_CONTENT_REMOVED_IN = V("0.16.0")
 
 
 def reasoning_fields(version: "str | Version") -> tuple[str, ...]:
-    """Response field names that carry reasoning text in ``version``."""
+    """Response field names that carry reasoning text in ``version`` (harvested where read)."""
+    harvest = load_flag_table().harvest_for(version)
+    if harvest is not None:
+        return harvest.reasoning_fields
     v = Version.parse(version)
     if v < REASONING_FIELD_RENAMED_IN:
         return ("reasoning_content",)

@@ -1,5 +1,6 @@
 """The stand-in vLLM image, under its real name from the lab registry, parses the command line of the
-version its tag names: --enable-reasoning was removed in 0.10.0."""
+version its tag names: --enable-reasoning was removed in 0.10.0; a harvested release's image parses
+with the options read off that release's own parser."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def test_enable_reasoning_refused_on_0_10_accepted_on_0_8_5(lab, inventory, tmp_
     new = ssh(ip, f"docker run --rm {mount} vllm/vllm-openai:v0.10.1.1 {args}", check=False)
     assert new.returncode == 2
     assert "unrecognized arguments: --enable-reasoning" in new.stderr + new.stdout
+
+    # The v0.32.0 image carries the record read off vLLM 0.32.0's own parser (VLLM_STANDIN_HARVEST).
+    newest = ssh(ip, f"docker run --rm {mount} vllm/vllm-openai:v0.32.0 /model --kv-cache-dtype fp9", check=False)
+    assert newest.returncode == 2
+    assert "argument --kv-cache-dtype: invalid choice: 'fp9'" in newest.stderr + newest.stdout
+    env = ssh(ip, "docker image inspect -f '{{json .Config.Env}}' vllm/vllm-openai:v0.32.0").stdout
+    assert "VLLM_STANDIN_HARVEST=/opt/vllm-standin/harvest/0.32.0.json" in env
 
     ssh(ip, "docker rm -f standin-085 >/dev/null 2>&1; "
             f"docker run -d --name standin-085 -p 18085:8000 {mount} vllm/vllm-openai:v0.8.5 {args}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lab.images import harvest_record
 from tasks.spec import SpecError, list_recipes, load_spec
 from tasks.vllm import versions as vv
 from tasks.vllm.cmdline import render
@@ -198,9 +199,16 @@ def test_nonthinking_template_closes_think_block():
     assert "<think>\\n\\n</think>" in text
 
 
-def test_disabling_defaults_is_refused():
-    with pytest.raises(SpecError, match="leave it unset"):
-        r("0.10.1.1", enable_prefix_caching=False)
+def test_disabling_defaults_renders_the_harvested_negative_form():
+    harvested = sorted(vv.load_flag_table().harvests)
+    for release in harvested:
+        out = r(str(release), enable_prefix_caching=False, enable_chunked_prefill=False)
+        assert "--no-enable-prefix-caching" in out.args and "--no-enable-chunked-prefill" in out.args
+    # A release known only from the string-presence table: its --no- forms are not known.
+    unharvested = next(v for v in VERSIONS if vv.load_flag_table().harvest_for(v) is None)
+    with pytest.raises(SpecError, match="leave it unset") as exc:
+        r(unharvested, enable_prefix_caching=False)
+    assert exc.value.field == "enable_prefix_caching" and "not harvested" in str(exc.value)
 
 
 @pytest.mark.parametrize("version,value,outcome", [("0.27.0", "True", "true"), ("0.27.0", "1", SpecError),
@@ -271,7 +279,7 @@ def test_every_rendered_flag_exists_for_version(name):
         flags = table.flags_for(spec.version)
         assert set(out.flags()) <= flags, (name, version, set(out.flags()) - flags)
         # and the stand-in, parsing like that version, accepts the command line
-        st = standin.Standin(str(spec.version), vv.FLAG_TABLE_PATH)
+        st = standin.Standin(str(spec.version), vv.FLAG_TABLE_PATH, harvest_record(str(spec.version)))
         args = out.args[2:] if out.args[:2] == ["vllm", "serve"] else out.args
         top, _ = standin.build_parser(st, "vllm" == out.args[0] or st.serve_entrypoint)
         top.parse_args((["serve"] if ("vllm" == out.args[0] or st.serve_entrypoint) else []) + args)

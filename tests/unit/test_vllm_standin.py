@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.lab.images import harvest_record
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "tasks/lab/standins/vllm_server.py"
 FLAGS = ROOT / "tasks/data/vllm-flags-by-version.tsv"
@@ -58,6 +60,9 @@ def free_port() -> int:
 def env_for(version: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "LLMFLEET_"))}
     env.update(VLLM_STANDIN_VERSION=version, VLLM_STANDIN_FLAGS=str(FLAGS), **extra)
+    record = harvest_record(version)  # as the lab images set it
+    if record is not None:
+        env["VLLM_STANDIN_HARVEST"] = str(record)
     return env
 
 
@@ -154,6 +159,9 @@ def test_0_8_5_accepts_enable_reasoning_and_r1_takes_non_thinking_answer(model_d
     ("0.8.5", ["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     ("0.11.0", ["--block-size", "48"], "argument --block-size: invalid choice: 48"),
     ("0.10.1.1", ["--hf-overrides", "{bad"], "argument --hf-overrides: invalid loads value"),
+    # 0.8.5's own parser gives --reasoning-parser choices (its registry): argparse refuses qwen3.
+    ("0.8.5", ["--enable-reasoning", "--reasoning-parser", "qwen3"],
+     "argument --reasoning-parser: invalid choice: 'qwen3' (choose from 'deepseek_r1', 'granite')"),
 ])
 def test_invalid_choices_exit_2(model_dir, version, args, needle):
     out = run_once(version, ["--model", str(model_dir), *args])
@@ -167,12 +175,23 @@ def test_block_size_48_fine_from_0_12(model_dir, running):
 
 @pytest.mark.parametrize("version,args,needle", [
     ("0.8.5", ["--enable-auto-tool-choice"], "Error: --enable-auto-tool-choice requires --tool-call-parser"),
-    ("0.8.5", ["--enable-reasoning", "--reasoning-parser", "qwen3"], "invalid reasoning parser: qwen3"),
     ("0.13.0", ["--enable-auto-tool-choice", "--tool-call-parser", "glm47"], "invalid tool call parser: glm47"),
 ])
 def test_vllm_post_parse_errors_exit_1(model_dir, version, args, needle):
     out = run_once(version, ["--model", str(model_dir), *args])
     assert out.returncode == 1 and needle in out.stderr
+
+
+def test_harvested_release_parses_as_its_own_parser(model_dir, running):
+    """0.32.0's stand-in takes its options from the record read off vLLM 0.32.0's parser."""
+    assert harvest_record("0.32.0") is not None
+    srv = running("0.32.0", ["vllm", "serve", str(model_dir), "--no-enable-prefix-caching",
+                             "--kv-cache-dtype", "fp8_e4m3", "-tp", "1"])
+    assert srv.request("GET", "/health")[0] == 200
+    out = run_once("0.32.0", ["vllm", "serve", str(model_dir), "--kv-cache-dtype", "fp9"])
+    assert out.returncode == 2 and "argument --kv-cache-dtype: invalid choice: 'fp9'" in out.stderr
+    out = run_once("0.32.0", ["vllm", "serve", str(model_dir), "--max-seq-len-to-capture", "8192"])
+    assert out.returncode == 2 and "unrecognized arguments: --max-seq-len-to-capture" in out.stderr
 
 
 # --- model directory -----------------------------------------------------------------------------

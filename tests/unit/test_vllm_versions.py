@@ -43,13 +43,18 @@ def test_version_from_tag(tag, expected):
 def test_flag_table_loads_every_release():
     table = vv.load_flag_table()
     assert table.releases[0] == Version.parse("0.7.0") and table.newest == Version.parse("0.33.0")
-    assert len(table.releases) == 34
-    assert table.flags["--model"] == frozenset(table.releases)
+    tsv = vv.parse_flag_table(vv.FLAG_TABLE_PATH.read_text())
+    assert len(tsv.releases) == 34
+    # harvested releases are listed too (0.10.1.1 is no column of the TSV)
+    assert set(table.releases) == set(tsv.releases) | set(table.harvests)
+    assert table.listed_release("0.10.1.1") == Version.parse("0.10.1.1")
+    assert table.flags["--model"] == frozenset(tsv.releases)
+    assert all("--model" in table.flags_for(r) for r in table.releases)
 
 
 @pytest.mark.parametrize("version,flag,present", [
     ("0.8.5.post1", "--enable-reasoning", True),   # nearest listed: 0.8.5
-    ("0.10.1.1", "--enable-reasoning", False),     # nearest listed: 0.10.1
+    ("0.10.1.1", "--enable-reasoning", False),     # harvested: its own parser
     ("0.11.0rc3", "--max-seq-len-to-capture", True),  # rc precedes 0.11.0 -> 0.10.2's flags
     ("0.11.0", "--max-seq-len-to-capture", False),
     ("0.13.5", "--attention-backend", True),

@@ -5,8 +5,12 @@ It is baked into lab images under real names (vllm/vllm-openai:vX.Y.Z) so deploy
 end to end without GPUs. It behaves like the vLLM version its image tag names where llmfleet
 depends on it:
 
-* command line: exactly the server flags that version has per the flag table (TSV), plus the
-  ``-tp`` alias, parsed with argparse under vLLM's program names (``api_server.py`` for images
+* command line: where the release's own parser was harvested (a record of
+  tasks/data/vllm-flags, read off vLLM's parser by ``python -m tasks.vllm.harvest``), exactly
+  its options: value kinds, nargs, choices, ``--no-`` forms and aliases, and its reasoning and
+  tool parser registries and reasoning field names. Otherwise the server flags the version has
+  per the string-presence table (TSV), plus the ``-tp`` alias. Parsed with argparse under
+  vLLM's program names (``api_server.py`` for images
   up to 0.11.x, whose entrypoint is ``python3 -m vllm.entrypoints.openai.api_server``;
   ``vllm serve`` from 0.12.0, where an unknown flag is reported by the top-level ``vllm``
   parser). Unknown flags and invalid choices exit 2 with argparse's own messages; vLLM's
@@ -26,8 +30,10 @@ depends on it:
 
 Environment:
   VLLM_STANDIN_VERSION          vLLM version to behave as (required), e.g. 0.10.1.1
+  VLLM_STANDIN_HARVEST          path of the harvested record (JSON) of this release, if any
   VLLM_STANDIN_FLAGS            path of vllm-flags-by-version.tsv (default: next to this file,
-                                else ../../data/ of the llmfleet repository)
+                                else ../../data/ of the llmfleet repository); read only without
+                                a harvested record
   VLLM_API_KEY                  API key when --api-key is absent (as vLLM)
   LLMFLEET_STANDIN_FAIL_HEALTH  "1": /health answers 500 forever (rollback tests)
   LLMFLEET_STANDIN_ASCEND       "1": behave as a vllm-ascend image (no vLLM entrypoint: argv
@@ -101,10 +107,17 @@ def vkey(text: str) -> tuple:
 class Standin:
     """Version-dependent behaviour of the stand-in."""
 
-    def __init__(self, version: str, flags_path: Path) -> None:
+    def __init__(self, version: str, flags_path: Path | None, harvest_path: Path | None = None) -> None:
         self.version = version.lstrip("v")
         self.v = vkey(self.version)
-        self.flags = self._flags_for(flags_path)
+        #: The release's harvested parser record (vLLM's own options and registries), or None.
+        self.harvest = json.loads(harvest_path.read_text()) if harvest_path else None
+        if self.harvest is not None:
+            self.flags = set(self.harvest["options"])
+        elif flags_path is not None:
+            self.flags = self._flags_for(flags_path)
+        else:
+            raise SystemExit(f"{STANDIN}: neither a harvested record nor a flag table")
 
     def _flags_for(self, path: Path) -> set[str]:
         rows = [ln.split("\t") for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
@@ -125,6 +138,8 @@ class Standin:
         return self.at_least("0.12.0")
 
     def reasoning_fields(self) -> tuple[str, ...]:
+        if self.harvest is not None:
+            return tuple(self.harvest["reasoning_fields"])
         if not self.at_least("0.11.1"):
             return ("reasoning_content",)
         if not self.at_least("0.16.0"):
@@ -132,6 +147,9 @@ class Standin:
         return ("reasoning",)
 
     def parsers(self, table: dict[str, str]) -> list[str]:
+        if self.harvest is not None:
+            key = "reasoning_parsers" if table is REASONING_PARSERS else "tool_parsers"
+            return list(self.harvest[key])
         return [n for n, first in table.items() if self.at_least(first)]
 
 
@@ -152,6 +170,9 @@ def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser
         p.add_argument("model_tag", nargs="?", default=None)
     else:
         top = p = argparse.ArgumentParser(prog="api_server.py", description=desc)
+    if st.harvest is not None:
+        add_harvested_options(p, st.harvest["options"])
+        return top, p
     for flag in sorted(st.flags):
         names = [flag] + (["-tp"] if flag == "--tensor-parallel-size" else [])
         kw: dict = {}
@@ -177,6 +198,30 @@ def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser
             kw["type"] = human_int
         p.add_argument(*names, **kw)
     return top, p
+
+
+def add_harvested_options(p: argparse.ArgumentParser, options: dict[str, dict]) -> None:
+    """The options of a harvested record, as the release's parser declares them.
+
+    llmfleet rebuilds the same parser in tasks/vllm/harvested.py; the stand-in keeps its own
+    copy because it runs inside lab images and imports nothing from llmfleet."""
+    types = {"int": human_int, "float": float, "json": loads, "str": None}
+    for name, opt in options.items():
+        names = [name, *opt.get("aliases", [])]
+        if opt["value"] is None:
+            p.add_argument(*names, action="store_true")
+            if opt.get("negative"):
+                p.add_argument(opt["negative"], action="store_false", dest=p._option_string_actions[name].dest)
+            continue
+        kw: dict = {}
+        convert = types[opt["value"]]
+        if convert is not None:
+            kw["type"] = convert
+        if opt.get("nargs") is not None:
+            kw["nargs"] = opt["nargs"]
+        if opt.get("choices") is not None:
+            kw["choices"] = [convert(c) if convert else c for c in opt["choices"]]
+        p.add_argument(*names, **kw)
 
 
 def human_int(text: str) -> int:
@@ -351,6 +396,8 @@ class Server:
         names = getattr(args, "served_model_name", None) or [args.model]
         self.served = names
         key = getattr(args, "api_key", None) or os.environ.get("VLLM_API_KEY") or None
+        if isinstance(key, list):  # nargs="+" from 0.2x: several keys are accepted
+            key = key[0]
         self.tokens = [key] if key else []
         self.fail_health = os.environ.get("LLMFLEET_STANDIN_FAIL_HEALTH") == "1"
         self.metrics = vllm_metrics.Metrics(st.version, names[0])
@@ -694,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
         import vllm_bench  # the stand-in benchmark client, shipped next to this file
 
         return vllm_bench.main(argv[3:])
-    st = Standin(version, flags_path())
+    harvest = os.environ.get("VLLM_STANDIN_HARVEST")
+    st = Standin(version, None if harvest else flags_path(), Path(harvest) if harvest else None)
     ascend = os.environ.get("LLMFLEET_STANDIN_ASCEND") == "1"
     args = parse_args(st, argv, ascend)
     where = "api_server.py:1043"
