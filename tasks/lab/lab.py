@@ -66,9 +66,18 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
 
 
 def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> dict:
-    """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state."""
+    """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
+
+    A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
+    so no state file is left saying "already up" for a lab that is not."""
     with cache_lock():  # several labs may come up at once (parallel test workers)
-        return _up(cfg, n, profiles, log)
+        try:
+            return _up(cfg, n, profiles, log)
+        except BaseException:
+            if load_state(cfg) is not None:
+                log(f"lab {cfg.name}: bring-up failed; removing what was made")
+                down(cfg, log=lambda *_: None)
+            raise
 
 
 def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
@@ -98,7 +107,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
                                             "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
-    hubseed.seed(hub_root)
+    state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
     if (Path(__file__).parent / "standins" / "hub.py").exists():
         services["hub"] = _spawn(cfg, "hub", [sys.executable, "-m", "tasks.lab.standins.hub", "--bind",
                                               cfg.bridge_ip, "--port", str(HUB_PORT), "--root", str(hub_root)],
@@ -111,9 +120,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
                     dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
                     binds=profiles_mod.device_binds(profile))
         net.host_net_up(cfg, i)
-        hosts.prepare(cfg, host, lower, profiles_mod.host_files(profile), pub,
-                      profiles_mod.enabled_units(profile))
-        hosts.boot(cfg, host)
+        _prepare_and_boot(cfg, host, lower, pub)
         state["hosts"].append(host.to_json())
         save_state(cfg, state)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -125,6 +132,48 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     save_state(cfg, state)
     log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
     return state
+
+
+def _prepare_and_boot(cfg: LabConfig, host: Host, lower: Path, pub: str) -> None:
+    profiles_mod = _profiles()
+    hosts.prepare(cfg, host, lower, profiles_mod.host_files(host.profile), pub,
+                  profiles_mod.enabled_units(host.profile))
+    hosts.boot(cfg, host)
+
+
+def _find_host(cfg: LabConfig, state: dict | None, name: str) -> tuple[dict, int]:
+    if state is None:
+        raise SystemExit(f"lab {cfg.name}: not up")
+    for i, h in enumerate(state["hosts"]):
+        if name in (h["name"], str(h["index"])):
+            return state, i
+    raise SystemExit(f"lab {cfg.name}: no host {name!r}; hosts: {', '.join(h['name'] for h in state['hosts'])}")
+
+
+def power_off(cfg: LabConfig, name: str, log=print) -> None:
+    """Cut a host's power: SIGKILL its init and everything in it at once (no shutdown, no sync of
+    services, no unit stopping), as a power loss does. Its disk (overlay upper dir, /var/lib/docker)
+    and its network namespace are kept for :func:`power_on`. The machine's page cache is shared, so
+    writes the host made survive even unsynced; what is lost is every process mid-way."""
+    state, i = _find_host(cfg, load_state(cfg), name)
+    host = Host(**state["hosts"][i])
+    hosts.kill(cfg, host)
+    log(f"lab {cfg.name}: {host.name} powered off (init killed)")
+
+
+def power_on(cfg: LabConfig, name: str, log=print) -> None:
+    """Boot a powered-off host again on the disk it had; wait until systemd runs and sshd answers."""
+    with cache_lock():
+        state, i = _find_host(cfg, load_state(cfg), name)
+        host = Host(**state["hosts"][i])
+        if hosts.host_state(cfg, host)["state"] != "stopped":
+            raise SystemExit(f"lab {cfg.name}: {host.name} is not powered off; `poweroff` it first")
+        _, pub = ssh_keypair()
+        _prepare_and_boot(cfg, host, rootfs.ensure("host", log), pub)
+        state["hosts"][i] = host.to_json()
+        save_state(cfg, state)
+    hosts.wait_ready(cfg, host)
+    log(f"lab {cfg.name}: {host.name} booted again")
 
 
 def down(cfg: LabConfig, log=print) -> None:
@@ -177,20 +226,14 @@ def _terminate(pid: int, grace: float = 5) -> None:
 
 
 def status(cfg: LabConfig) -> list[dict]:
+    """Each host's real state (:func:`tasks.lab.hosts.host_state`): read from its processes, not
+    from whether the systemd-nspawn that booted it is alive."""
     state = load_state(cfg)
     if state is None:
         return []
     rows = []
     for h in state["hosts"]:
         host = Host(**h)
-        alive = hosts._alive(host.pid)
-        init = hosts._init_pid(host.pid) if alive else None
-        sys_state = "stopped"
-        if init:
-            sys_state = subprocess.run(
-                ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "systemctl", "is-system-running"],
-                capture_output=True, text=True, timeout=10,
-            ).stdout.strip() or "unknown"
         rows.append({"host": host.name, "ip": host.ip, "profile": host.profile, "pid": host.pid,
-                     "systemd": sys_state})
+                     **hosts.host_state(cfg, host)})
     return rows

@@ -18,8 +18,8 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
-from tasks.converge import (DebPackages, FileDigests, UnitStates, apt_source, deb_packages, files_synced,
-                            parse_pins, units_running)
+from tasks.converge import (DPKG_REPAIR_SH, DebPackages, DpkgInterrupted, FileDigests, UnitStates, apt_source,
+                            deb_packages, dpkg_repaired, files_synced, parse_pins, units_running)
 from tests.unit.conftest import digest_lines, run_sh
 
 SCRIPT = b"print('hello')\n"
@@ -174,6 +174,76 @@ def test_deb_packages_refuses_non_debian_host_and_bad_names():
         run_op(deb_packages, {"dpkg-query": ["LLMFLEET_NO_DPKG"]}, packages=["a"])
     with pytest.raises(ValueError, match="packages"):
         parse_pins(["Docker IO"])
+
+
+# --- an interrupted dpkg ---------------------------------------------------------------------------
+
+# `dpkg --audit` on a lab host whose `apt-get install docker.io` was killed during unpack (power loss).
+AUDIT = """The following packages are only half configured, probably due to problems
+configuring them the first time.  The configuration should be retried using
+dpkg --configure <package> or the configure menu option in dselect:
+ runc                 Open Container Project - runtime
+
+The following packages have been unpacked but not yet configured.
+They must be configured using dpkg --configure or the configure menu option
+in dselect for them to work:
+ docker.io            Linux container runtime
+ libip6tc2:amd64      IPv6 packet filter library
+"""
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg on this machine")
+def test_dpkg_interrupted_fact_parses_dpkg_audit_under_sh(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dpkg").write_text("#!/bin/sh\ncat <<'EOF'\n" + AUDIT + "EOF\n")
+    os.chmod(fake / "dpkg", 0o755)
+    command = DpkgInterrupted().command().replace("for f in /var/lib/dpkg/updates/*", f"for f in {tmp_path}/u/*")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "0003").write_text("Package: docker.io\n")
+    lines, rc = run_sh(f"PATH={fake}:$PATH; {command}")
+    assert rc == 0
+    assert DpkgInterrupted().process(lines) == [f"journal {tmp_path}/u/0003", "package runc", "package docker.io",
+                                                "package libip6tc2:amd64"]
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg on this machine")
+def test_dpkg_interrupted_fact_is_empty_on_this_healthy_machine():
+    lines, rc = run_sh(DpkgInterrupted().command())
+    assert rc == 0 and DpkgInterrupted().process(lines) == []
+
+
+def test_dpkg_repaired_no_op_on_a_healthy_host():
+    commands, changed = run_op(dpkg_repaired, {"dpkg --audit": []})
+    assert len(commands) == 1 and "dpkg --audit" in commands[0] and not changed
+
+
+def test_dpkg_repaired_finishes_the_interrupted_run_and_says_so(caplog):
+    caplog.set_level(logging.WARNING)
+    commands, changed = run_op(dpkg_repaired, {"dpkg --audit": ["package docker.io", "package runc"]})
+    assert changed and commands[-1] == DPKG_REPAIR_SH
+    assert "dpkg was interrupted (packages left unfinished: docker.io, runc); running dpkg --configure -a" \
+        in caplog.text
+    assert DPKG_REPAIR_SH.index("dpkg --force-confdef --force-confold --configure -a") < \
+        DPKG_REPAIR_SH.index("apt-get -f install -y")
+
+
+def test_deb_packages_repairs_an_interrupted_dpkg_before_installing(caplog):
+    caplog.set_level(logging.WARNING)
+    responses = {"dpkg --audit": ["journal /var/lib/dpkg/updates/0003"], "dpkg-query": ["iU  docker.io 20.10.24"]}
+    commands, changed = run_op(deb_packages, responses, packages=["docker.io"])
+    assert changed and commands[-2] == DPKG_REPAIR_SH and commands[-1].endswith("install -y -q -o "
+                                                                                 "Dpkg::Options::=--force-confdef "
+                                                                                 "-o Dpkg::Options::=--force-confold"
+                                                                                 " docker.io")
+    assert "unmerged status journal" in caplog.text
+
+
+def test_deb_packages_repairs_even_when_its_own_packages_are_installed():
+    # Power loss while another package's postinst ran: apt-get would refuse the next install anywhere.
+    responses = {"dpkg --audit": ["package nginx-common"], "dpkg-query": ["ii  docker.io 20.10.24"]}
+    commands, changed = run_op(deb_packages, responses, packages=["docker.io"])
+    assert changed and commands[-1] == DPKG_REPAIR_SH
 
 
 # --- apt_source -----------------------------------------------------------------------------------

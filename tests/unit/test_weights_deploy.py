@@ -105,7 +105,9 @@ def test_argv_hub_and_peer():
     assert ["--endpoint", "http://hub:8090"] == argv[argv.index("--endpoint"):argv.index("--endpoint") + 2]
     assert "--token-file" in argv
     peer = REQ.argv("http://h1:8765")
-    assert "--endpoint" not in peer and "--token-file" not in peer
+    # from a peer: no hub endpoint, no hub token; the fan-out run's token file (root-only, in /run)
+    assert "--endpoint" not in peer and REQ.token_file not in peer
+    assert peer[peer.index("--token-file") + 1] == "/run/llmfleet/llmfleet-weights-peer-org--tiny.token"
     assert peer[peer.index("--peer") + 1] == "http://h1:8765"
     # fetch.py accepts what we render
     assert fetch_script.parse_args(peer[3:]).peer == "http://h1:8765"
