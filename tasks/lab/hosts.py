@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import LabConfig
 
@@ -202,6 +203,32 @@ def kill(cfg: LabConfig, host: Host) -> None:
     while host.pid and _alive(host.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     subprocess.run(["umount", "-R", str(host.merged)], capture_output=True)
+
+
+def processes(cfg: LabConfig, host: Host) -> dict[int, str]:
+    """pid -> command line (spaces between arguments) of every process of the host, read from the
+    machine's /proc (no round trip into the host: fast enough to catch a step of a deploy)."""
+    out = {}
+    for d in cgroup_dirs(cfg, host.name)[:1]:
+        for pid in (_procs(d) if d.exists() else []):
+            try:
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+    return out
+
+
+def wait_for_process(cfg: LabConfig, host: Host, match: Callable[[str], bool], timeout: float,
+                     interval: float = 0.05) -> str | None:
+    """Poll the host's processes until one's command line satisfies ``match`` (returned), or None
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for cmdline in processes(cfg, host).values():
+            if match(cmdline):
+                return cmdline
+        time.sleep(interval)
+    return None
 
 
 def _ns_init(pids: list[int]) -> int | None:

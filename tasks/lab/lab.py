@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, wheelhouse
-from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig, cache_lock
+from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REGISTRY_PORT, REPO_ROOT, LabConfig, cache_lock
 from .standins import cann_run
 from .hosts import Host
 from .registry import registry_command
@@ -96,7 +97,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     net.bridge_up(cfg)
 
     services = state["services"]
-    services["registry"] = _spawn(cfg, "registry", registry_command(cfg))
+    services["registry"] = _spawn(cfg, "registry", *service_command(cfg, "registry"))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
     cann_run.publish(cfg.run_dir / "apt" / "ascend" / "cann")
     wheelhouse.publish(cfg.run_dir / "apt" / "wheels", log)  # hub clients' wheels: <apt_url>/wheels/
@@ -108,10 +109,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
     state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
-    if (Path(__file__).parent / "standins" / "hub.py").exists():
-        services["hub"] = _spawn(cfg, "hub", [sys.executable, "-m", "tasks.lab.standins.hub", "--bind",
-                                              cfg.bridge_ip, "--port", str(HUB_PORT), "--root", str(hub_root)],
-                                 cwd=REPO_ROOT)
+    services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)
 
     profiles_mod = _profiles()
@@ -132,6 +130,43 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     save_state(cfg, state)
     log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
     return state
+
+
+def service_command(cfg: LabConfig, name: str) -> tuple[list[str], Path | None]:
+    """argv and working directory of the lab service ``name`` (those a test may stop and start)."""
+    if name == "registry":
+        return registry_command(cfg), None
+    if name == "hub":
+        return [sys.executable, "-m", "tasks.lab.standins.hub", "--bind", cfg.bridge_ip, "--port", str(HUB_PORT),
+                "--root", str(cfg.run_dir / "hub")], REPO_ROOT
+    raise ValueError(f"service: {name!r}; allowed: hub, registry")
+
+
+def service_down(cfg: LabConfig, name: str) -> None:
+    """Kill a lab service at once (SIGKILL: an outage, not a shutdown); its data stays."""
+    state = load_state(cfg)
+    service_command(cfg, name)  # a known name
+    try:
+        os.killpg(state["services"][name], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def service_up(cfg: LabConfig, name: str, timeout: float = 30) -> None:
+    """Start a lab service again on its data and wait until its port answers."""
+    state = load_state(cfg)
+    cmd, cwd = service_command(cfg, name)
+    state["services"][name] = _spawn(cfg, name, cmd, cwd)
+    save_state(cfg, state)
+    port = {"registry": REGISTRY_PORT, "hub": HUB_PORT}[name]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((cfg.bridge_ip, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"lab {cfg.name}: {name} did not answer on {cfg.bridge_ip}:{port} within {timeout}s")
 
 
 def _prepare_and_boot(cfg: LabConfig, host: Host, lower: Path, pub: str) -> None:

@@ -719,6 +719,7 @@ def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
     states = read_fleet(hosts, WeightsState,
                         lambda h: {"dest": requests[h.name].dest, "deep": requests[h.name].deep_verify})
     fleet = fleet_settings(data)  # validate_fleet checked them before any host was touched
+    fanout = bool(fleet["weights_fanout"])
     urls = {}
     if fanout:
         for h in hosts:
@@ -726,7 +727,7 @@ def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
             addr = f"[{addr}]" if ":" in addr else addr
             urls[h.name] = f"http://{addr}:{int(data[h.name].weights_peer_port)}"
     plan = plan_fleet(
-        [h.name for h in hosts], states, requests, fanout=bool(fleet["weights_fanout"]),
+        [h.name for h in hosts], states, requests, fanout=fanout,
         width=int(fleet["weights_fanout_width"]), groups={h.name: data[h.name].weights_fanout_group for h in hosts},
         cache_host=fleet["weights_cache_host"], peer_urls=urls,
     )
