@@ -70,7 +70,7 @@ DEFAULTS (host/group data overrides each key):
 | weights_cache_host | None | inventory host that fetches from the hub first (the only hub seed); None = one per group |
 | weights_fanout_fallback_hub | True | a receiver whose sender is unreachable fetches from the hub instead |
 | weights_peer_port | 8765 | port of ``peer_server.py`` on senders (open it between hosts) |
-| weights_peer_address | None | address other hosts reach this host's peer server at; None = ``ssh_hostname`` or the host name |
+| weights_peer_address | None | address other hosts reach this host's peer server at, and the only one it binds (names are resolved on the control machine); None = ``ssh_hostname`` or the host name |
 | weights_peer_max_s | 21600 | RuntimeMaxSec of a peer server unit (safety net if a run is interrupted) |
 | weights_deep_verify | False | re-hash every file at plan time; damaged files are fetched again (only those) |
 | weights_prune_keep | 2 | revisions kept after a switch (current + previous) |

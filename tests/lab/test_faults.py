@@ -131,10 +131,23 @@ def listen_addresses(index: int) -> list[str]:
     return [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]
 
 
-def incomplete_download(name: str) -> list[Path]:
-    """Partial files of the hub clients under the host's model directory (read through its disk)."""
+def downloading(name: str, at_least: int = 64 << 10) -> bool:
+    """The fetch has written ``at_least`` bytes into its staging directory (read through the host's disk)."""
     root = host(name).merged / MODEL_DIR.lstrip("/")
-    return [p for p in root.rglob("*.incomplete")] if root.exists() else []
+    staged = [p for d in root.glob(".staging-*") for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
+    return sum(p.stat().st_size for p in staged if p.exists()) >= at_least
+
+
+def fetching(cmdline: str) -> bool:
+    """fetch.py itself (the venv's python), not a command line that merely names it."""
+    return cmdline.startswith("/opt/llmfleet/venv/bin/python") and "weights/fetch.py" in cmdline
+
+
+def dpkg_at_work(cmdline: str) -> bool:
+    """dpkg changing packages (not apt's quick queries of it): unpacking, configuring, or a maintainer script."""
+    words = cmdline.split()
+    return bool(words) and (words[0] == "/usr/bin/dpkg" and ("--unpack" in words or "--configure" in words)
+                            or "/var/lib/dpkg/info/" in cmdline)
 
 
 def pulling(cmdline: str) -> bool:
@@ -184,7 +197,7 @@ def test_lab_status_tells_a_killed_nspawn_from_a_running_host(fa):
 def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
     # 1. power loss while dpkg unpacks/configures the Docker packages of the first deploy
     run = Background(deploy, fa, H1)
-    wait_for(H1, "dpkg at work", lambda c: c.startswith("/usr/bin/dpkg") or "/var/lib/dpkg/info/" in c)
+    wait_for(H1, "dpkg unpacking or configuring", dpkg_at_work)
     power_cycle(H1)
     assert run.join().returncode != 0
     audit = ssh(fa["ips"][H1], "ls /var/lib/dpkg/updates; dpkg --audit").stdout
@@ -192,9 +205,9 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 
     # 2. power loss mid-download of the weights (the re-run repairs dpkg first, and says so)
     run = Background(deploy, fa, H1)
-    wait_for(H1, "the weights fetch", lambda c: "weights/fetch.py" in c)
+    wait_for(H1, "the weights fetch", fetching)
     with slow_link(H1, "1mbit"):
-        wait_until(lambda: incomplete_download(H1), "a partial download", 120)
+        wait_until(lambda: downloading(H1), "a partial download", 120)
         power_cycle(H1)
     second = run.join()
     assert second.returncode != 0
@@ -225,9 +238,9 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
     # hub killed while fa-h2 downloads the weights
     run = Background(deploy, fa, H2)
-    wait_for(H2, "the weights fetch", lambda c: "weights/fetch.py" in c)
+    wait_for(H2, "the weights fetch", fetching)
     with slow_link(H2, "1mbit"):
-        wait_until(lambda: incomplete_download(H2), "a partial download", 120)
+        wait_until(lambda: downloading(H2), "a partial download", 120)
         lablib.service_down(CFG, "hub")
     first = run.join()
     lablib.service_up(CFG, "hub")
@@ -283,9 +296,9 @@ def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space
             "weights_root": "/srv/small"}
     run = Background(pyinfra, fa["inventory"], "deploys/weights.py", "--limit", H2, data=data, check=False,
                      timeout=600)
-    wait_for(H2, "the weights fetch", lambda c: "weights/fetch.py" in c)
+    wait_for(H2, "the weights fetch", fetching)
     with slow_link(H2, "4mbit"):
-        partial = f"find /srv/small -name '*.incomplete' | grep -q ."
+        partial = "[ $(du -sb /srv/small | cut -f1) -gt 1048576 ]"  # a MiB of the 12 written
         wait_until(lambda: ssh(ip, partial, check=False).returncode == 0, "a partial download", 120, 0.3)
         ssh(ip, "dd if=/dev/zero of=/srv/small/ballast bs=1M 2>/dev/null; true")  # until the disk is full
         full = run.join()
