@@ -198,6 +198,9 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
     # 1. power loss while dpkg unpacks/configures the Docker packages of the first deploy
     run = Background(deploy, fa, H1)
     wait_for(H1, "dpkg unpacking or configuring", dpkg_at_work)
+    # once dpkg has started to change package states (its journal), not while it still reads its database
+    journal = host(H1).merged / "var/lib/dpkg/updates"
+    wait_until(lambda: any(p.name.isdigit() for p in journal.iterdir()), "dpkg writing its journal", 120, 0.02)
     power_cycle(H1)
     assert run.join().returncode != 0
     audit = ssh(fa["ips"][H1], "ls /var/lib/dpkg/updates; dpkg --audit").stdout
