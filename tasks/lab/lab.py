@@ -197,16 +197,17 @@ def power_off(cfg: LabConfig, name: str, log=print) -> None:
 
 
 def power_on(cfg: LabConfig, name: str, log=print) -> None:
-    """Boot a powered-off host again on the disk it had; wait until systemd runs and sshd answers."""
-    with cache_lock():
-        state, i = _find_host(cfg, load_state(cfg), name)
-        host = Host(**state["hosts"][i])
-        if hosts.host_state(cfg, host)["state"] != "stopped":
-            raise SystemExit(f"lab {cfg.name}: {host.name} is not powered off; `poweroff` it first")
-        _, pub = ssh_keypair()
-        _prepare_and_boot(cfg, host, rootfs.ensure("host", log), pub)
-        state["hosts"][i] = host.to_json()
-        save_state(cfg, state)
+    """Boot a powered-off host again on the disk it had; wait until systemd runs and sshd answers.
+
+    No cache lock: the lab is up, so its rootfs and key exist (another lab's bring-up may hold the
+    lock for minutes)."""
+    state, i = _find_host(cfg, load_state(cfg), name)
+    host = Host(**state["hosts"][i])
+    if hosts.host_state(cfg, host)["state"] != "stopped":
+        raise SystemExit(f"lab {cfg.name}: {host.name} is not powered off; `poweroff` it first")
+    _prepare_and_boot(cfg, host, rootfs.tree("host"), cfg.ssh_key.with_suffix(".pub").read_text())
+    state["hosts"][i] = host.to_json()
+    save_state(cfg, state)
     hosts.wait_ready(cfg, host)
     log(f"lab {cfg.name}: {host.name} booted again")
 
