@@ -84,10 +84,19 @@ class Background:
         return self.result
 
 
-def wait_for(name: str, what: str, match, timeout: float = 600) -> str:
-    cmdline = labhosts.wait_for_process(CFG, host(name), match, timeout)
-    assert cmdline, f"{name}: never saw {what} within {timeout}s"
-    return cmdline
+def wait_for(name: str, what: str, match, run: Background | None = None, timeout: float = 600) -> str:
+    """The command line of the first process of host ``name`` that ``match``es; fails when ``run``
+    ends first (its output says why) or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cmdline = labhosts.wait_for_process(CFG, host(name), match, 2)
+        if cmdline:
+            return cmdline
+        if run is not None and not run.thread.is_alive():
+            done = run.join()
+            raise AssertionError(f"{name}: the run ended (rc={done.returncode}) before {what}:\n"
+                                 f"{(done.stdout + done.stderr)[-3000:]}")
+    raise AssertionError(f"{name}: never saw {what} within {timeout}s")
 
 
 def wait_until(check, what: str, timeout: float = 120, interval: float = 0.1):
@@ -197,7 +206,7 @@ def test_lab_status_tells_a_killed_nspawn_from_a_running_host(fa):
 def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
     # 1. power loss while dpkg unpacks/configures the Docker packages of the first deploy
     run = Background(deploy, fa, H1)
-    wait_for(H1, "dpkg unpacking or configuring", dpkg_at_work)
+    wait_for(H1, "dpkg unpacking or configuring", dpkg_at_work, run)
     # once dpkg has started to change package states (its journal), not while it still reads its database
     journal = host(H1).merged / "var/lib/dpkg/updates"
     wait_until(lambda: any(p.name.isdigit() for p in journal.iterdir()), "dpkg writing its journal", 120, 0.02)
@@ -208,7 +217,7 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 
     # 2. power loss mid-download of the weights (the re-run repairs dpkg first, and says so)
     run = Background(deploy, fa, H1)
-    wait_for(H1, "the weights fetch", fetching)
+    wait_for(H1, "the weights fetch", fetching, run)
     with slow_link(H1, "1mbit"):
         wait_until(lambda: downloading(H1), "a partial download", 120)
         power_cycle(H1)
@@ -220,7 +229,7 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 
     # 3. power loss during the image pull
     run = Background(deploy, fa, H1)
-    wait_for(H1, "docker pull", pulling)
+    wait_for(H1, "docker pull", pulling, run)
     with slow_link(H1, "20mbit"):
         time.sleep(3)
         assert any(pulling(c) for c in labhosts.processes(CFG, host(H1)).values()), "the pull ended too soon"
@@ -241,7 +250,7 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
     # hub killed while fa-h2 downloads the weights
     run = Background(deploy, fa, H2)
-    wait_for(H2, "the weights fetch", fetching)
+    wait_for(H2, "the weights fetch", fetching, run)
     with slow_link(H2, "1mbit"):
         wait_until(lambda: downloading(H2), "a partial download", 120)
         lablib.service_down(CFG, "hub")
@@ -254,7 +263,7 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
 
     # registry killed while fa-h2 pulls the image
     run = Background(deploy, fa, H2)
-    wait_for(H2, "docker pull", pulling)
+    wait_for(H2, "docker pull", pulling, run)
     with slow_link(H2, "20mbit"), no_internet(H2):
         time.sleep(3)
         assert any(pulling(c) for c in labhosts.processes(CFG, host(H2)).values()), "the pull ended too soon"
@@ -273,7 +282,7 @@ def test_power_loss_between_the_old_units_stop_and_the_new_ones_start(fa):
         assert serves(fa, name) == OLD
     run = Background(deploy, fa, H1, H2, image=NEW)
     # The rollout restarts fa-h1 first: its unit's ExecStop stops the old container.
-    wait_for(H1, "the old container being stopped", lambda c: c.startswith("/usr/bin/docker stop"))
+    wait_for(H1, "the old container being stopped", lambda c: c.startswith("/usr/bin/docker stop"), run)
     power_cycle(H1)
     upgrade = run.join()
     assert upgrade.returncode != 0
@@ -299,7 +308,7 @@ def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space
             "weights_root": "/srv/small"}
     run = Background(pyinfra, fa["inventory"], "deploys/weights.py", "--limit", H2, data=data, check=False,
                      timeout=600)
-    wait_for(H2, "the weights fetch", fetching)
+    wait_for(H2, "the weights fetch", fetching, run)
     with slow_link(H2, "4mbit"):
         partial = "[ $(du -sb /srv/small | cut -f1) -gt 1048576 ]"  # a MiB of the 12 written
         wait_until(lambda: ssh(ip, partial, check=False).returncode == 0, "a partial download", 120, 0.3)
@@ -331,7 +340,7 @@ def test_fanout_peer_server_needs_the_run_token_binds_the_peer_address_and_is_go
     ips = fa["ips"]
     run = Background(pyinfra, fa["inventory"], "deploys/weights.py", data=data, check=False, timeout=600)
     cmdline = wait_for(H1, "the peer server", lambda c: c.startswith("/opt/llmfleet/venv/bin/python")
-                       and "peer_server.py" in c)
+                       and "peer_server.py" in c, run)
     with slow_link(H2, "4mbit"):
         port = int(re.search(r"--port (\d+)", cmdline).group(1))
         bind = re.search(r"--bind (\S+)", cmdline).group(1)
