@@ -140,7 +140,8 @@ class DpkgInterrupted(FactBase):
                 r"dpkg --audit 2>/dev/null | sed -n 's/^ \([a-z0-9][a-z0-9+.:-]*\) .*/package \1/p'; fi; true")
 
     def process(self, output: list[str]) -> list[str]:
-        return [line.strip() for line in output if line.startswith(("journal ", "package "))]
+        # A package appears under every heading that applies to it: once is enough.
+        return list(dict.fromkeys(line.strip() for line in output if line.startswith(("journal ", "package "))))
 
 
 def _say_repair(found: Sequence[str]) -> None:
