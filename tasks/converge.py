@@ -111,12 +111,18 @@ def apt_update_sh(cache_time: int, force: bool) -> str:
 
 
 DPKG_UPDATES = "/var/lib/dpkg/updates"
-#: Finishes what an interrupted dpkg run left: configure what was unpacked, then let apt complete
-#: packages whose unpack was cut (half-installed) or whose dependencies were not unpacked yet.
-#: ``dpkg --configure -a`` alone exits 1 on the latter; ``apt-get -f install`` is what settles it.
-DPKG_REPAIR_SH = ("export DEBIAN_FRONTEND=noninteractive; "
-                  "dpkg --force-confdef --force-confold --configure -a; "
-                  "apt-get -f install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+_DPKG_OPTS = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+#: Finishes what an interrupted dpkg run left, in three steps, each needed (seen on lab hosts cut off
+#: mid-install): configure what was unpacked; reinstall, at the version dpkg recorded, what was cut
+#: mid-unpack (half-installed / reinst-required: apt would only try to configure those, and fail);
+#: let apt complete what depended on them (``dpkg --configure -a`` alone exits 1 on those).
+DPKG_REPAIR_SH = (
+    "export DEBIAN_FRONTEND=noninteractive; dpkg --force-confdef --force-confold --configure -a; "
+    "half=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}=${Version}\\n' 2>/dev/null "
+    "| awk 'substr($1,2,1)==\"H\" || substr($1,3,1)==\"R\" {print $2}'); "
+    f'if [ -n "$half" ]; then apt-get install --reinstall -y -q {_DPKG_OPTS} $half; fi; '
+    f"apt-get -f install -y -q {_DPKG_OPTS}"
+)
 
 
 class DpkgInterrupted(FactBase):

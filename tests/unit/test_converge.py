@@ -222,8 +222,9 @@ def test_dpkg_repaired_finishes_the_interrupted_run_and_says_so(caplog):
     assert changed and commands[-1] == DPKG_REPAIR_SH
     assert "dpkg was interrupted (packages left unfinished: docker.io, runc); running dpkg --configure -a" \
         in caplog.text
+    # configure what was unpacked, reinstall (at dpkg's recorded version) what was cut mid-unpack, then apt -f
     assert DPKG_REPAIR_SH.index("dpkg --force-confdef --force-confold --configure -a") < \
-        DPKG_REPAIR_SH.index("apt-get -f install -y")
+        DPKG_REPAIR_SH.index("apt-get install --reinstall") < DPKG_REPAIR_SH.index("apt-get -f install -y")
 
 
 def test_deb_packages_repairs_an_interrupted_dpkg_before_installing(caplog):
