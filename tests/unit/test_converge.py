@@ -227,6 +227,26 @@ def test_dpkg_repaired_finishes_the_interrupted_run_and_says_so(caplog):
         DPKG_REPAIR_SH.index("apt-get install --reinstall") < DPKG_REPAIR_SH.index("apt-get -f install -y")
 
 
+def test_dpkg_repair_reinstalls_half_installed_packages_at_their_version_under_sh(tmp_path):
+    """The repair's shell against stand-in dpkg/dpkg-query/apt-get that log their arguments."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    for tool in ("dpkg", "apt-get"):
+        (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+    # dpkg-query -W's answer on a host cut off mid-unpack (perl-base) and mid-configure (runc)
+    (fake / "dpkg-query").write_text("#!/bin/sh\nprintf 'ii  bash=5.2.15-2+b7\\niHR perl-base=5.36.0-7+deb12u3\\n"
+                                     "iF  runc=1.1.5+ds1-1+deb12u1\\niU  tini=0.19.0-1\\n'\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    lines, rc = run_sh(f"PATH={fake}:$PATH; {DPKG_REPAIR_SH}")
+    assert rc == 0, lines
+    calls = log.read_text().splitlines()
+    assert calls[0] == "dpkg --force-confdef --force-confold --configure -a"
+    assert calls[1].startswith("apt-get install --reinstall -y -q") and calls[1].endswith(" perl-base=5.36.0-7+deb12u3")
+    assert calls[2].startswith("apt-get -f install -y -q") and len(calls) == 3
+
+
 def test_deb_packages_repairs_an_interrupted_dpkg_before_installing(caplog):
     caplog.set_level(logging.WARNING)
     responses = {"dpkg --audit": ["journal /var/lib/dpkg/updates/0003"], "dpkg-query": ["iU  docker.io 20.10.24"]}
