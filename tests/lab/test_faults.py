@@ -256,8 +256,9 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
         lablib.service_down(CFG, "hub")
     first = run.join()
     lablib.service_up(CFG, "hub")
-    assert first.errors() and H2 in next(iter(first.errors().values()))
-    assert "unreachable or failing" in first.stdout + first.stderr
+    # fa-h2 fails (the only host of the run: pyinfra ends with "No hosts remaining", no JSON)
+    assert first.returncode != 0
+    assert f"llmfleet weights: {H2}: http://{CFG.bridge_ip}:8090 unreachable or failing" in first.stderr
     assert ssh(fa["ips"][H2], f"readlink {MODEL_DIR}/current", check=False).stdout.strip() == ""
     OUTCOMES["hub down mid-download"] = "run fails on that host: 'hub ... unreachable or failing'; re-run: fetched"
 
@@ -270,28 +271,11 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
         lablib.service_down(CFG, "registry")
         second = run.join()
     lablib.service_up(CFG, "registry")
-    assert second.errors() and H2 in next(iter(second.errors().values()))
+    assert second.returncode != 0 and "docker pull" in second.stderr
     converges(fa, H2)
     assert serves(fa, H2) == OLD
     assert serves(fa, H1) == OLD  # untouched throughout
     OUTCOMES["registry down during a pull"] = "pull fails on that host; re-run: pulled, serving; third: no changes"
-
-
-def test_power_loss_between_the_old_units_stop_and_the_new_ones_start(fa):
-    for name in (H1, H2):
-        assert serves(fa, name) == OLD
-    run = Background(deploy, fa, H1, H2, image=NEW)
-    # The rollout restarts fa-h1 first: its unit's ExecStop stops the old container.
-    wait_for(H1, "the old container being stopped", lambda c: c.startswith("/usr/bin/docker stop"), run)
-    power_cycle(H1)
-    upgrade = run.join()
-    assert upgrade.returncode != 0
-    # fa-h2 kept serving through it (the old version if the rollout stopped at the failed batch)
-    assert serves(fa, H2) in (OLD, NEW)
-    converges(fa, H1, H2, image=NEW)
-    assert serves(fa, H1) == NEW and serves(fa, H2) == NEW
-    OUTCOMES["power loss between old stop and new start"] = ("run fails on fa-h1, rollout stops (fa-h2 serves old); "
-                                                              "re-run: both serve new; third: no changes")
 
 
 def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space_is_back(fa, tmp_path):
@@ -316,7 +300,7 @@ def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space
         full = run.join()
     assert full.errors() == {"Weights | Fetch from hub": [H2]}, full.errors()
     assert "not enough free disk space under /srv/small" in full.stdout + full.stderr
-    assert serves(fa, H2) == NEW  # the served model, on another filesystem, never noticed (upgraded above)
+    assert serves(fa, H2) == OLD  # the served model, on another filesystem, never noticed
     ssh(ip, "rm -f /srv/small/ballast")
     again = pyinfra(fa["inventory"], "deploys/weights.py", "--limit", H2, data=data)
     assert again.changed() == {"Weights | Fetch from hub": [H2]}
@@ -371,3 +355,21 @@ def test_fanout_peer_server_needs_the_run_token_binds_the_peer_address_and_is_go
         assert "peer_server.py" not in ssh(ips[name], "ps -eo args").stdout
     OUTCOMES["fan-out peer server"] = (f"bound to {bind} only; 401 without/with a wrong token; 200 with it; "
                                        "port closed and token files gone after the run")
+
+
+def test_power_loss_between_the_old_units_stop_and_the_new_ones_start(fa):
+    deploy(fa, H1, H2, check=True)  # both serve the old version (a no-op after the cases above)
+    for name in (H1, H2):
+        assert serves(fa, name) == OLD
+    run = Background(deploy, fa, H1, H2, image=NEW)
+    # The rollout restarts fa-h1 first: its unit's ExecStop stops the old container.
+    wait_for(H1, "the old container being stopped", lambda c: c.startswith("/usr/bin/docker stop"), run)
+    power_cycle(H1)
+    upgrade = run.join()
+    assert upgrade.returncode != 0
+    # fa-h2 kept serving through it (the old version if the rollout stopped at the failed batch)
+    assert serves(fa, H2) in (OLD, NEW)
+    converges(fa, H1, H2, image=NEW)
+    assert serves(fa, H1) == NEW and serves(fa, H2) == NEW
+    OUTCOMES["power loss between old stop and new start"] = ("run fails on fa-h1, rollout stops (fa-h2 serves old); "
+                                                              "re-run: both serve new; third: no changes")
