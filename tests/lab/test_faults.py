@@ -271,7 +271,9 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
         lablib.service_down(CFG, "registry")
         second = run.join()
     lablib.service_up(CFG, "registry")
-    assert second.returncode != 0 and "docker pull" in second.stderr
+    assert second.returncode != 0
+    failed = second.stderr.rsplit("--> Starting operation: ", 1)[-1]
+    assert f"qwen30b_fp8: image {OLD}" in failed.splitlines()[0] and f"[{H2}] Error" in failed, failed[-1500:]
     converges(fa, H2)
     assert serves(fa, H2) == OLD
     assert serves(fa, H1) == OLD  # untouched throughout
