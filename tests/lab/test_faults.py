@@ -171,6 +171,14 @@ def serves(fa, name: str) -> str:
     return ssh(fa["ips"][name], "docker inspect -f '{{.Config.Image}}' llmfleet-qwen30b_fp8").stdout.strip()
 
 
+def serving(fa, name: str) -> str | None:
+    """The image ``name`` serves, or None when nothing answers there."""
+    try:
+        return serves(fa, name)
+    except AssertionError:
+        return None
+
+
 def power_cycle(name: str) -> None:
     lablib.power_off(CFG, name, log=lambda *_: None)
     assert lablib.status(CFG)[host(name).index - 1]["state"] == "stopped"
@@ -248,6 +256,7 @@ def test_power_loss_during_apt_install_weights_fetch_and_image_pull(fa):
 
 
 def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
+    h1_before = serving(fa, H1)
     # hub killed while fa-h2 downloads the weights
     run = Background(deploy, fa, H2)
     wait_for(H2, "the weights fetch", fetching, run)
@@ -276,7 +285,7 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
     assert f"qwen30b_fp8: image {OLD}" in failed.splitlines()[0] and f"[{H2}] Error" in failed, failed[-1500:]
     converges(fa, H2)
     assert serves(fa, H2) == OLD
-    assert serves(fa, H1) == OLD  # untouched throughout
+    assert serving(fa, H1) == h1_before  # untouched throughout (serving since the case above, if it ran)
     OUTCOMES["registry down during a pull"] = "pull fails on that host; re-run: pulled, serving; third: no changes"
 
 
@@ -300,8 +309,8 @@ def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space
         wait_until(lambda: ssh(ip, partial, check=False).returncode == 0, "a partial download", 120, 0.3)
         ssh(ip, "dd if=/dev/zero of=/srv/small/ballast bs=1M 2>/dev/null; true")  # until the disk is full
         full = run.join()
-    assert full.errors() == {"Weights | Fetch from hub": [H2]}, full.errors()
-    assert "not enough free disk space under /srv/small" in full.stdout + full.stderr
+    assert full.returncode != 0  # fa-h2 failed (the run's only host: no JSON, "No hosts remaining")
+    assert f"llmfleet weights: {H2}: not enough free disk space under /srv/small" in full.stderr
     assert serves(fa, H2) == OLD  # the served model, on another filesystem, never noticed
     ssh(ip, "rm -f /srv/small/ballast")
     again = pyinfra(fa["inventory"], "deploys/weights.py", "--limit", H2, data=data)
