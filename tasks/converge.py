@@ -394,6 +394,8 @@ def files_synced(files: Mapping[str, Source], mode: str | int = "644", user: str
         yield FileUploadCommand(io.BytesIO(content), tmp, remote_temp_filename=remote_temp)
         moves.append((tmp, path))
     targets = [tmp for tmp, _ in moves] + fix_files
+    if not targets:  # only directories differed (e.g. weights_root on a fresh mount, mode 1777)
+        return
     steps = [f"chown {owner} {_q(targets)} && chmod {mode} {_q(targets)}"]
     steps += [f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}" for tmp, path in moves]
     yield " && ".join(steps)

@@ -274,7 +274,7 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
     # registry killed while fa-h2 pulls the image
     run = Background(deploy, fa, H2)
     wait_for(H2, "docker pull", pulling, run)
-    with slow_link(H2, "20mbit"), no_internet(H2):
+    with slow_link(H2, "4mbit"), no_internet(H2):  # slow enough that layers are still coming
         time.sleep(3)
         assert any(pulling(c) for c in labhosts.processes(CFG, host(H2)).values()), "the pull ended too soon"
         lablib.service_down(CFG, "registry")

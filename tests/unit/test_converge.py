@@ -115,6 +115,18 @@ def test_files_synced_uploads_only_changed_files_and_creates_missing_dirs(upload
     assert len(commands) == 3  # fact, directories, one command for owners/modes/renames
 
 
+def test_files_synced_fixes_only_a_directory_whose_mode_differs(uploads):
+    # Found by the fault suite: weights_root on a fresh tmpfs (mode 1777) ended in "chown: missing operand".
+    responses = {"sha256sum": digest_lines({
+        "/srv/small": ("dir", "-", "1777 root root"),
+        "/opt/s": ("dir", "-", "755 root root"),
+        "/opt/s/a.py": ("file", sha(SCRIPT), "644 root root"),
+    })}
+    commands, changed = run_op(files_synced, responses, files={"/opt/s/a.py": SCRIPT}, dirs=["/opt/s", "/srv/small"])
+    assert changed and uploads == []
+    assert commands[1:] == ["chown root:root /srv/small && chmod 755 /srv/small"]
+
+
 def test_files_synced_diff_reads_old_content_only_for_changed_text(uploads, caplog):
     caplog.set_level(logging.INFO)
     responses = {
