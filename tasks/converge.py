@@ -9,6 +9,9 @@ many items and act only on what differs:
 - :class:`DebPackages` + :func:`deb_packages`: ``dpkg-query -W`` for just the named packages;
   missing or mismatched pins are installed, ``apt-get update`` runs inside the same command
   only when the lists are older than ``cache_time`` (or ``force_update``).
+- :class:`DpkgInterrupted` + :func:`dpkg_repaired`: what a dpkg run cut short (power loss, a
+  killed ``apt-get``) left behind; ``dpkg --configure -a`` and ``apt-get -f install`` finish it.
+  :func:`deb_packages` does the same before installing, so a re-run converges with no manual step.
 - :class:`FileDigests` + :func:`files_synced`: sha256, mode and owner of many paths; only changed
   files are uploaded (from local paths or bytes), directories are created in the same command,
   and ``--diff`` shows a unified diff of text files like ``files.put`` does (the old content is
@@ -107,11 +110,85 @@ def apt_update_sh(cache_time: int, force: bool) -> str:
     return f'if [ -z "$(find {APT_STAMP} -mmin -{minutes} 2>/dev/null)" ]; then {update}; fi'
 
 
-@declaring(lambda packages, **_: [(DebPackages, {"names": sorted(parse_pins(packages))})])
+DPKG_UPDATES = "/var/lib/dpkg/updates"
+_DPKG_OPTS = "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
+#: Finishes what an interrupted dpkg run left, in three steps, each needed (seen on lab hosts cut off
+#: mid-install): configure what was unpacked; reinstall, at the version dpkg recorded, what was cut
+#: mid-unpack (half-installed / reinst-required: apt would only try to configure those, and fail);
+#: let apt complete what depended on them (``dpkg --configure -a`` alone exits 1 on those).
+DPKG_REPAIR_SH = (
+    "export DEBIAN_FRONTEND=noninteractive; dpkg --force-confdef --force-confold --configure -a; "
+    "half=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}=${Version}\\n' 2>/dev/null "
+    "| awk 'substr($1,2,1)==\"H\" || substr($1,3,1)==\"R\" {print $2}'); "
+    f'if [ -n "$half" ]; then apt-get install --reinstall -y -q {_DPKG_OPTS} $half; fi; '
+    f"apt-get -f install -y -q {_DPKG_OPTS}"
+)
+
+
+class DpkgInterrupted(FactBase):
+    """
+    What an interrupted dpkg run left on the host: ``[]`` when dpkg is consistent, else lines
+    ``journal <file>`` (status updates dpkg had not merged: the state in which apt refuses with
+    "dpkg was interrupted, you must manually run 'dpkg --configure -a'") and ``package <name>``
+    (packages ``dpkg --audit`` finds unpacked, half-configured, half-installed or awaiting triggers).
+
+    .. code:: python
+
+        host.get_fact(DpkgInterrupted)  # ["journal /var/lib/dpkg/updates/0003", "package docker.io"]
+    """
+
+    default = list
+
+    def command(self) -> str:
+        # dpkg --audit lists each broken package as " <name>  <description>" under a heading.
+        return (f"if command -v dpkg >/dev/null 2>&1; then for f in {DPKG_UPDATES}/*; do "
+                '[ -e "$f" ] && echo "journal $f"; done; '
+                r"dpkg --audit 2>/dev/null | sed -n 's/^ \([a-z0-9][a-z0-9+.:-]*\) .*/package \1/p'; fi; true")
+
+    def process(self, output: list[str]) -> list[str]:
+        # A package appears under every heading that applies to it: once is enough.
+        return list(dict.fromkeys(line.strip() for line in output if line.startswith(("journal ", "package "))))
+
+
+def _say_repair(found: Sequence[str]) -> None:
+    """One line naming what dpkg left and what runs now (at plan time: will run; executing: runs)."""
+    packages = [line.split(" ", 1)[1] for line in found if line.startswith("package ")]
+    what = f"packages left unfinished: {', '.join(packages)}" if packages else "unmerged status journal"
+    verb = "running" if state.is_executing else "will run"
+    host.log(f"dpkg was interrupted ({what}); {verb} dpkg --configure -a and apt-get -f install", logger.warning)
+
+
+@declaring(lambda **_: [(DpkgInterrupted, {})])
+@operation()
+def dpkg_repaired():
+    """
+    Finish an interrupted dpkg run (power loss or a killed ``apt-get`` during package work), so that
+    apt works again without a person running ``dpkg --configure -a``; no change on a healthy host.
+
+    Said in the output (a warning naming the packages) whenever it repairs. :func:`deb_packages`
+    does this itself; call it before other package work (``apt.packages``).
+
+    Example:
+
+    .. code:: python
+
+        dpkg_repaired(name="Repair an interrupted dpkg")
+        apt.packages(name="nginx", packages=["nginx"])
+    """
+    found = read(DpkgInterrupted)
+    if not found:
+        host.noop("dpkg: no interrupted package work")
+        return
+    _say_repair(found)
+    yield DPKG_REPAIR_SH
+
+
+@declaring(lambda packages, **_: [(DpkgInterrupted, {}), (DebPackages, {"names": sorted(parse_pins(packages))})])
 @operation()
 def deb_packages(packages: Sequence[str], cache_time: int = 86400, force_update: bool = False):
     """
-    Install the Debian packages that are missing or differ from their pin, in one command.
+    Install the Debian packages that are missing or differ from their pin, in one command; an
+    interrupted dpkg run found on the host is finished first (:func:`dpkg_repaired`).
 
     + packages: names, optionally pinned ``name=version`` (a pin installs exactly that version,
       downgrading if needed; an unpinned name is left at whatever version is installed)
@@ -127,11 +204,16 @@ def deb_packages(packages: Sequence[str], cache_time: int = 86400, force_update:
         deb_packages(name="Toolkit", packages=["nvidia-container-toolkit=1.17.8-1"])
     """
     pins = parse_pins(packages)
+    interrupted = read(DpkgInterrupted)
     have = read(DebPackages, names=sorted(pins))
     if have is None:
         raise OperationError("deb_packages: no dpkg-query on this host (not a Debian/Ubuntu host)")
+    if interrupted:
+        yield from dpkg_repaired._inner()
     todo = [n for n, v in pins.items() if n not in have or (v is not None and have[n] != v)]
     if not todo:
+        if interrupted:
+            return
         host.noop("installed: " + ", ".join(f"{n}={have[n]}" for n in sorted(pins)))
         return
     args = " ".join(shlex.quote(n if pins[n] is None else f"{n}={pins[n]}") for n in todo)
@@ -312,6 +394,8 @@ def files_synced(files: Mapping[str, Source], mode: str | int = "644", user: str
         yield FileUploadCommand(io.BytesIO(content), tmp, remote_temp_filename=remote_temp)
         moves.append((tmp, path))
     targets = [tmp for tmp, _ in moves] + fix_files
+    if not targets:  # only directories differed (e.g. weights_root on a fresh mount, mode 1777)
+        return
     steps = [f"chown {owner} {_q(targets)} && chmod {mode} {_q(targets)}"]
     steps += [f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}" for tmp, path in moves]
     yield " && ".join(steps)

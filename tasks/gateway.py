@@ -67,9 +67,10 @@ from typing import Any, Callable, Iterable
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, deploy, operation
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from tasks.converge import deb_packages
 from tasks.secrets import read_secret, secret_file, secrets_dir
 from tasks.spec import SpecError
 
@@ -391,7 +392,8 @@ def gateway(model: GatewayModel) -> None:
     if clients is None:
         logger.warning(f"{host.print_prefix}gateway for {model.name}: no API key configured: the endpoint is open")
 
-    apt.packages(name="nginx", packages=["nginx"], update=True, cache_time=86400)
+    # deb_packages, not apt.packages: it finishes a dpkg run a power loss interrupted first.
+    deb_packages(name="nginx", packages=["nginx"], cache_time=86400)
     files.directory(name=f"{model.name}: gateway config directory", path=str(opts["gateway_conf_dir"]),
                     user="root", group="root", mode="750")
     changed = []

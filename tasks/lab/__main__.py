@@ -1,4 +1,4 @@
-"""`python -m tasks.lab up N [--profiles P ...] | status | down` — the lab of real hosts.
+"""`python -m tasks.lab up N [--profiles P ...] | status | poweroff HOST | boot HOST | down` — the lab of real hosts.
 
 The lab is a fleet of Debian 12 hosts (systemd-nspawn, systemd as PID 1, sshd, Docker
 installable) on one machine, with a registry, a signed apt repository and hub stand-ins on
@@ -23,8 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("n", type=int)
     p_up.add_argument("--profiles", nargs="+", metavar="PROFILE",
                       help="accelerator profiles, assigned to hosts in turn (default: cpu)")
-    p_status = sub.add_parser("status", help="hosts and their systemd state")
+    p_status = sub.add_parser("status", help="hosts and their real state (from their processes)")
     p_status.add_argument("--json", action="store_true")
+    p_off = sub.add_parser("poweroff", help="cut a host's power: its init and all in it killed at once, "
+                                            "disk kept")
+    p_off.add_argument("host", help="host name (or index)")
+    p_boot = sub.add_parser("boot", help="boot a powered-off host again on its disk")
+    p_boot.add_argument("host", help="host name (or index)")
     sub.add_parser("down", help="remove everything the lab made")
     sub.add_parser("profiles", help="list the accelerator profiles")
     args = parser.parse_args(argv)
@@ -33,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         lab.up(cfg, args.n, args.profiles)
     elif args.command == "down":
         lab.down(cfg)
+    elif args.command == "poweroff":
+        lab.power_off(cfg, args.host)
+    elif args.command == "boot":
+        lab.power_on(cfg, args.host)
     elif args.command == "profiles":
         for name, profile in sorted(lab._profiles().PROFILES.items()):
             print(f"{name:18} {profile.get('description', '')}")
@@ -44,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab {cfg.name}: not up")
         else:
             for row in rows:
-                print(f"{row['host']:12} {row['ip']:14} {row['profile']:16} {row['systemd']}")
+                print(f"{row['host']:12} {row['ip']:14} {row['profile']:16} {row['state']:8} {row['systemd']}")
     return 0
 
 

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import LabConfig
 
@@ -87,7 +88,11 @@ def boot(cfg: LabConfig, host: Host) -> None:
             (d / "cgroup.procs").write_text(str(os.getpid()))
 
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1", SYSTEMD_NSPAWN_API_VFS_WRITABLE="network")
+    # systemd-nspawn as PID 1 of a PID namespace of its own: if it dies (killed, crashed), the
+    # kernel kills every process below it, so the host goes down with it as with a power loss,
+    # instead of living on unseen. --kill-child: the same when the unshare around it dies.
     cmd = [
+        "unshare", "--pid", "--fork", "--kill-child",
         "systemd-nspawn", "-q", "-D", str(host.merged), "-M", host.name, "-b",
         "--register=no", "--keep-unit", "--console=read-only",
         f"--network-namespace-path=/run/netns/{cfg.netns(host.index)}",
@@ -103,12 +108,23 @@ def boot(cfg: LabConfig, host: Host) -> None:
     host.pid = proc.pid
 
 
-def _init_pid(nspawn_pid: int) -> int | None:
+def _child(pid: int) -> int | None:
     try:
-        children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
     return int(children[0]) if children else None
+
+
+def nspawn_pid(host: Host) -> int | None:
+    """The host's systemd-nspawn (the child of the ``unshare`` that :func:`boot` started)."""
+    return _child(host.pid) if host.pid else None
+
+
+def _init_pid(host: Host) -> int | None:
+    """The host's PID 1 (the child of its systemd-nspawn)."""
+    nspawn = nspawn_pid(host)
+    return _child(nspawn) if nspawn else None
 
 
 def wait_ready(cfg: LabConfig, host: Host, timeout: float = 120) -> None:
@@ -116,7 +132,7 @@ def wait_ready(cfg: LabConfig, host: Host, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     state = ""
     while time.monotonic() < deadline:
-        init = _init_pid(host.pid)
+        init = _init_pid(host)
         if init is None and not Path(f"/proc/{host.pid}").exists():
             raise RuntimeError(f"{host.name}: systemd-nspawn exited; see {host.dir}/console.log")
         if init:
@@ -155,13 +171,13 @@ def _alive(pid: int) -> bool:
 def stop(cfg: LabConfig, host: Host, grace: float = 30) -> None:
     """Power the host off (SIGTERM to nspawn), kill what is left, unmount, remove its cgroups."""
     if host.pid and _alive(host.pid):
-        init = _init_pid(host.pid)
-        os.kill(host.pid, signal.SIGTERM)
+        init, nspawn = _init_pid(host), nspawn_pid(host)
+        os.kill(nspawn or host.pid, signal.SIGTERM)  # nspawn powers the host off; unshare then exits
         deadline = time.monotonic() + grace
         while _alive(host.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(host.pid):
-            for pid in (init, host.pid):
+            for pid in (init, nspawn, host.pid):
                 if pid:
                     try:
                         os.kill(pid, signal.SIGKILL)
@@ -170,6 +186,83 @@ def stop(cfg: LabConfig, host: Host, grace: float = 30) -> None:
     kill_cgroup(cfg, host.name)
     subprocess.run(["umount", "-R", str(host.merged)], capture_output=True)
     remove_cgroups(cfg, host.name)
+
+
+def kill(cfg: LabConfig, host: Host) -> None:
+    """Hard power-off: SIGKILL the host's systemd-nspawn (PID 1 of the namespace it was started in,
+    see :func:`boot`: the kernel kills everything below it, the host's init first) and whatever is
+    left in its cgroups, then unmount its overlay. Its directories are kept: :func:`boot` again."""
+    for pid in (nspawn_pid(host), host.pid):
+        if pid and _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    kill_cgroup(cfg, host.name)
+    deadline = time.monotonic() + 10
+    while host.pid and _alive(host.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["umount", "-R", str(host.merged)], capture_output=True)
+
+
+def processes(cfg: LabConfig, host: Host) -> dict[int, str]:
+    """pid -> command line (spaces between arguments) of every process of the host, read from the
+    machine's /proc (no round trip into the host: fast enough to catch a step of a deploy)."""
+    out = {}
+    for d in cgroup_dirs(cfg, host.name)[:1]:
+        for pid in (_procs(d) if d.exists() else []):
+            try:
+                out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+    return out
+
+
+def wait_for_process(cfg: LabConfig, host: Host, match: Callable[[str], bool], timeout: float,
+                     interval: float = 0.05) -> str | None:
+    """Poll the host's processes until one's command line satisfies ``match`` (returned), or None
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for cmdline in processes(cfg, host).values():
+            if match(cmdline):
+                return cmdline
+        time.sleep(interval)
+    return None
+
+
+def _ns_init(pids: list[int]) -> int | None:
+    """Among ``pids``, the host's init: PID 1 of the innermost PID namespace (the deepest ``NSpid``
+    ending in 1; systemd-nspawn is PID 1 one level up)."""
+    best, depth = None, 0
+    for pid in pids:
+        try:
+            line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        ids = line.split()[1:]
+        if len(ids) > 1 and ids[-1] == "1" and len(ids) > depth:
+            best, depth = pid, len(ids)
+    return best
+
+
+def host_state(cfg: LabConfig, host: Host) -> dict:
+    """What a host really is, from its processes: ``{"state", "systemd", "processes"}``.
+
+    ``state`` is ``running`` (its init is alive; ``systemd`` is what ``systemctl is-system-running``
+    says inside), ``stopped`` (no process left in its cgroups), or ``dying`` (processes, no init).
+    The systemd-nspawn that booted a host leads a PID namespace of its own (:func:`boot`): killed,
+    it takes the host with it, as a power loss would (without that, a host outlived its nspawn)."""
+    pids = sorted({p for d in cgroup_dirs(cfg, host.name) if d.exists() for p in _procs(d) if _alive(p)})
+    init = _ns_init(pids)
+    row = {"state": "stopped", "systemd": "stopped", "processes": len(pids)}
+    if init is not None:
+        res = subprocess.run(["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "systemctl",
+                              "is-system-running"], capture_output=True, text=True, timeout=10)
+        row.update(state="running", systemd=res.stdout.strip() or "unknown")
+    elif pids:
+        row.update(state="dying", systemd="unknown")
+    return row
 
 
 def _procs(d: Path) -> list[int]:

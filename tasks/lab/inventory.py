@@ -18,9 +18,13 @@ def served_cann_digests(cfg: LabConfig) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(served.glob("*.run"))}
 
 
-def lab_data(cfg: LabConfig) -> dict:
-    """Data every lab host gets: where the lab's stand-ins for the outside world live."""
+def lab_data(cfg: LabConfig, state: dict | None = None) -> dict:
+    """Data every lab host gets: where the lab's stand-ins for the outside world live, and the size
+    of the checkpoints its hub serves (preflight's disk check measures those, not the real model's
+    hundreds of GB against the free disk of the machine the lab runs on)."""
+    sizes = {"preflight_weights_bytes": state["checkpoint_bytes"]} if (state or {}).get("checkpoint_bytes") else {}
     return {
+        **sizes,
         "lab_name": cfg.name,
         "docker_registry_mirrors": [f"http://{cfg.registry}"],
         "docker_insecure_registries": [cfg.registry],
@@ -62,7 +66,7 @@ def write(cfg: LabConfig, state: dict, key: Path, path: Path | None = None,
     lines = [
         f'"""pyinfra inventory of lab {cfg.name!r}, written by `python -m tasks.lab up`; do not edit."""',
         "",
-        f"_LAB = {pformat(lab_data(cfg), width=100)}",
+        f"_LAB = {pformat(lab_data(cfg, state), width=100)}",
         "",
     ]
     for profile, members in groups.items():

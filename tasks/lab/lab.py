@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, wheelhouse
-from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REPO_ROOT, LabConfig, cache_lock
+from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REGISTRY_PORT, REPO_ROOT, LabConfig, cache_lock
 from .standins import cann_run
 from .hosts import Host
 from .registry import registry_command
@@ -66,9 +67,18 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
 
 
 def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> dict:
-    """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state."""
+    """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
+
+    A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
+    so no state file is left saying "already up" for a lab that is not."""
     with cache_lock():  # several labs may come up at once (parallel test workers)
-        return _up(cfg, n, profiles, log)
+        try:
+            return _up(cfg, n, profiles, log)
+        except BaseException:
+            if load_state(cfg) is not None:
+                log(f"lab {cfg.name}: bring-up failed; removing what was made")
+                down(cfg, log=lambda *_: None)
+            raise
 
 
 def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
@@ -87,7 +97,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     net.bridge_up(cfg)
 
     services = state["services"]
-    services["registry"] = _spawn(cfg, "registry", registry_command(cfg))
+    services["registry"] = _spawn(cfg, "registry", *service_command(cfg, "registry"))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
     cann_run.publish(cfg.run_dir / "apt" / "ascend" / "cann")
     wheelhouse.publish(cfg.run_dir / "apt" / "wheels", log)  # hub clients' wheels: <apt_url>/wheels/
@@ -98,11 +108,8 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
                                             "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
-    hubseed.seed(hub_root)
-    if (Path(__file__).parent / "standins" / "hub.py").exists():
-        services["hub"] = _spawn(cfg, "hub", [sys.executable, "-m", "tasks.lab.standins.hub", "--bind",
-                                              cfg.bridge_ip, "--port", str(HUB_PORT), "--root", str(hub_root)],
-                                 cwd=REPO_ROOT)
+    state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
+    services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)
 
     profiles_mod = _profiles()
@@ -111,9 +118,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
                     dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
                     binds=profiles_mod.device_binds(profile))
         net.host_net_up(cfg, i)
-        hosts.prepare(cfg, host, lower, profiles_mod.host_files(profile), pub,
-                      profiles_mod.enabled_units(profile))
-        hosts.boot(cfg, host)
+        _prepare_and_boot(cfg, host, lower, pub)
         state["hosts"].append(host.to_json())
         save_state(cfg, state)
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -125,6 +130,86 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     save_state(cfg, state)
     log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
     return state
+
+
+def service_command(cfg: LabConfig, name: str) -> tuple[list[str], Path | None]:
+    """argv and working directory of the lab service ``name`` (those a test may stop and start)."""
+    if name == "registry":
+        return registry_command(cfg), None
+    if name == "hub":
+        return [sys.executable, "-m", "tasks.lab.standins.hub", "--bind", cfg.bridge_ip, "--port", str(HUB_PORT),
+                "--root", str(cfg.run_dir / "hub")], REPO_ROOT
+    raise ValueError(f"service: {name!r}; allowed: hub, registry")
+
+
+def service_down(cfg: LabConfig, name: str) -> None:
+    """Kill a lab service at once (SIGKILL: an outage, not a shutdown); its data stays."""
+    state = load_state(cfg)
+    service_command(cfg, name)  # a known name
+    try:
+        os.killpg(state["services"][name], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def service_up(cfg: LabConfig, name: str, timeout: float = 30) -> None:
+    """Start a lab service again on its data and wait until its port answers."""
+    state = load_state(cfg)
+    cmd, cwd = service_command(cfg, name)
+    state["services"][name] = _spawn(cfg, name, cmd, cwd)
+    save_state(cfg, state)
+    port = {"registry": REGISTRY_PORT, "hub": HUB_PORT}[name]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((cfg.bridge_ip, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"lab {cfg.name}: {name} did not answer on {cfg.bridge_ip}:{port} within {timeout}s")
+
+
+def _prepare_and_boot(cfg: LabConfig, host: Host, lower: Path, pub: str) -> None:
+    profiles_mod = _profiles()
+    hosts.prepare(cfg, host, lower, profiles_mod.host_files(host.profile), pub,
+                  profiles_mod.enabled_units(host.profile))
+    hosts.boot(cfg, host)
+
+
+def _find_host(cfg: LabConfig, state: dict | None, name: str) -> tuple[dict, int]:
+    if state is None:
+        raise SystemExit(f"lab {cfg.name}: not up")
+    for i, h in enumerate(state["hosts"]):
+        if name in (h["name"], str(h["index"])):
+            return state, i
+    raise SystemExit(f"lab {cfg.name}: no host {name!r}; hosts: {', '.join(h['name'] for h in state['hosts'])}")
+
+
+def power_off(cfg: LabConfig, name: str, log=print) -> None:
+    """Cut a host's power: SIGKILL its init and everything in it at once (no shutdown, no sync of
+    services, no unit stopping), as a power loss does. Its disk (overlay upper dir, /var/lib/docker)
+    and its network namespace are kept for :func:`power_on`. The machine's page cache is shared, so
+    writes the host made survive even unsynced; what is lost is every process mid-way."""
+    state, i = _find_host(cfg, load_state(cfg), name)
+    host = Host(**state["hosts"][i])
+    hosts.kill(cfg, host)
+    log(f"lab {cfg.name}: {host.name} powered off (init killed)")
+
+
+def power_on(cfg: LabConfig, name: str, log=print) -> None:
+    """Boot a powered-off host again on the disk it had; wait until systemd runs and sshd answers.
+
+    No cache lock: the lab is up, so its rootfs and key exist (another lab's bring-up may hold the
+    lock for minutes)."""
+    state, i = _find_host(cfg, load_state(cfg), name)
+    host = Host(**state["hosts"][i])
+    if hosts.host_state(cfg, host)["state"] != "stopped":
+        raise SystemExit(f"lab {cfg.name}: {host.name} is not powered off; `poweroff` it first")
+    _prepare_and_boot(cfg, host, rootfs.tree("host"), cfg.ssh_key.with_suffix(".pub").read_text())
+    state["hosts"][i] = host.to_json()
+    save_state(cfg, state)
+    hosts.wait_ready(cfg, host)
+    log(f"lab {cfg.name}: {host.name} booted again")
 
 
 def down(cfg: LabConfig, log=print) -> None:
@@ -177,20 +262,14 @@ def _terminate(pid: int, grace: float = 5) -> None:
 
 
 def status(cfg: LabConfig) -> list[dict]:
+    """Each host's real state (:func:`tasks.lab.hosts.host_state`): read from its processes, not
+    from whether the systemd-nspawn that booted it is alive."""
     state = load_state(cfg)
     if state is None:
         return []
     rows = []
     for h in state["hosts"]:
         host = Host(**h)
-        alive = hosts._alive(host.pid)
-        init = hosts._init_pid(host.pid) if alive else None
-        sys_state = "stopped"
-        if init:
-            sys_state = subprocess.run(
-                ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "systemctl", "is-system-running"],
-                capture_output=True, text=True, timeout=10,
-            ).stdout.strip() or "unknown"
         rows.append({"host": host.name, "ip": host.ip, "profile": host.profile, "pid": host.pid,
-                     "systemd": sys_state})
+                     **hosts.host_state(cfg, host)})
     return rows

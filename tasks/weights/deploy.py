@@ -33,13 +33,21 @@ whole run -- else the group's first host in inventory order). Operations, identi
 so pyinfra runs them host-parallel one after another:
 
 1. "Fetch from hub": the hub seeds (and every pending host without fan-out).
-2. For each wave k of :func:`tasks.weights.fanout.plan_waves`: "Peer servers (wave k)" starts
+2. "Fan-out token (root-only)": a random token made for this run (``secrets.token_urlsafe``) goes
+   into ``/run/llmfleet/<peer unit>.token`` (0600 in a 0700 directory, through
+   ``tasks.secrets.secret_file``: never in an argument, a command line or the output) on every
+   sender and receiver of the run.
+3. For each wave k of :func:`tasks.weights.fanout.plan_waves`: "Peer servers (wave k)" starts
    ``peer_server.py`` as the transient unit ``llmfleet-weights-peer-<..>`` on senders new in that
-   wave (every host that finished serves from then on), then "Fetch from peers (wave k)" runs
-   ``fetch.py --peer http://<sender>:<port>`` on that wave's receivers (huggingface_hub against the
-   peer, resumable, verified against the seed's manifest). If the sender is unreachable (it failed
-   earlier in the run) the receiver falls back to the hub (``weights_fanout_fallback_hub``).
-3. "Stop peer servers" on every host that started one (units also carry ``RuntimeMaxSec``).
+   wave (every host that finished serves from then on), bound to the address the receivers use
+   (``weights_peer_address``, else ``ssh_hostname``, resolved on the control machine), answering
+   only requests that carry the token (else 401); then "Fetch from peers (wave k)" runs
+   ``fetch.py --peer http://<sender>:<port> --token-file ...`` on that wave's receivers
+   (huggingface_hub against the peer, resumable, verified against the seed's manifest). If the
+   sender is unreachable (it failed earlier in the run) the receiver falls back to the hub
+   (``weights_fanout_fallback_hub``).
+4. "Stop peer servers" on every host of the fan-out: the servers stop, the token files go (units
+   also carry ``RuntimeMaxSec``, a safety net if the run is interrupted).
 
 Time for N hosts, model size S, link rate R (each host's link the bottleneck, fan-out width w):
 without fan-out all N copies leave the hub's uplink: ``N*S/R_hub``, growing linearly with N. With
@@ -62,7 +70,7 @@ DEFAULTS (host/group data overrides each key):
 | weights_cache_host | None | inventory host that fetches from the hub first (the only hub seed); None = one per group |
 | weights_fanout_fallback_hub | True | a receiver whose sender is unreachable fetches from the hub instead |
 | weights_peer_port | 8765 | port of ``peer_server.py`` on senders (open it between hosts) |
-| weights_peer_address | None | address other hosts reach this host's peer server at; None = ``ssh_hostname`` or the host name |
+| weights_peer_address | None | address other hosts reach this host's peer server at, and the only one it binds (names are resolved on the control machine); None = ``ssh_hostname`` or the host name |
 | weights_peer_max_s | 21600 | RuntimeMaxSec of a peer server unit (safety net if a run is interrupted) |
 | weights_deep_verify | False | re-hash every file at plan time; damaged files are fetched again (only those) |
 | weights_prune_keep | 2 | revisions kept after a switch (current + previous) |
@@ -76,8 +84,11 @@ DEFAULTS (host/group data overrides each key):
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import secrets
 import shlex
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +129,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 SCRIPTS = ("fetch.py", "peer_server.py", "manifest.py", "hub_protocol.py")
+PEER_TOKEN_DIR = "/run/llmfleet"
 HERE = Path(__file__).resolve().parent
 _UNIT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -304,8 +316,13 @@ class FetchRequest:
     def peer_unit(self) -> str:
         return f"llmfleet-weights-peer-{Path(self.dest).name}"
 
+    @property
+    def peer_token_file(self) -> str:
+        """This run's fan-out token (root-only; /run: gone at reboot, removed after the fan-out)."""
+        return f"{PEER_TOKEN_DIR}/{self.peer_unit}.token"
+
     def argv(self, peer: str | None = None) -> list[str]:
-        """fetch.py's arguments: from the hub, or from ``peer`` (no endpoint, no token)."""
+        """fetch.py's arguments: from the hub, or from ``peer`` (no endpoint; the fan-out token)."""
         args = [f"{self.venv}/bin/python", "-u", f"{self.scripts_dir}/fetch.py"]
         args += ["--peer", peer] if peer else []
         args += ["--hub", self.hub, "--repo", self.repo, "--revision", self.revision, "--dest", self.dest]
@@ -317,6 +334,8 @@ class FetchRequest:
             args += ["--endpoint", self.endpoint]
         if not peer and self.token_file:
             args += ["--token-file", self.token_file]
+        if peer:
+            args += ["--token-file", self.peer_token_file]
         if self.deep_verify:
             args.append("--deep-verify")
         args += ["--max-workers", str(self.max_workers)]
@@ -470,12 +489,13 @@ def model_fetched(req: FetchRequest, role: Role, fallback_hub: bool = True):
 
 
 @operation()
-def peer_server_up(req: FetchRequest, start: bool, port: int, max_s: int, note: str = ""):
+def peer_server_up(req: FetchRequest, start: bool, bind: str, port: int, max_s: int, note: str = ""):
     """
     Start ``peer_server.py`` over ``<dest>/current`` as a transient unit and wait until it listens.
 
-    + req: the host's FetchRequest (dest, venv, scripts dir, unit names)
+    + req: the host's FetchRequest (dest, venv, scripts dir, unit names, the token file)
     + start: False -> no-op with ``note``
+    + bind: the address receivers reach this host at (an IP address)
     + port: listen port
     + max_s: RuntimeMaxSec of the unit
 
@@ -488,7 +508,8 @@ def peer_server_up(req: FetchRequest, start: bool, port: int, max_s: int, note: 
     ready = shlex.quote(f"/run/{req.peer_unit}.url")
     argv = " ".join(shlex.quote(a) for a in [
         f"{req.venv}/bin/python", "-u", f"{req.scripts_dir}/peer_server.py", "--model-dir", f"{req.dest}/current",
-        "--port", str(port), "--ready-file", f"/run/{req.peer_unit}.url",
+        "--bind", bind, "--port", str(port), "--token-file", req.peer_token_file,
+        "--ready-file", f"/run/{req.peer_unit}.url",
     ])
     yield (f"systemctl stop {unit} 2>/dev/null; systemctl reset-failed {unit} 2>/dev/null; rm -f {ready}; "
            f"systemd-run --unit={unit} --collect --quiet -p RuntimeMaxSec={int(max_s)} -- {argv} && "
@@ -498,19 +519,20 @@ def peer_server_up(req: FetchRequest, start: bool, port: int, max_s: int, note: 
 
 
 @operation()
-def peer_server_down(req: FetchRequest, started: bool):
+def peer_server_down(req: FetchRequest, in_fanout: bool):
     """
-    Stop this host's peer server unit if the run started one.
+    Stop this host's peer server unit and remove the run's token, on every host of the fan-out.
 
     + req: the host's FetchRequest
-    + started: whether the plan started a peer server here
+    + in_fanout: whether this host sent or received in the run's fan-out
 
     Example: see :func:`fetch_weights`.
     """
-    if not started:
-        host.noop("no peer server was started here")
+    if not in_fanout:
+        host.noop("not part of this run's fan-out")
         return
-    yield f"systemctl stop {shlex.quote(req.peer_unit)} 2>/dev/null; rm -f {shlex.quote(f'/run/{req.peer_unit}.url')}; true"
+    yield (f"systemctl stop {shlex.quote(req.peer_unit)} 2>/dev/null; "
+           f"rm -f {shlex.quote(f'/run/{req.peer_unit}.url')} {shlex.quote(req.peer_token_file)}; true")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,11 +540,14 @@ def peer_server_down(req: FetchRequest, started: bool):
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class FleetPlan:
-    """Roles of every host and the number of peer waves (the same for all hosts)."""
+    """Roles of every host and the number of peer waves (the same for all hosts); with waves, the
+    run's random fan-out token (left out of the repr)."""
 
     roles: dict[str, Role] = field(default_factory=dict)
     waves: int = 0
     hub_seeds: list[str] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)  # host -> its peer server's URL
+    token: str = field(default="", repr=False)
 
 
 def plan_fleet(
@@ -551,7 +576,7 @@ def plan_fleet(
 
         plan_fleet(["a", "b"], {"a": {}, "b": {}}, reqs, fanout=True, peer_urls=urls).roles["b"].kind == "peer"
     """
-    plan = FleetPlan()
+    plan = FleetPlan(urls=dict(peer_urls or {}))
     holders = [h for h in hosts if requests[h].matches(states.get(h) or {})]
     pending = [h for h in hosts if h not in holders]
     for h in holders:
@@ -589,6 +614,7 @@ def plan_fleet(
                 waves.append({})
             waves[i].update(wave)
     first_send: dict[str, int] = {}
+    plan.token = secrets.token_urlsafe(32) if waves else ""
     for k, wave in enumerate(waves, start=1):
         for receiver, sender in wave.items():
             plan.roles[receiver] = Role("peer", wave=k, sender=peer_urls.get(sender, f"http://{sender}:8765"),
@@ -671,18 +697,37 @@ def fleet_plan(spec: Any) -> FleetPlan:
     return once_per_run(_PLANS, key, lambda: _fleet_plan(spec, hosts))
 
 
+def peer_address(h: Any, data: Any) -> str:
+    """The IP address other hosts reach ``h``'s peer server at, which it binds (never every interface):
+    ``weights_peer_address``, else ``ssh_hostname``, else the host name, resolved here on the control
+    machine (the host itself may map its own name to 127.0.1.1)."""
+    name = str(data.weights_peer_address or h.data.get("ssh_hostname") or h.name)
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)[0][4][0]
+    except (OSError, IndexError):
+        raise ValueError(f"{h.name}: weights_peer_address: {name!r} does not resolve on the control machine; "
+                         "set it to the address other hosts reach this host at (weights_fanout)") from None
+
+
 def _fleet_plan(spec: Any, hosts: list[Any]) -> FleetPlan:
     data = {h.name: _DataWithDefaults(h) for h in hosts}
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
     states = read_fleet(hosts, WeightsState,
                         lambda h: {"dest": requests[h.name].dest, "deep": requests[h.name].deep_verify})
     fleet = fleet_settings(data)  # validate_fleet checked them before any host was touched
+    fanout = bool(fleet["weights_fanout"])
     urls = {}
-    for h in hosts:
-        addr = data[h.name].weights_peer_address or h.data.get("ssh_hostname") or h.name
-        urls[h.name] = f"http://{addr}:{int(data[h.name].weights_peer_port)}"
+    if fanout:
+        for h in hosts:
+            addr = peer_address(h, data[h.name])
+            addr = f"[{addr}]" if ":" in addr else addr
+            urls[h.name] = f"http://{addr}:{int(data[h.name].weights_peer_port)}"
     plan = plan_fleet(
-        [h.name for h in hosts], states, requests, fanout=bool(fleet["weights_fanout"]),
+        [h.name for h in hosts], states, requests, fanout=fanout,
         width=int(fleet["weights_fanout_width"]), groups={h.name: data[h.name].weights_fanout_group for h in hosts},
         cache_host=fleet["weights_cache_host"], peer_urls=urls,
     )
@@ -735,14 +780,20 @@ def fetch_weights(spec: Any) -> Any:
     port, max_s = int(data.weights_peer_port), int(data.weights_peer_max_s)
     hub_role = role if role.kind in ("hub", "skip") else Role("skip", f"copies from a peer in wave {role.wave}")
     ops = [model_fetched(name="Fetch from hub", req=req, role=hub_role, fallback_hub=False)]
+    in_fanout = role.serve_from is not None or role.kind == "peer"
+    if plan.waves and in_fanout:
+        token = plan.token
+        secret_file(name="Fan-out token (root-only)", dest=req.peer_token_file, content_of=lambda: token.encode(),
+                    dir_mode="700")
+    bind = urlsplit(plan.urls.get(host.name, "")).hostname or ""  # what receivers connect to
     for k in range(1, plan.waves + 1):
-        peer_server_up(name=f"Peer servers (wave {k})", req=req, start=role.serve_from == k, port=port,
+        peer_server_up(name=f"Peer servers (wave {k})", req=req, start=role.serve_from == k, bind=bind, port=port,
                        max_s=max_s, note=f"not a new sender in wave {k}")
         wave_role = role if role.kind == "peer" and role.wave == k else Role("skip", f"not a receiver in wave {k}")
         ops.append(model_fetched(name=f"Fetch from peers (wave {k})", req=req, role=wave_role,
                                  fallback_hub=fallback))
     if plan.waves:
-        peer_server_down(name="Stop peer servers", req=req, started=role.serve_from is not None)
+        peer_server_down(name="Stop peer servers", req=req, in_fanout=in_fanout)
     return WeightsResult(dest=req.dest, ops=ops)
 
 

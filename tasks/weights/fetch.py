@@ -31,7 +31,8 @@ Behaviour, in order:
 ``--peer URL`` fetches from another host's ``peer_server.py`` (same HF API; the peer answers from
 its manifest) with the real huggingface_hub client; the peer's manifest must be for the requested
 repo and revision (and ``--hub`` if given), and ``--allow``/``--ignore`` must be absent or equal to
-the peer's -- else exit 9.
+the peer's -- else exit 9. With ``--peer``, ``--token-file`` holds the fan-out run's token the
+peer requires (a peer answering 401 gives exit 5).
 
 The token is read from ``--token-file`` and handed to the client in-process; it is never put in
 argv or the environment, and every line written to stdout/stderr (client logs included) has it
@@ -400,8 +401,9 @@ def _is_hex(s: str) -> bool:
 class PeerRemote:
     """Another host's ``peer_server.py``: its manifest is the listing, huggingface_hub downloads."""
 
-    def __init__(self, url: str, repo: str, revision: str, hub: str | None) -> None:
+    def __init__(self, url: str, repo: str, revision: str, hub: str | None, token: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.token = token
         self.repo = repo
         self.revision = revision
         self.want_hub = hub
@@ -410,10 +412,14 @@ class PeerRemote:
 
     def listing(self) -> Listing:
         man_url = f"{self.url}/api/llmfleet/manifest/{self.repo}"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            with urllib.request.urlopen(man_url, timeout=DEFAULTS["weights_fetch_http_timeout_s"]) as resp:
+            with urllib.request.urlopen(urllib.request.Request(man_url, headers=headers),
+                                        timeout=DEFAULTS["weights_fetch_http_timeout_s"]) as resp:
                 man = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise FetchError(EXIT_AUTH, f"peer {self.url} refused the fan-out token (HTTP {exc.code})") from None
             if exc.code == 404:
                 raise FetchError(EXIT_PEER_MISMATCH, f"peer {self.url} does not serve {self.repo}") from None
             raise FetchError(EXIT_UNREACHABLE, f"peer {self.url}: HTTP {exc.code}") from None
@@ -428,7 +434,7 @@ class PeerRemote:
             raise FetchError(EXIT_PEER_MISMATCH, f"peer {self.url} copy comes from {man.get('hub')}, not {self.want_hub}")
         self.hub = man["hub"]
         commit = man.get("commit")
-        self._hf = HfRemote(self.url, None, self.repo, commit or man["revision"])
+        self._hf = HfRemote(self.url, self.token, self.repo, commit or man["revision"])
         served = self._hf.listing()  # through the real client: must agree with the manifest
         try:
             files = {e["path"]: RemoteFile(e["path"], int(e["size"]), e["sha256"]) for e in man["files"]}
@@ -584,7 +590,7 @@ def make_remote(req: Request) -> HfRemote | MsRemote | PeerRemote:
         import modelscope.hub.snapshot_download  # noqa: F401
         import modelscope_hub  # noqa: F401
     if req.peer:
-        remote: Any = PeerRemote(req.peer, req.repo, req.revision, req.hub)
+        remote: Any = PeerRemote(req.peer, req.repo, req.revision, req.hub, req.token)
     elif req.hub == "huggingface":
         remote = HfRemote(req.endpoint, req.token, req.repo, req.revision)
     else:
@@ -816,7 +822,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow", action="append", default=[], metavar="PATTERN")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN")
     p.add_argument("--endpoint", help="hub endpoint URL (mirrors, stand-ins)")
-    p.add_argument("--token-file", type=Path, help="file holding the hub token")
+    p.add_argument("--token-file", type=Path, help="file holding the hub token (with --peer: the fan-out token)")
     p.add_argument("--deep-verify", action="store_true", help="re-hash every file of the revision")
     p.add_argument("--max-workers", type=int, default=DEFAULTS["weights_fetch_max_workers"])
     p.add_argument("--prune-keep", type=int, metavar="N", help="keep only the N newest revisions")
@@ -825,8 +831,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.hub and not args.peer:
         p.error("--hub: required unless --peer is given (allowed: huggingface, modelscope)")
-    if args.peer and (args.endpoint or args.token_file):
-        p.error("--endpoint/--token-file: not used with --peer")
+    if args.peer and args.endpoint:
+        p.error("--endpoint: not used with --peer")
     if args.peer and not args.peer.startswith(("http://", "https://")):
         p.error("--peer: must be an http:// or https:// URL")
     if args.repo.count("/") != 1 or not all(args.repo.split("/")):

@@ -4,7 +4,13 @@ Standalone script (stdlib only; siblings ``manifest.py`` and ``hub_protocol.py``
 it -- the directory ``tasks/weights/`` is what goes to a host)::
 
     python peer_server.py --model-dir /srv/models/qwen3/current [--model-dir ...] \\
-        [--bind 0.0.0.0] [--port 8765] [--ready-file PATH]
+        --bind <address peers reach this host at> --token-file /run/llmfleet/peer-<name>.token \\
+        [--port 8765] [--ready-file PATH]
+
+Every request must carry ``Authorization: Bearer <token>`` with the token in ``--token-file`` (a
+root-only file; the token never appears on a command line): anything else gets ``401``. The deploy
+writes a random token for each run on the senders and receivers of that run, binds the server to
+the address the receivers use (never every interface), and stops it when the fan-out is done.
 
 Each ``--model-dir`` must hold a ``manifest.json`` written by ``fetch.py`` (symlinks such as
 ``current`` are resolved once at start, so a revision switch later does not change what is being
@@ -27,17 +33,17 @@ parallel ones. The hub is hit once per seed, not once per host.
 On start the server prints ``LLMFLEET_PEER listening <url>`` and, for each model,
 ``LLMFLEET_PEER serving <repo>@<revision> commit=<sha> files=<n> bytes=<total>``.
 
-Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 bad arguments or unusable model dir.
+Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 bad arguments, unusable model dir or token file.
 
 DEFAULTS (prefix ``weights_peer_``):
 
-- ``weights_peer_bind``: listen address.
 - ``weights_peer_port``: listen port.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import signal
 import sys
 import threading
@@ -54,7 +60,6 @@ except ImportError:  # run as a script from the uploaded directory
     import manifest as mf  # type: ignore[no-redef]
 
 DEFAULTS: dict[str, Any] = {
-    "weights_peer_bind": "0.0.0.0",
     "weights_peer_port": 8765,
 }
 
@@ -86,6 +91,17 @@ class PeerHandler(hp.HfApiHandler):
 
     server_version = "llmfleet-peer/1"
     models: dict[str, ServedModel] = {}
+    token: str = ""
+
+    def check_auth(self) -> None:
+        """``401`` unless the request carries this run's bearer token (compared in constant time)."""
+        given = self.headers.get("Authorization", "")
+        if not (self.token and hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())):
+            raise hp.HubError(401, "", "Invalid credentials in Authorization header")
+
+    def handle_auth(self) -> bool:
+        self.check_auth()
+        return False  # authorised: on to the routes
 
     def resolve(self, repo_id: str, revision: str) -> hp.Snapshot:
         model = self.models.get(repo_id)
@@ -107,33 +123,45 @@ class PeerHandler(hp.HfApiHandler):
         return True
 
     def handle_request(self) -> None:
-        self.dispatch([self.handle_manifest, self.handle_hf])
+        self.dispatch([self.handle_auth, self.handle_manifest, self.handle_hf])
 
 
-def make_server(model_dirs: list[Path], bind: str, port: int) -> ThreadingHTTPServer:
-    """Build (not start) a peer server for the given verified model directories."""
+def make_server(model_dirs: list[Path], bind: str, port: int, token: str) -> ThreadingHTTPServer:
+    """Build (not start) a peer server for the given verified model directories, answering only
+    requests that carry ``token``."""
+    if not token:
+        raise mf.ManifestError("--token-file: the token is empty")
     models: dict[str, ServedModel] = {}
     for d in model_dirs:
         m = ServedModel(d)
         if m.manifest["repo"] in models:
             raise mf.ManifestError(f"--model-dir {d}: repo {m.manifest['repo']} given twice")
         models[m.manifest["repo"]] = m
-    handler = type("BoundPeerHandler", (PeerHandler,), {"models": models})
+    handler = type("BoundPeerHandler", (PeerHandler,), {"models": models, "token": token})
     server = ThreadingHTTPServer((bind, port), handler)
     server.daemon_threads = True
     return server
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path``; refused when others than its owner may read it."""
+    if path.stat().st_mode & 0o077:
+        raise mf.ManifestError(f"--token-file {path}: readable by group/others (chmod 600 it)")
+    return path.read_text(encoding="utf-8").strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", action="append", required=True, type=Path,
                         help="verified model directory (with manifest.json); repeatable")
-    parser.add_argument("--bind", default=DEFAULTS["weights_peer_bind"])
+    parser.add_argument("--bind", required=True, help="the address peers reach this host at")
     parser.add_argument("--port", type=int, default=DEFAULTS["weights_peer_port"])
+    parser.add_argument("--token-file", type=Path, required=True,
+                        help="root-only file holding the bearer token every request must carry")
     parser.add_argument("--ready-file", type=Path, help="write the listening URL here once bound")
     args = parser.parse_args(argv)
     try:
-        server = make_server(args.model_dir, args.bind, args.port)
+        server = make_server(args.model_dir, args.bind, args.port, read_token(args.token_file))
     except (mf.ManifestError, OSError) as exc:
         print(f"peer_server: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from pyinfra.api import Config, Inventory, State
@@ -18,8 +19,8 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
-from tasks.converge import (DebPackages, FileDigests, UnitStates, apt_source, deb_packages, files_synced,
-                            parse_pins, units_running)
+from tasks.converge import (DPKG_REPAIR_SH, DebPackages, DpkgInterrupted, FileDigests, UnitStates, apt_source,
+                            deb_packages, dpkg_repaired, files_synced, parse_pins, units_running)
 from tests.unit.conftest import digest_lines, run_sh
 
 SCRIPT = b"print('hello')\n"
@@ -114,6 +115,18 @@ def test_files_synced_uploads_only_changed_files_and_creates_missing_dirs(upload
     assert len(commands) == 3  # fact, directories, one command for owners/modes/renames
 
 
+def test_files_synced_fixes_only_a_directory_whose_mode_differs(uploads):
+    # Found by the fault suite: weights_root on a fresh tmpfs (mode 1777) ended in "chown: missing operand".
+    responses = {"sha256sum": digest_lines({
+        "/srv/small": ("dir", "-", "1777 root root"),
+        "/opt/s": ("dir", "-", "755 root root"),
+        "/opt/s/a.py": ("file", sha(SCRIPT), "644 root root"),
+    })}
+    commands, changed = run_op(files_synced, responses, files={"/opt/s/a.py": SCRIPT}, dirs=["/opt/s", "/srv/small"])
+    assert changed and uploads == []
+    assert commands[1:] == ["chown root:root /srv/small && chmod 755 /srv/small"]
+
+
 def test_files_synced_diff_reads_old_content_only_for_changed_text(uploads, caplog):
     caplog.set_level(logging.INFO)
     responses = {
@@ -174,6 +187,94 @@ def test_deb_packages_refuses_non_debian_host_and_bad_names():
         run_op(deb_packages, {"dpkg-query": ["LLMFLEET_NO_DPKG"]}, packages=["a"])
     with pytest.raises(ValueError, match="packages"):
         parse_pins(["Docker IO"])
+
+
+# --- an interrupted dpkg ---------------------------------------------------------------------------
+
+# `dpkg --audit` on lab host ffa-h1 after a power loss while `apt-get install docker.io` unpacked
+# (captured as the next run's apt-get was already at work: hence the lock warning).
+AUDIT = (Path(__file__).parent / "fixtures" / "dpkg" / "audit-after-power-loss.txt").read_text()
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg on this machine")
+def test_dpkg_interrupted_fact_parses_dpkg_audit_under_sh(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dpkg").write_text("#!/bin/sh\ncat <<'EOF'\n" + AUDIT + "EOF\n")
+    os.chmod(fake / "dpkg", 0o755)
+    command = DpkgInterrupted().command().replace("for f in /var/lib/dpkg/updates/*", f"for f in {tmp_path}/u/*")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "0003").write_text("Package: docker.io\n")
+    lines, rc = run_sh(f"PATH={fake}:$PATH; {command}")
+    assert rc == 0
+    got = DpkgInterrupted().process(lines)
+    assert got[0] == f"journal {tmp_path}/u/0003"
+    # each package once (docker.io is under three headings); headings and descriptions are not packages
+    assert got[1:] == ["package docker.io", "package containerd", "package iptables", "package libgdbm-compat4:amd64",
+                       "package libgdbm6:amd64", "package libip6tc2:amd64", "package libnetfilter-conntrack3:amd64",
+                       "package libnfnetlink0:amd64", "package libnftnl11:amd64", "package libperl5.36:amd64",
+                       "package netbase", "package perl", "package perl-modules-5.36", "package runc", "package tini",
+                       "package libc-bin"]
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg on this machine")
+def test_dpkg_interrupted_fact_is_empty_on_this_healthy_machine():
+    lines, rc = run_sh(DpkgInterrupted().command())
+    assert rc == 0 and DpkgInterrupted().process(lines) == []
+
+
+def test_dpkg_repaired_no_op_on_a_healthy_host():
+    commands, changed = run_op(dpkg_repaired, {"dpkg --audit": []})
+    assert len(commands) == 1 and "dpkg --audit" in commands[0] and not changed
+
+
+def test_dpkg_repaired_finishes_the_interrupted_run_and_says_so(caplog):
+    caplog.set_level(logging.WARNING)
+    commands, changed = run_op(dpkg_repaired, {"dpkg --audit": ["package docker.io", "package runc"]})
+    assert changed and commands[-1] == DPKG_REPAIR_SH
+    assert "dpkg was interrupted (packages left unfinished: docker.io, runc); running dpkg --configure -a" \
+        in caplog.text
+    # configure what was unpacked, reinstall (at dpkg's recorded version) what was cut mid-unpack, then apt -f
+    assert DPKG_REPAIR_SH.index("dpkg --force-confdef --force-confold --configure -a") < \
+        DPKG_REPAIR_SH.index("apt-get install --reinstall") < DPKG_REPAIR_SH.index("apt-get -f install -y")
+
+
+def test_dpkg_repair_reinstalls_half_installed_packages_at_their_version_under_sh(tmp_path):
+    """The repair's shell against stand-in dpkg/dpkg-query/apt-get that log their arguments."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    for tool in ("dpkg", "apt-get"):
+        (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\n')
+    # dpkg-query -W's answer on a host cut off mid-unpack (perl-base) and mid-configure (runc)
+    (fake / "dpkg-query").write_text("#!/bin/sh\nprintf 'ii  bash=5.2.15-2+b7\\niHR perl-base=5.36.0-7+deb12u3\\n"
+                                     "iF  runc=1.1.5+ds1-1+deb12u1\\niU  tini=0.19.0-1\\n'\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    lines, rc = run_sh(f"PATH={fake}:$PATH; {DPKG_REPAIR_SH}")
+    assert rc == 0, lines
+    calls = log.read_text().splitlines()
+    assert calls[0] == "dpkg --force-confdef --force-confold --configure -a"
+    assert calls[1].startswith("apt-get install --reinstall -y -q") and calls[1].endswith(" perl-base=5.36.0-7+deb12u3")
+    assert calls[2].startswith("apt-get -f install -y -q") and len(calls) == 3
+
+
+def test_deb_packages_repairs_an_interrupted_dpkg_before_installing(caplog):
+    caplog.set_level(logging.WARNING)
+    responses = {"dpkg --audit": ["journal /var/lib/dpkg/updates/0003"], "dpkg-query": ["iU  docker.io 20.10.24"]}
+    commands, changed = run_op(deb_packages, responses, packages=["docker.io"])
+    assert changed and commands[-2] == DPKG_REPAIR_SH and commands[-1].endswith("install -y -q -o "
+                                                                                 "Dpkg::Options::=--force-confdef "
+                                                                                 "-o Dpkg::Options::=--force-confold"
+                                                                                 " docker.io")
+    assert "unmerged status journal" in caplog.text
+
+
+def test_deb_packages_repairs_even_when_its_own_packages_are_installed():
+    # Power loss while another package's postinst ran: apt-get would refuse the next install anywhere.
+    responses = {"dpkg --audit": ["package nginx-common"], "dpkg-query": ["ii  docker.io 20.10.24"]}
+    commands, changed = run_op(deb_packages, responses, packages=["docker.io"])
+    assert changed and commands[-1] == DPKG_REPAIR_SH
 
 
 # --- apt_source -----------------------------------------------------------------------------------

@@ -105,7 +105,9 @@ def test_argv_hub_and_peer():
     assert ["--endpoint", "http://hub:8090"] == argv[argv.index("--endpoint"):argv.index("--endpoint") + 2]
     assert "--token-file" in argv
     peer = REQ.argv("http://h1:8765")
-    assert "--endpoint" not in peer and "--token-file" not in peer
+    # from a peer: no hub endpoint, no hub token; the fan-out run's token file (root-only, in /run)
+    assert "--endpoint" not in peer and REQ.token_file not in peer
+    assert peer[peer.index("--token-file") + 1] == "/run/llmfleet/llmfleet-weights-peer-org--tiny.token"
     assert peer[peer.index("--peer") + 1] == "http://h1:8765"
     # fetch.py accepts what we render
     assert fetch_script.parse_args(peer[3:]).peer == "http://h1:8765"
@@ -301,7 +303,8 @@ def test_gateway_listed_first_is_no_weights_host_and_never_the_seed():
     from tasks.weights.deploy import fleet_hosts, fleet_plan
 
     state = _fake_state({"gateway": [("@fake/gw", {})],
-                         "replicas": [(f"@fake/r{i}", {"weights_fanout": True}) for i in range(3)]})
+                         "replicas": [(f"@fake/r{i}", {"weights_fanout": True, "ssh_hostname": f"10.0.0.{i + 1}"})
+                                      for i in range(3)]})
     spec = load_spec("qwen30b", {})
     replica = state.inventory.get_host("@fake/r1")
     with ctx_state.use(state), ctx_host.use(replica):
@@ -332,3 +335,68 @@ def test_disagreeing_fleet_weights_settings_stop_the_run_naming_hosts(key, value
     assert field == key and "every host of a weights fan-out" in message
     assert f"@fake/r0 has {values[0]!r}" in message and f"@fake/r1 has {values[1]!r}" in message
     assert not any(h.connector.executed_commands for h in state.inventory)  # no host touched
+
+
+def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
+    """A whole fan-out deploy on two @fake hosts: the sender binds the address the receiver uses, both
+    get this run's random token as a root-only file (uploaded, never in a command or an argument), the
+    receiver presents it, and both stop the server and remove the token at the end."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.api.connect import connect_all
+    from pyinfra.api.deploy import add_deploy
+    from pyinfra.api.operations import run_ops
+    from pyinfra.connectors.fake import FakeConnector
+
+    from tasks.spec import load_spec
+    from tasks.weights.deploy import fetch_weights
+
+    uploads = []
+
+    def put_file(self, filename_or_io, remote_filename, remote_temp_filename=None, **kwargs):
+        uploads.append((self.host.name, remote_filename, filename_or_io.read()))
+        return True
+
+    monkeypatch.setattr(FakeConnector, "put_file", put_file)
+    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}, "weights_fanout": True}
+    hosts = [("@fake/h1", {**data, "ssh_hostname": "10.0.0.1"}), ("@fake/h2", {**data, "ssh_hostname": "10.0.0.2"})]
+    state = State(Inventory((hosts, {})), Config(), check_for_changes=False)
+    connect_all(state)
+    add_deploy(state, fetch_weights, load_spec("qwen30b", {}))
+    run_ops(state)
+    h1, h2 = (state.inventory.get_host(f"@fake/h{i}") for i in (1, 2))
+    token_file = "/run/llmfleet/llmfleet-weights-peer-Qwen--Qwen3-30B-A3B.token"
+    tokens = {remote: content for _, remote, content in uploads if remote.startswith("/run/llmfleet/")}
+    assert {name for name, remote, _ in uploads if remote.startswith("/run/llmfleet/")} == {"@fake/h1", "@fake/h2"}
+    (token,) = set(tokens.values())
+    assert len(token) >= 40 and list(tokens) == ["/run/llmfleet/.llmfleet-weights-peer-Qwen--Qwen3-30B-A3B.token.new"]
+    every = h1.connector.executed_commands + h2.connector.executed_commands
+    assert not any(token.decode() in str(c) for c in every)
+    (serve,) = [str(c) for c in h1.connector.executed_commands if "systemd-run --unit=llmfleet-weights-peer" in str(c)]
+    assert f"--bind 10.0.0.1 --port 8765 --token-file {token_file}" in serve
+    (peer_fetch,) = [str(c) for c in h2.connector.executed_commands if "--peer http" in str(c)]
+    assert f"--peer http://10.0.0.1:8765" in peer_fetch and f"--token-file {token_file}" in peer_fetch
+    for h in (h1, h2):
+        assert f"rm -f /run/llmfleet-weights-peer-Qwen--Qwen3-30B-A3B.url {token_file}" in str(
+            h.connector.executed_commands[-1])
+
+
+def test_peer_address_is_an_ip_the_control_machine_resolves():
+    from types import SimpleNamespace
+
+    from tasks.weights.deploy import peer_address
+
+    def h(name, **hostdata):
+        return SimpleNamespace(name=name, data=hostdata)
+
+    assert peer_address(h("gpu-01", ssh_hostname="10.1.2.3"), SimpleNamespace(weights_peer_address=None)) == "10.1.2.3"
+    assert peer_address(h("gpu-01"), SimpleNamespace(weights_peer_address="localhost")) in ("127.0.0.1", "::1")
+    with pytest.raises(ValueError, match="gpu-01: weights_peer_address: 'no-such-host.invalid'"):
+        peer_address(h("gpu-01"), SimpleNamespace(weights_peer_address="no-such-host.invalid"))
+
+
+def test_run_token_only_with_waves_and_never_in_the_plans_repr():
+    names = ["h1", "h2"]
+    plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True)
+    assert plan.waves == 1 and len(plan.token) >= 40 and plan.token not in repr(plan)
+    assert plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True).token != plan.token  # per run
+    assert plan_fleet(names, dict.fromkeys(names, held()), dict.fromkeys(names, REQ), fanout=True).token == ""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -226,13 +229,25 @@ def test_switch_between_revisions_and_prune(hub, hub_root, tmp_path):
     assert sorted(p.name for p in (dest / "revisions").iterdir()) == ["main"]
 
 
+PEER_TOKEN = "peer-run-token-Zm9vYmFyYmF6cXV4"
+
+
 @pytest.fixture
-def peer_for(tmp_path):
+def peer_token(tmp_path) -> Path:
+    path = tmp_path / "peer.token"
+    path.write_text(PEER_TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def peer_for(tmp_path, peer_token):
     procs: list[subprocess.Popen] = []
 
     def start(model_dir: Path) -> str:
         proc = subprocess.Popen(
-            [sys.executable, str(PEER), "--model-dir", str(model_dir), "--bind", "127.0.0.1", "--port", "0"],
+            [sys.executable, str(PEER), "--model-dir", str(model_dir), "--bind", "127.0.0.1", "--port", "0",
+             "--token-file", str(peer_token)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         procs.append(proc)
@@ -247,15 +262,17 @@ def peer_for(tmp_path):
 
 
 @pytest.mark.parametrize("hub_name", HUBS)
-def test_peer_mode_downloads_from_peer_only(hub_name, hub, hub_root, tmp_path, peer_for):
+def test_peer_mode_downloads_from_peer_only(hub_name, hub, hub_root, tmp_path, peer_for, peer_token):
     seed = tmp_path / "seed"
     assert run_fetch(*hub_args(hub_name, hub, seed)).returncode == 0
     url = peer_for(seed / "current")
     hub.state.reset()
     rev = DEFAULT_REV[hub_name]
     dest = tmp_path / "receiver"
-    res = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", rev, "--dest", str(dest))
+    res = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", rev, "--dest", str(dest),
+                    "--token-file", str(peer_token))
     assert res.returncode == 0, res.stdout + res.stderr
+    assert PEER_TOKEN not in res.stdout + res.stderr
     assert marker_lines(res.stdout)[-1] == "LLMFLEET_WEIGHTS changed"
     assert stats(hub)["file_bytes"] == 0 and stats(hub)["requests"] == 0
     assert_same_tree(dest / "current", hub_root["src"])
@@ -266,11 +283,49 @@ def test_peer_mode_downloads_from_peer_only(hub_name, hub, hub_root, tmp_path, p
     again = run_fetch("--hub", hub_name, "--repo", REPO_ID, "--revision", rev, "--dest", str(dest))
     assert marker_lines(again.stdout)[-1] == "LLMFLEET_WEIGHTS unchanged"  # a peer copy counts as the hub's
 
-    wrong = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", "v2", "--dest", str(tmp_path / "x"))
+    wrong = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", "v2", "--dest", str(tmp_path / "x"),
+                      "--token-file", str(peer_token))
     assert wrong.returncode == fetch_mod.EXIT_PEER_MISMATCH, wrong.stdout + wrong.stderr
 
 
-def test_peer_corrupt_copy_is_rejected(hub, tmp_path, peer_for):
+def test_peer_answers_401_without_this_runs_token(hub, tmp_path, peer_for, peer_token):
+    seed = tmp_path / "seed"
+    assert run_fetch(*hub_args("huggingface", hub, seed)).returncode == 0
+    url = peer_for(seed / "current")
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}, {"Authorization": PEER_TOKEN}):
+        for path in (f"/api/llmfleet/manifest/{REPO_ID}", f"/api/models/{REPO_ID}/revision/main",
+                     f"/{REPO_ID}/resolve/main/config.json"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=5)
+            assert err.value.code == 401, (headers, path)
+    ok = urllib.request.Request(f"{url}/api/llmfleet/manifest/{REPO_ID}",
+                                headers={"Authorization": f"Bearer {PEER_TOKEN}"})
+    with urllib.request.urlopen(ok, timeout=5) as resp:
+        assert json.loads(resp.read())["repo"] == REPO_ID
+    # a receiver without the token (or with another run's) is refused: exit 5, nothing written
+    other = tmp_path / "other.token"
+    other.write_text("an-older-runs-token\n")
+    other.chmod(0o600)
+    for args in ((), ("--token-file", str(other))):
+        res = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", "main", "--dest", str(tmp_path / "r"), *args)
+        assert res.returncode == fetch_mod.EXIT_AUTH, res.stdout + res.stderr
+        assert "refused the fan-out token (HTTP 401)" in res.stderr
+        assert not (tmp_path / "r" / "current").exists()
+
+
+def test_peer_server_refuses_a_token_file_others_can_read(hub, tmp_path, peer_token):
+    seed = tmp_path / "seed"
+    assert run_fetch(*hub_args("huggingface", hub, seed)).returncode == 0
+    peer_token.chmod(0o644)
+    res = subprocess.run([sys.executable, str(PEER), "--model-dir", str(seed / "current"), "--bind", "127.0.0.1",
+                          "--port", "0", "--token-file", str(peer_token)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "readable by group/others (chmod 600 it)" in res.stderr
+    res = subprocess.run([sys.executable, str(PEER), "--model-dir", str(seed / "current"), "--port", "0",
+                          "--token-file", str(peer_token)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "--bind" in res.stderr  # no default: never every interface
+
+
+def test_peer_corrupt_copy_is_rejected(hub, tmp_path, peer_for, peer_token):
     """A peer whose file no longer matches its manifest cannot poison a receiver."""
     seed = tmp_path / "seed"
     assert run_fetch(*hub_args("huggingface", hub, seed)).returncode == 0
@@ -280,7 +335,8 @@ def test_peer_corrupt_copy_is_rejected(hub, tmp_path, peer_for):
     shard.write_bytes(bytes(data))
     url = peer_for(seed / "current")
     dest = tmp_path / "receiver"
-    res = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", "main", "--dest", str(dest))
+    res = run_fetch("--peer", url, "--repo", REPO_ID, "--revision", "main", "--dest", str(dest),
+                    "--token-file", str(peer_token))
     assert res.returncode == fetch_mod.EXIT_VERIFY, res.stdout + res.stderr
     assert f"files={SHARD2}" in res.stdout
     assert not (dest / "current").exists()
