@@ -18,6 +18,7 @@ DEFAULTS:
 | image_pip_index_url | None | PyPI index (or mirror) for builds; overrides the spec's ``build.pip_index_url`` |
 | image_bundle | None | path on the control machine of a ``docker save`` tar holding the image; loaded instead of pulling/building |
 | image_build_dir | "/var/cache/llmfleet/build" | where Dockerfiles are written on the host (one directory per tag) |
+| image_recipe | None | recipe whose image ``deploys/image.py`` pulls or builds (None: must be set) |
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DOCKERFILE_TEMPLATE = "Dockerfile.glm5.j2"
 BUILT_REPOSITORY = "llmfleet"
 TAG_HEX = 12
-DEFAULTS = {"image_pip_index_url": None, "image_bundle": None, "image_build_dir": "/var/cache/llmfleet/build"}
+DEFAULTS = {"image_pip_index_url": None, "image_bundle": None, "image_build_dir": "/var/cache/llmfleet/build",
+            "image_recipe": None}
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _URL_RE = re.compile(r"^https?://[^\s/@]+(/\S*)?$")

@@ -297,8 +297,9 @@ def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space
     sizes = write_model_repo(files, seed=41, shards=3, shard_bytes=4 << 20)
     publish(CFG.run_dir / "hub", repo, files, ["v1"])
     ip = fa["ips"][H2]
-    # A filesystem of its own for this model root: large enough for the pre-check, filled mid-download.
-    ssh(ip, "mkdir -p /srv/small && (mountpoint -q /srv/small || mount -t tmpfs -o size=24m tmpfs /srv/small)")
+    # A filesystem of its own for this model root: large enough for the pre-check (12 MiB + the fetch's
+    # 256 MiB reserve, weights_fetch_space_margin_bytes), filled mid-download.
+    ssh(ip, "mkdir -p /srv/small && (mountpoint -q /srv/small || mount -t tmpfs -o size=300m tmpfs /srv/small)")
     data = {"serve_model__hub": "huggingface", "serve_model__repo_id": repo, "serve_model__revision": "v1",
             "weights_root": "/srv/small"}
     run = Background(pyinfra, fa["inventory"], "deploys/weights.py", "--limit", H2, data=data, check=False,
