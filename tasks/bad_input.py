@@ -93,6 +93,7 @@ class _Settings(dict):
 
 def _validators() -> list[tuple[dict, Callable[[Any], None]]]:
     from tasks import ascend, docker, nvidia_toolkit, rollout
+    from tasks.weights import deploy as weights
 
     def batches(data: Any) -> None:
         for key in ("rollout_batch_size", "rollout_max_unavailable"):
@@ -100,11 +101,11 @@ def _validators() -> list[tuple[dict, Callable[[Any], None]]]:
                 rollout.count_of(data.get(key), 1, key)
 
     return [(docker.DEFAULTS, docker.validate), (nvidia_toolkit.DEFAULTS, nvidia_toolkit.validate),
-            (ascend.DEFAULTS, ascend.validate), (rollout.DEFAULTS, batches)]
+            (ascend.DEFAULTS, ascend.validate), (rollout.DEFAULTS, batches), (weights.DEFAULTS, weights.validate)]
 
 
 def settings_problems(host: str, data: dict, accelerator: str) -> list[Problem]:
-    """Problems in a host's capability settings (docker_*, nvidia_toolkit_*, ascend_*, rollout_*).
+    """Problems in a host's capability settings (docker_*, nvidia_toolkit_*, ascend_*, rollout_*, weights_*).
 
     + host: its inventory name
     + data: its host data (a dict)

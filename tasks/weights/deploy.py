@@ -629,6 +629,21 @@ def plan_fleet(
 _PLANS: dict[tuple, Any] = {}  # key -> FleetPlan, or the gevent AsyncResult of a plan being made
 
 
+def validate(data: Any) -> None:
+    """ValueError ``"<key>: ..."`` for a weights setting that cannot work; ``tasks.bad_input`` runs it
+    for every host before any is touched.
+
+    + data: host data over DEFAULTS, read as attributes
+    """
+    keep = data.weights_prune_keep
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"weights_prune_keep: {keep!r}; allowed: an integer >= 1 (the current revision "
+                         "counts) or None (never prune)")
+    width = data.weights_fanout_width
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"weights_fanout_width: {width!r}; allowed: an integer >= 1")
+
+
 def _request_for(spec: Any, data: Any) -> FetchRequest:
     m = spec.model
     endpoint = data.weights_hf_endpoint if m.hub == "huggingface" else data.weights_modelscope_endpoint
@@ -636,13 +651,8 @@ def _request_for(spec: Any, data: Any) -> FetchRequest:
     if data.weights_token_secret:
         local_secret(data.weights_token_secret, "weights_token_secret")  # fails early, names the field
         token_file = f"{str(data.weights_secrets_dir).rstrip('/')}/{data.weights_token_secret}"
+    validate(data)
     keep = data.weights_prune_keep
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"weights_prune_keep: {keep!r}; allowed: an integer >= 1 (the current revision "
-                         "counts) or None (never prune)")
-    width = data.weights_fanout_width
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"weights_fanout_width: {width!r}; allowed: an integer >= 1")
     return FetchRequest(
         hub=m.hub, repo=m.repo_id, revision=m.revision, dest=model_dest(spec, data),
         allow=tuple(m.allow_patterns or ()), ignore=tuple(m.ignore_patterns or ()),

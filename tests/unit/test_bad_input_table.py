@@ -66,6 +66,8 @@ MODEL_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "toolkit-url": ({"nvidia_toolkit_repo_url": "ftp://x"}, ("nvidia_toolkit_repo_url", "'ftp://x'", "http(s)")),
     "batch-size": ({"rollout_batch_size": "zero"}, ("rollout_batch_size", "'zero'", "percentage")),
     "typo-key": ({"docker_mirrors": ["http://m"]}, ("docker_mirrors", "did you mean docker_registry_mirrors")),
+    "prune-keep": ({"weights_prune_keep": 0}, ("weights_prune_keep", "0", "an integer >= 1")),
+    "fanout-width": ({"weights_fanout_width": "wide"}, ("weights_fanout_width", "'wide'", "an integer >= 1")),
     "cann-packages": ({"case_recipe": "qwen3_ascend", "ascend_cann_packages": ["foo"]},
                       ("ascend_cann_packages", "'foo'", "toolkit, kernels, nnal")),
     "cann-sha256": ({"case_recipe": "qwen3_ascend", "ascend_cann_sha256": {"x.run": "abc"}},
