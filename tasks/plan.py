@@ -68,10 +68,27 @@ QUANTIZATIONS = (None, *QUANT_METHODS)
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 VOCAB_PAD = 64
-#: The planner's measured KV-cache error per GPU (GiB): the largest |error| over the logs of
-#: tests/unit/fixtures/startup_logs/ (0.31 GiB) rounded up to the next half GiB; the calibration test
-#: fails if a log's error exceeds it.
-KV_ERROR_MARGIN_GIB = 0.5
+#: The planner's measured error over the public start-up logs of tests/unit/fixtures/startup_logs/,
+#: written by ``python -m tests.unit.test_plan_calibration --write``; a test fails when it is stale.
+MEASURED_ERROR_PATH = Path(__file__).parent / "data" / "planner-error.json"
+
+
+def measured_error() -> dict[str, Any]:
+    """The calibration's measured error (``tasks/data/planner-error.json``): logs, KV and weights errors."""
+    return json.loads(MEASURED_ERROR_PATH.read_text())
+
+
+def _margin() -> tuple[float, str]:
+    measured = measured_error()
+    return (float(measured["kv_error_max_gib"]),
+            f"the largest KV-cache error measured on {measured['logs']} public vLLM start-up logs, "
+            "tasks/data/planner-error.json")
+
+
+#: Preflight's margin, GiB of KV cache per GPU: the largest |KV error| measured over every log (reference
+#: ones included), so that a host short by less may still start, as vLLM would; and where it comes from,
+#: as preflight and the plan summary say it.
+KV_ERROR_MARGIN_GIB, MARGIN_SOURCE = _margin()
 
 
 class PlanInputError(ValueError):
@@ -189,7 +206,7 @@ class Plan:
             f"KV cache per GPU: {self.kv_cache_gib_per_gpu:.2f} GiB = {self.kv_cache_tokens:,} tokens "
             f"({self.kv_bytes_per_token_per_gpu:,} B/token/GPU)",
             f"max concurrency at {self.max_model_len:,} tokens: {self.max_concurrency:.2f}x",
-            f"planner error margin: +/-{self.margin_gib:.2f} GiB of KV cache per GPU (measured on public vLLM logs)",
+            f"planner error margin: +/-{self.margin_gib:.2f} GiB of KV cache per GPU ({MARGIN_SOURCE})",
         ]
         if self.error:
             lines.append(f"ERROR: {self.error}")

@@ -30,8 +30,9 @@ Checks (a refusal makes ``go`` False; a warning does not):
 - Memory: ``tasks.plan`` with the smallest GPU's CUDA-visible memory (nvidia-smi total minus reserved),
   its name and compute capability (they decide vLLM's engine and defaults); a plan that cannot hold one
   ``max_model_len`` sequence is a refusal saying how many GiB are missing, unless it is short by less
-  than the planner's measured error (``tasks.plan.KV_ERROR_MARGIN_GIB``): then a warning. The report
-  shows the margin.
+  than the planner's measured error (``tasks.plan.KV_ERROR_MARGIN_GIB``, the largest KV-cache error over the
+  public start-up logs of the calibration, ``tasks/data/planner-error.json``): then a warning. The report
+  shows the margin and where it was measured.
   GPUs whose free memory is below the requested share (other processes on them) are a refusal, as vLLM
   refuses to start then.
 - PCIe: link width below max is a warning naming the GPU; a lower link generation is a warning that says
@@ -71,7 +72,7 @@ from typing import Any
 from pyinfra.api import deploy
 
 from tasks import cuda as cudatab
-from tasks.plan import GIB, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config, text_config
+from tasks.plan import GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config, text_config
 
 DEFAULTS: dict[str, Any] = {
     "preflight_min_driver": "535",
@@ -481,7 +482,7 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
             verdict.add("memory plan", "fail", str(exc))
         else:
             verdict.plan = result.to_dict()
-            margin = f" (planner error +/-{result.margin_gib:.2f} GiB/GPU, measured on public vLLM logs)"
+            margin = f" (planner error +/-{result.margin_gib:.2f} GiB/GPU: {MARGIN_SOURCE})"
             if result.ok:
                 verdict.add("memory plan", "ok",
                             f"weights {result.weights_gib_per_gpu:.2f} GiB/GPU, KV {result.kv_cache_gib_per_gpu:.2f}"
