@@ -442,8 +442,11 @@ def plan(config: dict, params: PlanParams) -> Plan:
         engine = plan_profile.engine_for(params.vllm_release, params.engine, params.compute_capability)
     except ValueError as exc:
         raise PlanInputError(f"engine: {exc}") from None
+    # V0 never turns chunked prefill on by itself for MLA or an active sliding window (get_sliding_window)
+    sliding = config.get("sliding_window") and config.get("use_sliding_window", True) is not False
     default_seqs, default_tokens = plan_profile.scheduler_defaults(
-        engine, params.vllm_release, max_model_len, params.gpu_mem_gib, params.gpu_name)
+        engine, params.vllm_release, max_model_len, params.gpu_mem_gib, params.gpu_name,
+        chunked_prefill_allowed=not (config.get("kv_lora_rank") or sliding))
     seqs = params.max_num_seqs or default_seqs
     batched = params.max_num_batched_tokens or default_tokens
     run = plan_profile.profile_run(plan_profile.model_shape(config, tp), engine, seqs, batched, dtype_bytes)

@@ -55,15 +55,26 @@ CUDA graphs: up to at least 0.19.0 vLLM captures them after sizing the KV cache 
 estimate but does not subtract it), so they take the (1 - gpu_memory_utilization) headroom; a release
 that subtracts them (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS``) is modelled with ``cudagraph_gib``.
 
-Defaults for what a recipe leaves unset (``vllm/engine/arg_utils.py``, ``vllm/config.py``
-``SchedulerConfig``), for the OpenAI API server:
+Defaults for what a recipe leaves unset, for the OpenAI API server (``vllm serve``); a release not listed
+keeps the row before it. ``gpu_memory_utilization`` 0.9 and ``block_size`` 16 (CUDA) in every supported
+release (``EngineArgs``); ``max_model_len`` from config.json (``max_position_embeddings``).
 
-- V0: ``max_num_seqs`` 256; chunked prefill is on when ``max_model_len`` > 32768 (``use_long_context``),
-  then ``max_num_batched_tokens`` 2048, else ``max(max_model_len, 2048)``.
-- V1 (chunked prefill always on): 8192 tokens and 1024 sequences on GPUs of >= 70 GiB except A100
-  (``EngineArgs._set_default_args_v1`` / ``get_batch_defaults``, from 0.9.0; PR #17885 excluded the
-  A100), else 2048 tokens and 256 sequences.
+- V0 (``vllm/engine/arg_utils.py``: 0.7.x ``EngineArgs.create_engine_config``, 0.8.x-0.10.x
+  ``EngineArgs._set_default_args_v0``; ``vllm/config.py`` ``SchedulerConfig.__post_init__``):
+  ``max_num_seqs`` 256. Chunked prefill is turned on when ``max_model_len`` > 32768 (``use_long_context``),
+  except for MLA models (``model_config.use_mla``) and models with an active sliding window
+  (``get_sliding_window()``); then ``max_num_batched_tokens`` is 2048 (``_DEFAULT_MAX_NUM_BATCHED_TOKENS``,
+  vLLM PR #10544), else ``max(max_model_len, 2048)``.
+- V1 (chunked prefill always on for generative models), ``EngineArgs._set_default_args_v1`` (0.8.x-0.10.x),
+  ``EngineArgs.get_batch_defaults`` / ``_set_default_max_num_seqs_and_batched_tokens_args`` (later
+  releases, same rule), per first release (PR merge dates against release dates):
 
+  - 0.8.0: 8192 tokens on GPUs named H100 / H200, else 2048 (PR #12369); ``max_num_seqs`` 1024 on every GPU;
+  - 0.8.4: ``max_num_seqs`` back to 256 except on H100 / H200 (PR #16158);
+  - 0.8.5: the large defaults (8192 tokens, 1024 sequences) go by memory, GPUs of >= 70 GiB (PR #17073);
+  - 0.9.0: ... except the A100 (PR #17885): ``device_memory >= 70 * GiB_bytes and "a100" not in name``.
+
+  ``max_num_seqs`` is then capped at ``max_num_batched_tokens`` (no effect at these values).
 The engine: V1 is the default from 0.8.0 (``VLLM_USE_V1``); 0.8.x-0.9.x fall back to V0 on GPUs of
 compute capability < 8.0 (``EngineArgs._is_v1_supported_oracle``); V0 is gone from 0.11.0.
 """
@@ -80,7 +91,6 @@ ENGINES = ("auto", "v0", "v1")
 V1_DEFAULT_FROM = Version.parse("0.8.0")
 V0_FALLBACK_UNTIL = Version.parse("0.10.0")  # cc < 8.0 runs V0 below this release
 V0_REMOVED_IN = Version.parse("0.11.0")
-V1_LARGE_GPU_DEFAULTS_FROM = Version.parse("0.9.0")
 LONG_CONTEXT = 32768
 MOE_CHUNK = 32768
 
@@ -114,8 +124,25 @@ def engine_for(version: str | None, engine: str = "auto", compute_capability: fl
     return "v1"
 
 
+#: V1's OpenAI-server defaults by first release: (release, large GPU rule, (seqs, tokens) on a large GPU,
+#: (seqs, tokens) on any other); see the module docstring for each row's source.
+V1_SERVER_DEFAULTS = (
+    (Version.parse("0.8.0"), "h100-h200", (1024, 8192), (1024, 2048)),
+    (Version.parse("0.8.4"), "h100-h200", (1024, 8192), (256, 2048)),
+    (Version.parse("0.8.5"), "70gib", (1024, 8192), (256, 2048)),
+    (Version.parse("0.9.0"), "70gib-not-a100", (1024, 8192), (256, 2048)),
+)
+
+
+def _large_gpu(rule: str, gpu_total_gib: float, gpu_name: str) -> bool:
+    name = gpu_name.lower()
+    if rule == "h100-h200":
+        return "h100" in name or "h200" in name
+    return gpu_total_gib >= 70 and (rule == "70gib" or "a100" not in name)
+
+
 def scheduler_defaults(engine: str, version: str | None, max_model_len: int, gpu_total_gib: float,
-                       gpu_name: str = "") -> tuple[int, int]:
+                       gpu_name: str = "", chunked_prefill_allowed: bool = True) -> tuple[int, int]:
     """(max_num_seqs, max_num_batched_tokens) vLLM's OpenAI server picks when the recipe sets neither.
 
     + engine: "v0" or "v1"
@@ -123,14 +150,23 @@ def scheduler_defaults(engine: str, version: str | None, max_model_len: int, gpu
     + max_model_len: the served context
     + gpu_total_gib: the GPU's total memory as CUDA reports it
     + gpu_name: nvidia-smi's name ("NVIDIA A100-SXM4-80GB"); "" when unknown
+    + chunked_prefill_allowed: False for what V0 never chunks by default (MLA, an active sliding window)
+
+    >>> scheduler_defaults("v1", "0.19.0", 32768, 79.1, "NVIDIA H100 80GB HBM3")
+    (1024, 8192)
+    >>> scheduler_defaults("v1", "0.19.0", 32768, 79.1, "NVIDIA A100-SXM4-80GB")
+    (256, 2048)
+    >>> scheduler_defaults("v0", "0.7.2", 131072, 23.5), scheduler_defaults("v0", "0.8.5", 32768, 21.7)
+    ((256, 2048), (256, 32768))
     """
     if engine == "v0":
-        tokens = 2048 if max_model_len > LONG_CONTEXT else max(max_model_len, 2048)
-        return 256, tokens
-    large = gpu_total_gib >= 70 and "a100" not in gpu_name.lower()
-    if large and (version is None or Version.parse(version) >= V1_LARGE_GPU_DEFAULTS_FROM):
-        return 1024, 8192
-    return 256, 2048
+        chunked = max_model_len > LONG_CONTEXT and chunked_prefill_allowed
+        return 256, 2048 if chunked else max(max_model_len, 2048)
+    v = Version.parse(version) if version is not None else V1_SERVER_DEFAULTS[-1][0]
+    rows = [row for row in V1_SERVER_DEFAULTS if row[0] <= v] or [V1_SERVER_DEFAULTS[0]]
+    _, rule, large, other = rows[-1]
+    seqs, tokens = large if _large_gpu(rule, gpu_total_gib, gpu_name) else other
+    return min(seqs, tokens), tokens
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 
 from tests.unit.conftest import REPO
 
+from tasks import plan_profile
 from tasks.plan import (GIB, KV_ERROR_MARGIN_GIB, PlanInputError, PlanParams, bundled_config, count_params,
                         kv_bytes_per_token_per_gpu, plan)
 
@@ -156,3 +157,32 @@ def test_uncalibrated_release_is_named_in_the_notes():
 def test_v0_engine_refused_where_vllm_removed_it():
     with pytest.raises(PlanInputError, match="engine: vLLM 0.11.0 has no V0 engine"):
         plan(bundled_config("Qwen3-32B"), PlanParams(gpu_mem_gib=79.19, vllm_release="0.11.0", engine="v0"))
+
+
+H100, A100, L40S, RTX4090 = ("NVIDIA H100 80GB HBM3", 79.1), ("NVIDIA A100-SXM4-80GB", 79.2), \
+    ("NVIDIA L40S", 44.4), ("NVIDIA GeForce RTX 4090", 23.5)
+
+
+@pytest.mark.parametrize("release, gpu, expected", [
+    ("0.8.3", H100, (1024, 8192)), ("0.8.3", A100, (1024, 2048)), ("0.8.3", RTX4090, (1024, 2048)),  # PR #12369
+    ("0.8.4", H100, (1024, 8192)), ("0.8.4", A100, (256, 2048)),  # PR #16158
+    ("0.8.5", A100, (1024, 8192)), ("0.8.5", L40S, (256, 2048)),  # PR #17073: by memory
+    ("0.9.0", A100, (256, 2048)), ("0.9.0", H100, (1024, 8192)),  # PR #17885: not the A100
+    ("0.19.0", L40S, (256, 2048)), (None, H100, (1024, 8192)),
+])
+def test_v1_server_defaults_per_release_and_gpu(release, gpu, expected):
+    assert plan_profile.scheduler_defaults("v1", release, 32768, gpu[1], gpu[0]) == expected
+
+
+def test_v0_defaults_chunk_long_contexts_except_mla_and_sliding_window():
+    long_ctx = PlanParams(gpu_mem_gib=79.1, max_model_len=65536, vllm_release="0.8.5", engine="v0")
+    dense = plan(bundled_config("Qwen3-30B-A3B"), PlanParams(**{**long_ctx.__dict__, "max_model_len": 40960}))
+    assert (dense.max_num_seqs, dense.max_num_batched_tokens) == (256, 2048)  # > 32768: chunked prefill
+    short = plan(bundled_config("Qwen3-30B-A3B"), PlanParams(**{**long_ctx.__dict__, "max_model_len": 32768}))
+    assert short.max_num_batched_tokens == 32768  # not chunked: the whole context in one batch
+    mla = json.loads((REPO / "tests/unit/fixtures/startup_logs/configs/DeepSeek-V2-Lite-Chat.json").read_text())
+    assert plan({**mla, "max_position_embeddings": 65536}, long_ctx).max_num_batched_tokens == 65536  # no MLA chunks
+    sliding = {**bundled_config("Qwen3-30B-A3B"), "sliding_window": 4096, "use_sliding_window": True,
+               "max_position_embeddings": 65536}
+    assert plan(sliding, long_ctx).max_num_batched_tokens == 65536
+    assert plan({**sliding, "use_sliding_window": False}, long_ctx).max_num_batched_tokens == 2048
