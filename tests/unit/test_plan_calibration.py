@@ -72,9 +72,13 @@ def evaluate(path: Path) -> Row:
     log = json.loads(path.read_text())
     result = plan(log_config(log["config"]), log_params(log))
     logged = log["logged"]
-    kv_gib = logged["kv_cache_gib"]
-    if kv_gib is None:  # only the token count was logged (a refusal message): convert with the exact per-token size
-        kv_gib = logged["kv_cache_tokens"] * result.kv_bytes_per_token_per_gpu / GIB
+    # The KV cache vLLM sizes is the smallest over its ranks (V0: the executor's min over workers; V1:
+    # get_kv_cache_configs gives every rank the smallest block count); "Available KV cache memory" is the
+    # logging rank's own, the token count is the binding one. They differ with pp > 1 (the last stage holds
+    # lm_head and the sampler) and in V0 (only the driver samples), so the token count wins where logged
+    # (0 tokens: nothing left, the logged GiB says by how much).
+    tokens = logged["kv_cache_tokens"]
+    kv_gib = tokens * result.kv_bytes_per_token_per_gpu / GIB if tokens else logged["kv_cache_gib"]
     # what the plan leaves for the KV cache, negative when nothing is left (as vLLM logs it)
     planned = (result.requested_gib_per_gpu - result.weights_gib_per_gpu - result.non_torch_gib
                - result.activation_gib - result.cudagraph_gib)
