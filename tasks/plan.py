@@ -18,7 +18,8 @@ Terms (all per GPU, in GiB = 2**30 bytes, as vLLM logs them):
   lm_head vocab-parallel (vocab padded to 64); norms, MoE routers and MLA's q_a/kv_a projections and the DSA
   indexer replicated; layers split by pp (the heaviest stage counts). MoE counts every expert. MTP/next-n
   layers are not loaded for serving and are not counted. Plus the rotary cos/sin cache
-  (max_position_embeddings x rotary_dim x dtype bytes). Bytes per parameter: 2 for fp16/bf16, 4 for fp32;
+  (max_position_embeddings x rotary_dim x dtype bytes), and what PyTorch's caching allocator counts beyond
+  the tensors' bytes (up to 1 MiB per matrix just short of a 2 MiB multiple; ``tasks/plan_allocator.py``). Bytes per parameter: 2 for fp16/bf16, 4 for fp32;
   quantized checkpoints price their linear layers as ``tasks/vllm/quantization.py`` reads their
   ``quantization_config`` (awq, gptq, compressed-tensors, fp8, AutoRound, bitsandbytes, ...).
 - ``non_torch``, ``activation_peak``: vLLM's own profile run, modelled from vLLM's source per engine and
@@ -55,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import plan_profile
+from tasks import plan_allocator, plan_profile
 from tasks.vllm.quantization import QUANTIZATIONS as QUANT_METHODS
 from tasks.vllm.quantization import QuantizationError, WeightFormat, weight_format
 from tasks.vllm.versions import Version
@@ -387,6 +388,25 @@ def count_params(config: dict, tp: int = 1, pp: int = 1) -> dict[str, int]:
             "gpu_total": gpu_linear + int(gpu_other)}
 
 
+def allocator_overhead(config: dict, tp: int, pp: int, linear_bpp: float, dtype_bytes: int) -> int:
+    """Bytes PyTorch's allocator counts beyond the weights' own on the heaviest GPU (``tasks/plan_allocator.py``).
+
+    Linear layers stored at a whole number of bytes per parameter only (16-bit, fp8, int8): packed int4
+    checkpoints allocate other shapes (qweight, scales), not modelled.
+    """
+    if linear_bpp != int(linear_bpp):
+        return 0
+    layers = int(_req(config, "num_hidden_layers"))
+    stage = math.ceil(layers / pp)
+    per_layer = [plan_allocator.loading_overhead(
+        int(elements * linear_bpp) for elements in plan_allocator.layer_tensor_elements(
+            config, tp, _layer_is_sparse(config, layer))) for layer in range(layers)]
+    embed = math.ceil(int(_req(config, "vocab_size")) / VOCAB_PAD) * VOCAB_PAD // tp * int(config["hidden_size"])
+    edges = 1 if pp > 1 or config.get("tie_word_embeddings") else 2
+    return (max(sum(per_layer[start:start + stage]) for start in range(0, layers, stage))
+            + edges * plan_allocator.loading_overhead([embed * dtype_bytes]))
+
+
 def kv_bytes_per_token_per_gpu(config: dict, tp: int, pp: int, kv_bytes: int) -> int:
     """KV cache bytes one token costs on one GPU (see module docstring)."""
     config = text_config(config)
@@ -426,7 +446,8 @@ def plan(config: dict, params: PlanParams) -> Plan:
     rotary_dim = int(rotary_dim * float(config.get("partial_rotary_factor", 1.0) or 1.0))
     max_pos = int(config.get("max_position_embeddings") or 0)
     rotary_bytes = max_pos * rotary_dim * dtype_bytes
-    weights_bytes = counts["gpu_linear"] * lin_bpp + counts["gpu_other"] * dtype_bytes + rotary_bytes
+    weights_bytes = (counts["gpu_linear"] * lin_bpp + counts["gpu_other"] * dtype_bytes + rotary_bytes
+                     + allocator_overhead(config, tp, pp, lin_bpp, dtype_bytes))
 
     kv_bytes = 1 if params.kv_cache_dtype.startswith("fp8") else (
         DTYPE_BYTES[params.kv_cache_dtype] if params.kv_cache_dtype != "auto" else dtype_bytes)

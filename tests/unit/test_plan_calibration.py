@@ -142,9 +142,7 @@ def test_per_log_errors_within_the_issue_bounds(capsys):
     assert len(calib) >= 10
     assert len({r.log["gpu"] for r in rows()}) >= 3 and len({r.log["serve"]["tp"] for r in calib}) >= 3
     for r in calib:
-        # the issue's 1%, or a fixture's documented deviation (its "known_deviation" says why)
-        bound = r.log.get("known_deviation", {}).get("weights_error_max", 0.01)
-        assert abs(r.weights_error) <= bound, (r.log["id"], r.weights_error)
+        assert abs(r.weights_error) <= 0.01, (r.log["id"], r.weights_error)
     kv = [r for r in calib if r.kv_error is not None]
     assert len(kv) >= 10
     for r in kv:
