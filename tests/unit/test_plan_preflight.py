@@ -9,7 +9,7 @@ from tests.unit.test_preflight import HOST, seed_001
 
 from tasks.facts.nvidia import NvidiaGpus, NvidiaSmiVersion
 from tasks.lab.profiles import PROFILES
-from tasks.plan import GIB, KV_ERROR_MARGIN_GIB
+from tasks.plan import GIB, KV_ERROR_MARGIN_GIB, MARGIN_SOURCE, measured_error
 from tasks.preflight import evaluate
 
 
@@ -32,6 +32,9 @@ def test_short_by_less_than_the_margin_warns_more_refuses(standin_bin):
     fits = evaluate(facts, seed_001())
     assert fits.go and memory_check(fits).status == "ok"
     assert f"+/-{KV_ERROR_MARGIN_GIB:.2f} GiB/GPU" in memory_check(fits).detail
+    # ... and says where it was measured: the calibration's public logs, not a guess
+    assert MARGIN_SOURCE in memory_check(fits).detail
+    assert f"measured on {measured_error()['logs']} public vLLM start-up logs" in MARGIN_SOURCE
     # the 2080 Ti's compute capability 7.5 makes vLLM 0.8.5 run its V0 engine: the plan says so
     assert fits.plan["engine"] == "v0" and fits.plan["max_num_seqs"] == 256
 
