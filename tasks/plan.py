@@ -19,9 +19,10 @@ Terms (all per GPU, in GiB = 2**30 bytes, as vLLM logs them):
   indexer replicated; layers split by pp (the heaviest stage counts). MoE counts every expert. MTP/next-n
   layers are not loaded for serving and are not counted. Plus the rotary cos/sin cache
   (max_position_embeddings x rotary_dim x dtype bytes), and what PyTorch's caching allocator counts beyond
-  the tensors' bytes (up to 1 MiB per matrix just short of a 2 MiB multiple; ``tasks/plan_allocator.py``). Bytes per parameter: 2 for fp16/bf16, 4 for fp32;
-  quantized checkpoints price their linear layers as ``tasks/vllm/quantization.py`` reads their
-  ``quantization_config`` (awq, gptq, compressed-tensors, fp8, AutoRound, bitsandbytes, ...).
+  the tensors' bytes (up to 1 MiB per matrix just short of a 2 MiB multiple; ``tasks/plan_allocator.py``).
+  Bytes per parameter: 2 for fp16/bf16, 4 for fp32; quantized checkpoints price their linear layers as
+  ``tasks/vllm/quantization.py`` reads their ``quantization_config`` (awq, gptq, compressed-tensors, fp8,
+  AutoRound, bitsandbytes, ...).
 - ``non_torch``, ``activation_peak``: vLLM's own profile run, modelled from vLLM's source per engine and
   release in ``tasks/plan_profile.py`` (dummy forward over ``max_num_batched_tokens``, dummy sampler over
   ``max_num_seqs``, fused-MoE workspaces, non-torch memory); unset ``max_num_seqs`` /

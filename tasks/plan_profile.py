@@ -33,8 +33,9 @@ by term, from the code vLLM runs in that profile:
   (``vllm/v1/sample/ops/topk_topp_sampler.py``): dtype + 4 + 4 + 4 B per logit, top-k/top-p masking
   adding no full-size buffer (the Triton kernel of ``topk_topp_triton.py`` masks in place; vLLM 0.19.0's
   logs measure ~15 B per logit for a 16-bit model and ~17 B for the same model at ``--dtype float32``,
-  so the 4-byte fp32 working copy is there for an fp32 model too: dtype + 12 B in both cases). V1 releases whose native path still sorts would cost ~16 B more per
-  logit: not modelled, no log of one at hand. The dummy forward's ``hidden_states`` ``[N, h]`` stay
+  so the 4-byte fp32 working copy is there for an fp32 model too: dtype + 12 B in both cases). V1
+  releases whose native path still sorts would cost ~16 B more per logit: not modelled, no log of one
+  at hand. The dummy forward's ``hidden_states`` ``[N, h]`` stay
   alive meanwhile (``profile_run`` holds them).
 - persistent buffers: V1's fused-MoE kernels (``fused_moe/modular_kernel.py``) take their workspaces
   (cache13 + cache2 above) from the worker's ``WorkspaceManager`` (``vllm/v1/worker/workspace.py``),

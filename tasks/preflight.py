@@ -72,7 +72,8 @@ from typing import Any
 from pyinfra.api import deploy
 
 from tasks import cuda as cudatab
-from tasks.plan import GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config, text_config
+from tasks.plan import (GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config,
+                        text_config)
 
 DEFAULTS: dict[str, Any] = {
     "preflight_min_driver": "535",
