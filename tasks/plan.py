@@ -477,7 +477,8 @@ def plan(config: dict, params: PlanParams) -> Plan:
                      "planner was checked against (tasks/plan_profile.py CALIBRATED): its error may exceed the margin")
 
     gpus = tp * pp
-    non_torch = params.non_torch_gib if params.non_torch_gib is not None else plan_profile.non_torch_gib(engine, tp)
+    non_torch = params.non_torch_gib if params.non_torch_gib is not None else plan_profile.non_torch_gib(
+        engine, tp, params.gpu_name)
     activation = params.activation_gib if params.activation_gib is not None else run.activation_bytes / GIB
     requested = params.gpu_mem_gib * params.gpu_memory_utilization
     weights_gib = weights_bytes / GIB

@@ -49,9 +49,13 @@ set (tests/unit/fixtures/startup_logs/README.md lists both):
 
 - V0: 0.16 GiB on one GPU (vLLM PR #12126's log, H100), 0.20 GiB with tp > 1 (seed 001's log, 4x RTX
   2080 Ti 22 GB).
-- V1: 0.25 GiB on one GPU, 2.1 GiB with tp > 1 (vLLM 0.19.0 on H100 80GB, Qwen2.5-7B at tp 1, 2 and
-  4: 0.24 / 2.06 / 2.13 GiB; NCCL communicators and all-reduce buffers). Seen on H100 only: on GPUs
-  without NVLink NCCL allocates less, so the planner errs towards less KV cache there.
+- V1: 0.25 GiB on one GPU, 2.1 GiB with tp > 1 between NVLink-connected GPUs (vLLM 0.19.0 on H100 80GB,
+  Qwen2.5-7B at tp 1, 2 and 4: 0.24 / 2.06 / 2.13 GiB; NCCL communicators and all-reduce buffers), 0.34 GiB
+  with tp > 1 between PCIe-only GPUs (vLLM 0.19.0 on 4x L40S, Qwen2.5-72B at tp 4: 0.9 x 44.42 - 33.98 weights
+  - 0.54 modelled activation - 5.11 KV logged). There vLLM runs without its own all-reduce buffers
+  (``custom_all_reduce.py``: "not supported on more than two PCIe-only GPUs"; ``symm_mem.py``: the
+  symmetric-memory communicator needs compute capability 9.0 or 10.0, both logged) and NCCL moves data
+  over PCIe with fewer channels. Which GPUs count as PCIe-only: ``pcie_only``.
 
 CUDA graphs: up to at least 0.19.0 vLLM captures them after sizing the KV cache (0.19.0 logs its
 estimate but does not subtract it), so they take the (1 - gpu_memory_utilization) headroom; a release
@@ -83,6 +87,7 @@ compute capability < 8.0 (``EngineArgs._is_v1_supported_oracle``); V0 is gone fr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tasks.vllm.versions import Version
@@ -100,6 +105,12 @@ MOE_CHUNK = 32768
 V0_SAMPLER_BYTES_PER_LOGIT = 2 + 4 + 4 + 8 + 8 + 1 + 1 + 4 + 4 + 4
 #: Non-torch memory per GPU, GiB, by engine and whether tp > 1 (read from reference logs, see docstring).
 NON_TORCH_GIB = {("v0", False): 0.16, ("v0", True): 0.20, ("v1", False): 0.25, ("v1", True): 2.1}
+#: V1 with tp > 1 between PCIe-only GPUs (read from the 4x L40S reference log, see docstring).
+V1_PCIE_MULTI_GPU_NON_TORCH_GIB = 0.34
+#: GPU names that carry no NVLink: GeForce / RTX cards, L4 / L40 / L40S, A10 / A10G / A40, T4, any PCIe part.
+#: An NVLink bridge on such cards (2x RTX 3090, A100 PCIe pairs) is not seen in the name: the planner then
+#: plans more KV cache than vLLM finds, by at most 2.1 - 0.34 GiB per GPU.
+_PCIE_ONLY = re.compile(r"geforce|\brtx\b|\bl4\b|\bl40s?\b|\ba10g?\b|\ba40\b|\bt4\b|pcie", re.IGNORECASE)
 
 
 def engine_for(version: str | None, engine: str = "auto", compute_capability: float = 0.0) -> str:
@@ -269,6 +280,22 @@ def calibrated(engine: str, version: str | None) -> bool:
     return low <= Version.parse(version) < high
 
 
-def non_torch_gib(engine: str, tp: int) -> float:
-    """Non-torch memory per GPU (GiB) vLLM's profile measures, by engine and tensor parallelism."""
+def pcie_only(gpu_name: str) -> bool:
+    """Whether nvidia-smi's GPU name is a part without NVLink (see ``_PCIE_ONLY``).
+
+    >>> pcie_only("NVIDIA L40S"), pcie_only("NVIDIA A100-SXM4-80GB"), pcie_only("NVIDIA A100-PCIE-40GB")
+    (True, False, True)
+    """
+    return bool(_PCIE_ONLY.search(gpu_name))
+
+
+def non_torch_gib(engine: str, tp: int, gpu_name: str = "") -> float:
+    """Non-torch memory per GPU (GiB) vLLM's profile measures, by engine, tensor parallelism and interconnect.
+
+    + engine: "v0" or "v1"
+    + tp: tensor parallel size
+    + gpu_name: nvidia-smi's name; "" (unknown) plans as NVLink-connected, the larger figure
+    """
+    if engine == "v1" and tp > 1 and pcie_only(gpu_name):
+        return V1_PCIE_MULTI_GPU_NON_TORCH_GIB
     return NON_TORCH_GIB[(engine, tp > 1)]

@@ -187,3 +187,21 @@ def test_v0_defaults_chunk_long_contexts_except_mla_and_sliding_window():
                "max_position_embeddings": 65536}
     assert plan(sliding, long_ctx).max_num_batched_tokens == 65536
     assert plan({**sliding, "use_sliding_window": False}, long_ctx).max_num_batched_tokens == 2048
+
+
+@pytest.mark.parametrize("gpu, expected", [
+    ("NVIDIA L40S", True), ("NVIDIA GeForce RTX 3090", True), ("NVIDIA A10G", True), ("NVIDIA L4", True),
+    ("NVIDIA A100-PCIE-40GB", True), ("NVIDIA A100-SXM4-80GB", False), ("NVIDIA H100 80GB HBM3", False),
+    ("H100-80GB", False), ("", False),
+])
+def test_pcie_only_gpus_by_name(gpu, expected):
+    assert plan_profile.pcie_only(gpu) is expected
+
+
+def test_v1_multi_gpu_non_torch_depends_on_nvlink():
+    # measured: 2.1 GiB on NVLink H100 (tp 2/4), 0.34 GiB on PCIe-only L40S (tp 4); one GPU and V0 are unchanged
+    assert plan_profile.non_torch_gib("v1", 4, "NVIDIA L40S") == 0.34
+    assert plan_profile.non_torch_gib("v1", 4, "NVIDIA H100 80GB HBM3") == 2.1
+    assert plan_profile.non_torch_gib("v1", 4) == 2.1  # unknown GPU: the larger figure
+    assert plan_profile.non_torch_gib("v1", 1, "NVIDIA L40S") == 0.25
+    assert plan_profile.non_torch_gib("v0", 2, "NVIDIA L40S") == 0.20
