@@ -267,8 +267,9 @@ def profile_run(shape: ModelShape, engine: str, max_num_seqs: int, max_num_batch
 
 #: Releases the calibration logs cover, per engine (tests/unit/fixtures/startup_logs/): V0 0.7.x-0.8.5,
 #: V1 0.19.x. V1 0.8.x measured its peak from the GPU's free memory and added non-torch memory twice
-#: (gpu_worker.py ``determine_available_memory`` of that series). Of 0.9-0.18 one log is at hand (0.10.2, 8x L40S,
-#: tp 8 with expert parallelism: +6%, its sampler sorting without FlashInfer), too few to call the series covered.
+#: (gpu_worker.py ``determine_available_memory`` of that series). Of 0.9-0.18 two 0.10.2 logs are at hand (8x L40S
+#: tp 8 with expert parallelism, and one 24 GB GPU): KV +6.0% / +7.6%, both from a profile activation ~0.9 GiB above
+#: this model's (0.10.2's sampler, whose native top-k/top-p path sorts the logits: ~37 B per logit, not modelled).
 CALIBRATED = {"v0": (Version.parse("0.7.0"), Version.parse("0.9.0")),
               "v1": (Version.parse("0.19.0"), Version.parse("0.20.0"))}
 
