@@ -78,6 +78,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import threading
 import urllib.error
@@ -604,10 +605,42 @@ def check_space(dest: Path, missing_bytes: int) -> None:
     free = shutil.disk_usage(dest).free
     margin = DEFAULTS["weights_fetch_space_margin_bytes"]
     if free < missing_bytes + margin:
-        raise FetchError(
-            EXIT_NO_SPACE,
-            f"{dest}: {free} bytes free, {missing_bytes} bytes still to download (+{margin} reserve)",
-        )
+        raise no_space(dest, "not enough free disk space", missing_bytes, free)
+
+
+def no_space(dest: Path, what: str, needed: int, free: int | None = None) -> FetchError:
+    """The one line of a full disk: host, path, bytes still needed and free (the operator's next step)."""
+    if free is None:
+        try:
+            free = shutil.disk_usage(dest).free
+        except OSError:
+            free = -1
+    margin = DEFAULTS["weights_fetch_space_margin_bytes"]
+    return FetchError(
+        EXIT_NO_SPACE,
+        f"{socket.gethostname()}: {dest}: {what}: {needed} bytes still to download (+{margin} reserve), "
+        f"{free} bytes free",
+    )
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` is, or wraps, a write that failed for lack of space (ENOSPC/EDQUOT).
+
+    The clients wrap the OSError of a failed write: huggingface_hub re-raises it from its worker
+    threads, modelscope collects it in ``FileDownloadError.failed_files``, and the adapters here
+    map it with ``raise ... from None`` (which keeps it as ``__context__``).
+    """
+    todo, seen = [exc], 0
+    while todo and seen < 32:  # bounded: exception graphs may be cyclic
+        e = todo.pop()
+        seen += 1
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+        failed = getattr(e, "failed_files", None)
+        if isinstance(failed, dict):
+            todo += [x for x in failed.values() if isinstance(x, BaseException)]
+    return False
 
 
 def _expected_ok(path: Path, f: RemoteFile, sha: str) -> bool:
@@ -696,6 +729,11 @@ def download_verified(
     progress.start()
     try:
         remote.download(staging, paths, listing, req.max_workers)
+    except Exception as exc:
+        if disk_full(exc):
+            still = total - bytes_present(staging, listing, paths)
+            raise no_space(req.dest, "disk full while downloading", still) from None
+        raise
     finally:
         progress.stop()
     return finish_staging(staging, listing, paths, req.hash_workers)
@@ -898,8 +936,9 @@ def _main(argv: list[str] | None) -> int:
         say("error", f"exit={exc.code}", f"reason={REASONS[exc.code]}")
         return exc.code
     except OSError as exc:
-        print(f"fetch.py: error: {exc}", file=sys.stderr, flush=True)
-        code = EXIT_NO_SPACE if exc.errno == errno.ENOSPC else EXIT_ERROR
+        code = EXIT_NO_SPACE if disk_full(exc) else EXIT_ERROR
+        where = f"{socket.gethostname()}: disk full: " if code == EXIT_NO_SPACE else ""
+        print(f"fetch.py: error: {where}{exc}", file=sys.stderr, flush=True)
         say("error", f"exit={code}", f"reason={REASONS[code]}")
         return code
     except Exception as exc:  # noqa: BLE001 - still one marker line for the caller to parse

@@ -289,6 +289,50 @@ def test_hub_down_mid_download_then_registry_down_mid_pull(fa):
     OUTCOMES["registry down during a pull"] = "pull fails on that host; re-run: pulled, serving; third: no changes"
 
 
+def test_disk_full_during_a_fetch_fails_that_fetch_only_and_converges_once_space_is_back(fa, tmp_path):
+    from tasks.lab.standins.model_repo import publish, write_model_repo
+
+    repo = "llmfleet-lab/fault-disk"
+    files = tmp_path / "repo"
+    sizes = write_model_repo(files, seed=41, shards=3, shard_bytes=4 << 20)
+    publish(CFG.run_dir / "hub", repo, files, ["v1"])
+    ip = fa["ips"][H2]
+    dest = f"/srv/small/{model_dirname(repo)}"
+    # A filesystem of its own for this model root: large enough for the pre-check (12 MiB + the fetch's
+    # 256 MiB reserve, weights_fetch_space_margin_bytes), filled mid-download: the write fails, not the check.
+    ssh(ip, "mkdir -p /srv/small && (mountpoint -q /srv/small || mount -t tmpfs -o size=300m tmpfs /srv/small)")
+    data = {"serve_model__hub": "huggingface", "serve_model__repo_id": repo, "serve_model__revision": "v1",
+            "weights_root": "/srv/small"}
+    run = Background(pyinfra, fa["inventory"], "deploys/weights.py", "--limit", H2, data=data, check=False,
+                     timeout=600)
+    wait_for(H2, "the weights fetch", fetching, run)
+    with slow_link(H2, "4mbit"):
+        partial = "[ $(du -sb /srv/small | cut -f1) -gt 1048576 ]"  # a MiB of the 12 written
+        wait_until(lambda: ssh(ip, partial, check=False).returncode == 0, "a partial download", 120, 0.3)
+        ssh(ip, "dd if=/dev/zero of=/srv/small/ballast bs=1M 2>/dev/null; true")  # until the disk is full
+        full = run.join()
+    assert full.returncode != 0  # fa-h2 failed (the run's only host: no JSON, "No hosts remaining")
+    # one line naming host, path, bytes still needed and free; then the host's failure line
+    said = re.search(rf"fetch\.py: error: {H2}: {dest}: disk full while downloading: (\d+) bytes still to "
+                     r"download \(\+\d+ reserve\), (\d+) bytes free", full.stderr)
+    assert said, full.stderr[-3000:]
+    assert 0 < int(said.group(1)) < sum(sizes.values()), said.group(0)  # mid-download: some bytes were written
+    assert f"llmfleet weights: {H2}: not enough free disk space under {dest}" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert ssh(ip, f"readlink {dest}/current", check=False).stdout.strip() == ""
+    assert serves(fa, H2) == OLD  # the served model, on another filesystem, never noticed
+    ssh(ip, "rm -f /srv/small/ballast")
+    again = pyinfra(fa["inventory"], "deploys/weights.py", "--limit", H2, data=data)
+    assert again.changed() == {"Weights | Fetch from hub": [H2]}
+    man = ssh(ip, f"cat {dest}/current/manifest.json").stdout
+    assert f'"total_bytes": {sum(sizes.values())}' in man
+    third = pyinfra(fa["inventory"], "deploys/weights.py", "--limit", H2, data=data)
+    assert third.operations and third.changed() == {}
+    ssh(ip, "umount /srv/small")
+    OUTCOMES["disk full during a fetch"] = ("ENOSPC mid-download: one line (host, path, bytes needed/free); serving "
+                                            "untouched; space back: fetched and verified; third: no changes")
+
+
 def test_fanout_peer_server_needs_the_run_token_binds_the_peer_address_and_is_gone_after(fa, tmp_path):
     from tasks.lab.standins.model_repo import publish, write_model_repo
 

@@ -197,6 +197,62 @@ def test_no_space_is_detected_before_downloading(hub, tmp_path, monkeypatch, cap
     assert not (tmp_path / "m" / "current").exists()
 
 
+@pytest.mark.parametrize("hub_name", HUBS)
+def test_a_write_failing_for_space_mid_download_is_said_in_one_line(hub_name, hub, tmp_path, monkeypatch, capsys):
+    """ENOSPC from the client's write (after the pre-check passed), in the shape each client raises it:
+    huggingface_hub re-raises the worker's OSError, modelscope collects it in FileDownloadError."""
+    import errno
+    import socket
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+
+    def hf_snapshot(*_a, local_dir, **_kw):
+        (Path(local_dir) / "part.bin").write_bytes(b"x" * 1000)  # some bytes landed before the disk filled
+        raise full
+
+    def ms_snapshot(*_a, local_dir, **_kw):
+        from modelscope_hub import errors as ms
+
+        (Path(local_dir) / "part.bin").write_bytes(b"x" * 1000)
+        raise ms.FileDownloadError("1 of 11 files failed", failed_files={SHARD2: full}, total=11)
+
+    if hub_name == "huggingface":
+        import huggingface_hub
+
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", hf_snapshot)
+    else:
+        import modelscope.hub.snapshot_download  # noqa: F401 - the package re-exports a function by that name
+
+        monkeypatch.setattr(sys.modules["modelscope.hub.snapshot_download"], "snapshot_download", ms_snapshot)
+    dest = tmp_path / "m"
+    code = fetch_mod.main(hub_args(hub_name, hub, dest))
+    out = capsys.readouterr()
+    assert code == fetch_mod.EXIT_NO_SPACE, out.out + out.err
+    errors = [line for line in out.err.splitlines() if line.startswith("fetch.py: error:")]
+    assert len(errors) == 1, out.err
+    assert errors[0].startswith(f"fetch.py: error: {socket.gethostname()}: {dest.absolute()}: disk full while "
+                                "downloading: "), errors[0]
+    assert "bytes still to download" in errors[0] and errors[0].endswith(" bytes free"), errors[0]
+    assert "LLMFLEET_WEIGHTS error exit=7 reason=no-space" in out.out
+    assert not (dest / "current").exists()
+
+
+def test_disk_full_looks_through_the_wrappers_and_stops_on_cycles():
+    import errno
+
+    assert not fetch_mod.disk_full(OSError(errno.EACCES, "denied"))
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "quota")
+        except OSError:
+            raise fetch_mod.FetchError(1, "mapped") from None  # how the adapters map client errors
+    except fetch_mod.FetchError as mapped:
+        assert fetch_mod.disk_full(mapped)
+    a, b = ValueError("a"), ValueError("b")
+    a.__context__, b.__context__ = b, a
+    assert not fetch_mod.disk_full(a)
+
+
 def test_allow_patterns_select_files_and_count_in_unchanged_check(hub, hub_root, tmp_path):
     dest = tmp_path / "m"
     res = run_fetch(*hub_args("huggingface", hub, dest), "--allow", "*.json", "--ignore", "vocab.json")
