@@ -128,7 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "weights_client_versions": {"huggingface_hub": "2.4.0", "modelscope": "1.40.2"},
 }
 
-SCRIPTS = ("fetch.py", "peer_server.py", "manifest.py", "hub_protocol.py")
+SCRIPTS = fetch_script.HOST_FILES
 PEER_TOKEN_DIR = "/run/llmfleet"
 HERE = Path(__file__).resolve().parent
 _UNIT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")

@@ -253,6 +253,21 @@ def test_disk_full_looks_through_the_wrappers_and_stops_on_cycles():
     assert not fetch_mod.disk_full(a)
 
 
+def test_the_uploaded_files_alone_fetch(hub, tmp_path):
+    """fetch.py runs from the directory the deploy uploads (HOST_FILES, nothing else of the checkout)."""
+    uploaded = tmp_path / "scripts"
+    uploaded.mkdir()
+    for name in fetch_mod.HOST_FILES:
+        shutil.copy(Path(fetch_mod.__file__).with_name(name), uploaded / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MODELSCOPE_", "PYTHONPATH"))}
+    args = hub_args("huggingface", hub, tmp_path / "m")
+    res = subprocess.run([sys.executable, "-E", str(uploaded / "fetch.py"), *args],
+                         capture_output=True, text=True, timeout=90, cwd=tmp_path,
+                         env={**env, "HOME": str(FETCH_HOME), "NO_PROXY": "127.0.0.1,localhost"})
+    assert res.returncode == 0, res.stderr
+    assert marker_lines(res.stdout)[-1] == "LLMFLEET_WEIGHTS changed"
+
+
 def test_allow_patterns_select_files_and_count_in_unchanged_check(hub, hub_root, tmp_path):
     dest = tmp_path / "m"
     res = run_fetch(*hub_args("huggingface", hub, dest), "--allow", "*.json", "--ignore", "vocab.json")
