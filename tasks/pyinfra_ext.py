@@ -72,3 +72,81 @@ def install() -> None:
 
 
 __all__ = ["MISSING_KEY", "dry_run_shows_changes", "install", "name_missing_keys"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress of long operations (tasks/progress.py): reads beside a running operation
+# ---------------------------------------------------------------------------------------------
+def watch_long_operations(state: Any, interval_of: Any, command: str, lines_of: Any, max_s: float = 86400.0) -> None:
+    """While an operation runs on a host for longer than ``interval_of(host)`` seconds, run the
+    read-only ``command`` there every interval and log the lines ``lines_of(stdout_lines)`` makes,
+    prefixed by the host, until that operation ends on that host (or ``max_s``). Registered once
+    per state.
+
+    pyinfra runs each host's operation in a greenlet and has no hook during a command, so this is a
+    state callback (``operation_host_start`` / ``_success`` / ``_error`` / ``operation_end``) that
+    spawns a gevent greenlet per (host, operation); its reads open their own channel on the host's
+    SSH connection (``Host.run_shell_command``), beside the operation's command. An operation that
+    ends before one interval costs nothing; ``--dry`` runs no operation, so nothing is read. Ops a
+    host skips (``state.ops``: pyinfra fires ``operation_host_start`` for them, but no end) are
+    not watched.
+
+    + state: the pyinfra ``State`` of the run
+    + interval_of: host -> seconds between reads (0 or None: not watched)
+    + command: shell command run on the host (reads only; no secret in it)
+    + lines_of: list of the command's stdout lines -> lines to log
+    + max_s: no watch reads for longer than this (a bound if an end is never signalled)
+
+    Example:
+
+    .. code:: python
+
+        watch_long_operations(ctx_state.get(), lambda host: 10.0, "cat /run/x/*.json", lambda out: out)
+    """
+    import gevent
+    from gevent.event import Event
+    from pyinfra import logger
+    from pyinfra.api.state import BaseStateCallback
+
+    class LongOperationWatch(BaseStateCallback):
+        def __init__(self) -> None:
+            self.running: dict[tuple[str, str], Event] = {}  # this run's watches, not module state
+
+        def operation_host_start(self, state: Any, host: Any, op_hash: str) -> None:
+            interval = interval_of(host)
+            if not interval or interval <= 0 or op_hash not in state.ops.get(host, {}):
+                return
+            stop = self.running[(host.name, op_hash)] = Event()
+            gevent.spawn(self.watch, host, float(interval), stop)
+
+        def operation_host_success(self, state: Any, host: Any, op_hash: str, *_args: Any) -> None:
+            self.end(host.name, op_hash)
+
+        operation_host_error = operation_host_success
+
+        def operation_end(self, state: Any, op_hash: str) -> None:
+            for name, h in list(self.running):
+                if h == op_hash:
+                    self.end(name, op_hash)
+
+        def end(self, name: str, op_hash: str) -> None:
+            stop = self.running.pop((name, op_hash), None)
+            if stop is not None:
+                stop.set()
+
+        @staticmethod
+        def watch(host: Any, interval: float, stop: Event) -> None:
+            for _ in range(max(1, int(max_s / interval))):
+                if stop.wait(interval):
+                    return
+                try:
+                    ok, output = host.run_shell_command(command, print_output=False, print_input=False)
+                except Exception as exc:  # noqa: BLE001 - a progress read never fails the run
+                    logger.debug(f"{host.print_prefix}progress read failed: {exc}")
+                    continue
+                if ok and not stop.is_set():
+                    for line in lines_of(output.stdout_lines):
+                        logger.info(f"{host.print_prefix}{line}")
+
+    if not any(type(h).__name__ == "LongOperationWatch" for h in state.callback_handlers):
+        state.add_callback_handler(LongOperationWatch())

@@ -10,7 +10,8 @@ rolled_back with its reason, rollback_failed). Live columns, read from the head'
 (``tasks.monitoring.live``, the names of its vLLM version): running and waiting requests, KV cache
 %, generated tokens/s and TTFT p95 since the last read (the previous report in
 ``status_report_dir``). Gateway hosts add a row per endpoint: nginx state and the replicas in/out of
-its upstream.
+its upstream. Long work in progress on a host (a weights fetch: phase, bytes / total, rate, ETA;
+``tasks/progress.py``) is listed under the table, as the pyinfra run doing it prints it.
 
 DEFAULTS (host data, prefix ``status_``):
 
@@ -18,6 +19,7 @@ DEFAULTS (host data, prefix ``status_``):
 |---|---|---|
 | status_report_dir | "reports/status" | control-machine directory of ``<timestamp>.json`` |
 | status_http_timeout_s | 3 | timeout of the /health and /version requests |
+| status_progress_interval_s | 10.0 | seconds between the progress lines a run prints per host while a long operation (weights fetch) runs; 0: none |
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from typing import Any
 from pyinfra import logger
 from pyinfra.api import FactBase
 
+from tasks import progress
 from tasks.monitoring import live
 from tasks.vllm.metrics import all_names
 
-DEFAULTS: dict[str, Any] = {"status_report_dir": "reports/status", "status_http_timeout_s": 3}
+DEFAULTS: dict[str, Any] = {"status_report_dir": "reports/status", "status_http_timeout_s": 3,
+                            "status_progress_interval_s": 10.0}
 COLUMNS = ("host", "model", "image", "vllm", "unit", "health", *live.LIVE_COLUMNS, "verified", "weights", "rollout")
 
 #: Runs on the host (python3, stdlib): one JSON line per service, then one per gateway endpoint.
@@ -116,7 +120,7 @@ for up in sorted(glob.glob(os.path.join(nginx_dir, "*.upstream.conf"))):
     print(json.dumps({"kind": "gateway", "name": name, "port": port, "servers": servers,
                       "unit_state": run("systemctl", "show", "-p", "ActiveState", "--value", "nginx.service"),
                       "health": get(port, "/health")[0] if port else None}, sort_keys=True))
-'''
+''' + progress.read_script()
 
 
 class FleetStatus(FactBase):
@@ -193,6 +197,14 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def in_progress(hosts: dict[str, list[dict]]) -> str:
+    """The long work under way, one line per host and entry (``tasks.progress.describe``); "" if none."""
+    lines = [(name, progress.describe(e)) for name, records in hosts.items() for e in progress.entries(
+        json.dumps(r) for r in records)]
+    width = max((len(name) for name, _ in lines), default=0)
+    return "\n".join(f"{name.ljust(width)}  {text}" for name, text in lines)
+
+
 def previous_reads(report_dir: Path) -> dict[tuple, dict]:
     """(host, kind, name) -> record of the newest report in ``report_dir`` (the last read); {} if none."""
     reports = sorted(report_dir.glob("*.json")) if report_dir.is_dir() else []
@@ -234,8 +246,11 @@ def status_host() -> list[dict]:
         report_dir = Path(str(opts["status_report_dir"]))
         before = previous_reads(report_dir)
         rows = [row(name, r, now, before.get((name, r.get("kind"), r.get("name"))))
-                for name in active for r in run["hosts"][name]]
+                for name in active for r in run["hosts"][name] if r.get("kind") != "progress"]
         logger.info("llmfleet fleet status:\n" + table(rows))
+        working = in_progress({name: run["hosts"][name] for name in active})
+        if working:
+            logger.info("in progress:\n" + working)
         report_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(run["started"]))
         path = report_dir / f"{stamp}.json"
@@ -245,4 +260,4 @@ def status_host() -> list[dict]:
     return records
 
 
-__all__ = ["COLUMNS", "DEFAULTS", "FleetStatus", "row", "status_host", "table"]
+__all__ = ["COLUMNS", "DEFAULTS", "FleetStatus", "in_progress", "row", "status_host", "table"]

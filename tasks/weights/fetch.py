@@ -89,6 +89,7 @@ try:  # imported as tasks.weights.fetch
                               EXIT_REPO_NOT_FOUND, EXIT_REVISION_NOT_FOUND, EXIT_UNREACHABLE, EXIT_USAGE,
                               EXIT_VERIFY, REASONS, FetchError)
     from .fetch_output import install_redaction, say
+    from .fetch_progress import ProgressState
     from .fetch_steps import Request, disk_full, fetch
 except ImportError:  # run as a script from the uploaded directory
     import manifest as mf  # type: ignore[no-redef]
@@ -96,6 +97,7 @@ except ImportError:  # run as a script from the uploaded directory
                              EXIT_OK, EXIT_PEER_MISMATCH, EXIT_REPO_NOT_FOUND, EXIT_REVISION_NOT_FOUND,
                              EXIT_UNREACHABLE, EXIT_USAGE, EXIT_VERIFY, REASONS, FetchError)
     from fetch_output import install_redaction, say  # type: ignore[no-redef]
+    from fetch_progress import ProgressState  # type: ignore[no-redef]
     from fetch_steps import Request, disk_full, fetch  # type: ignore[no-redef]
 
 DEFAULTS: dict[str, Any] = {
@@ -198,8 +200,12 @@ def _main(argv: list[str] | None) -> int:
             space_margin=DEFAULTS["weights_fetch_space_margin_bytes"],
             http_timeout_s=DEFAULTS["weights_fetch_http_timeout_s"],
             hf_chunk_bytes=DEFAULTS["weights_fetch_hf_chunk_bytes"],
+            progress_state=ProgressState(dest, f"weights {args.repo}@{args.revision}"),
         )
-        result = fetch(req)
+        try:  # only the holder of the lock owns the state file
+            result = fetch(req)
+        finally:
+            req.progress_state.clear()
         say(result)
         return EXIT_OK
     except FetchError as exc:

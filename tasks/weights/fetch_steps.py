@@ -18,7 +18,7 @@ try:  # imported as tasks.weights.*
     from .current_link import current_target, exchange, fsync_dir, prune, switch_current
     from .fetch_exits import EXIT_NO_SPACE, EXIT_PEER_MISMATCH, EXIT_USAGE, EXIT_VERIFY, FetchError
     from .fetch_output import quiet_client_loggers, say
-    from .fetch_progress import STAGING_MARKER, Progress
+    from .fetch_progress import STAGING_MARKER, Progress, ProgressState
     from .hub_adapters import HfRemote, Listing, MsRemote, PeerRemote, RemoteFile, client_env
 except ImportError:  # run as a script from the uploaded directory
     import manifest as mf  # type: ignore[no-redef]
@@ -26,7 +26,7 @@ except ImportError:  # run as a script from the uploaded directory
     from fetch_exits import (EXIT_NO_SPACE, EXIT_PEER_MISMATCH, EXIT_USAGE,  # type: ignore[no-redef]
                              EXIT_VERIFY, FetchError)
     from fetch_output import quiet_client_loggers, say  # type: ignore[no-redef]
-    from fetch_progress import STAGING_MARKER, Progress  # type: ignore[no-redef]
+    from fetch_progress import STAGING_MARKER, Progress, ProgressState  # type: ignore[no-redef]
     from hub_adapters import HfRemote, Listing, MsRemote, PeerRemote, RemoteFile, client_env  # type: ignore[no-redef]
 
 
@@ -49,6 +49,7 @@ class Request:
     space_margin: int  # bytes kept free beyond what is still to download
     http_timeout_s: float
     hf_chunk_bytes: int
+    progress_state: ProgressState | None = None  # the state file the control machine reads
 
     @property
     def revdir(self) -> str:
@@ -197,7 +198,7 @@ def download_verified(
         f"commit={listing.commit or 'none'}", f"source={listing.source}",
     )
     check_space(req.dest, missing, req.space_margin)
-    progress = Progress(staging, total, req.progress_interval)
+    progress = Progress(staging, total, req.progress_interval, req.progress_state)
     progress.start()
     try:
         remote.download(staging, paths, listing, req.max_workers)
@@ -208,6 +209,8 @@ def download_verified(
         raise
     finally:
         progress.stop()
+    if req.progress_state is not None:
+        req.progress_state.write("verify", total, total)
     return finish_staging(staging, listing, paths, req.hash_workers)
 
 
@@ -270,6 +273,8 @@ def fetch(req: Request) -> str:
     ):
         bad = mf.stat_mismatches(target, existing)
         if not bad and req.deep_verify:
+            if req.progress_state is not None:
+                req.progress_state.write("verify", 0, int(existing.get("total_bytes") or 0))
             bad = mf.hash_mismatches(target, existing, workers=req.hash_workers)
         if bad:
             repair(req, target, existing, bad)
