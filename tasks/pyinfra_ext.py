@@ -103,6 +103,8 @@ def watch_long_operations(state: Any, interval_of: Any, command: str, lines_of: 
 
         watch_long_operations(ctx_state.get(), lambda host: 10.0, "cat /run/x/*.json", lambda out: out)
     """
+    import time
+
     import gevent
     from gevent.event import Event
     from pyinfra import logger
@@ -136,8 +138,10 @@ def watch_long_operations(state: Any, interval_of: Any, command: str, lines_of: 
 
         @staticmethod
         def watch(host: Any, interval: float, stop: Event) -> None:
-            for _ in range(max(1, int(max_s / interval))):
-                if stop.wait(interval):
+            started = time.monotonic()
+            for n in range(1, max(1, int(max_s / interval)) + 1):
+                # on a fixed cadence: a slow read does not stretch the interval
+                if stop.wait(max(0.0, started + n * interval - time.monotonic())):
                     return
                 try:
                     ok, output = host.run_shell_command(command, print_output=False, print_input=False)

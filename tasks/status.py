@@ -199,8 +199,8 @@ def table(rows: list[dict[str, str]]) -> str:
 
 def in_progress(hosts: dict[str, list[dict]]) -> str:
     """The long work under way, one line per host and entry (``tasks.progress.describe``); "" if none."""
-    lines = [(name, progress.describe(e)) for name, records in hosts.items() for e in progress.entries(
-        json.dumps(r) for r in records)]
+    lines = [(name, progress.describe(r)) for name, records in hosts.items() for r in records
+             if r.get("kind") == "progress"]
     width = max((len(name) for name, _ in lines), default=0)
     return "\n".join(f"{name.ljust(width)}  {text}" for name, text in lines)
 

@@ -49,6 +49,9 @@ Output markers on stdout (one line each, ``key=value`` fields)::
     LLMFLEET_WEIGHTS changed
     LLMFLEET_WEIGHTS error exit=<code> reason=<word>
 
+While it downloads or verifies, a progress state file (``/run/llmfleet/progress/weights-<dest
+name>.json``, see ``fetch_progress.py``) tells the control machine how far it is.
+
 Exit codes: 0 ok (``changed`` or ``unchanged``), 1 unexpected error, 2 bad arguments,
 3 repository not found, 4 revision not found, 5 authentication/authorisation failed (401/403),
 6 hub or peer unreachable / unavailable (connection, timeout, 5xx), 7 not enough free disk space,

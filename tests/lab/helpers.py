@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +156,40 @@ def secrets_env(directory: Path, **secrets: str):
             os.environ.pop("LLMFLEET_SECRETS_DIR", None)
         else:
             os.environ["LLMFLEET_SECRETS_DIR"] = saved
+
+
+class Background:
+    """A pyinfra run in a thread, so the test can act on the hosts while it runs."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self.result: Run | None = None
+        self.thread = threading.Thread(target=lambda: setattr(self, "result", fn(*args, **kwargs)), daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float = 900) -> Run:
+        self.thread.join(timeout)
+        assert self.result is not None, "the run did not finish in time"
+        return self.result
+
+
+def wait_until(check, what: str, timeout: float = 120, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"never {what} within {timeout}s")
+
+
+@contextlib.contextmanager
+def throttled(cfg, index: int, rate: str):
+    """Rate-limit what lab host ``index`` of lab ``cfg`` receives (the machine side of its veth), for as
+    long as the block runs."""
+    dev = cfg.veth(index)
+    subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
+                    "latency", "2s"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)

@@ -18,7 +18,6 @@ import re
 import secrets
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from tasks.lab import lab as lablib
 from tasks.lab.config import LabConfig
 from tasks.weights.deploy import model_dirname
 
-from .helpers import Run, lab_name, own_lab, pyinfra, secrets_env, ssh
+from .helpers import Background, Run, lab_name, own_lab, pyinfra, secrets_env, ssh, throttled, wait_until
 
 CFG = LabConfig(lab_name("fa"))
 PROFILES = ["rtx4090x2", "rtx4090x2"]
@@ -70,20 +69,6 @@ def deploy(fa, *hosts: str, image: str = OLD, check: bool = False, **data) -> Ru
                    check=check, timeout=900)
 
 
-class Background:
-    """A pyinfra run in a thread, so the test can act on the hosts while it runs."""
-
-    def __init__(self, fn, *args, **kwargs) -> None:
-        self.result: Run | None = None
-        self.thread = threading.Thread(target=lambda: setattr(self, "result", fn(*args, **kwargs)), daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 900) -> Run:
-        self.thread.join(timeout)
-        assert self.result is not None, "the run did not finish in time"
-        return self.result
-
-
 def wait_for(name: str, what: str, match, run: Background | None = None, timeout: float = 600) -> str:
     """The command line of the first process of host ``name`` that ``match``es; fails when ``run``
     ends first (its output says why) or after ``timeout``."""
@@ -99,26 +84,9 @@ def wait_for(name: str, what: str, match, run: Background | None = None, timeout
     raise AssertionError(f"{name}: never saw {what} within {timeout}s")
 
 
-def wait_until(check, what: str, timeout: float = 120, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"never {what} within {timeout}s")
-
-
-@contextlib.contextmanager
 def slow_link(name: str, rate: str):
-    """Rate-limit what the host receives (the machine side of its veth), for as long as the block runs."""
-    dev = CFG.veth(host(name).index)
-    subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kb",
-                    "latency", "2s"], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+    """Rate-limit what the host receives, for as long as the block runs."""
+    return throttled(CFG, host(name).index, rate)
 
 
 @contextlib.contextmanager
