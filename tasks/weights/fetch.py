@@ -1,7 +1,7 @@
 """Fetch model weights from Hugging Face, ModelScope or a fleet peer into a verified, switchable layout.
 
-Standalone host-side script: stdlib + ``huggingface_hub`` / ``modelscope`` only, plus its sibling
-``manifest.py`` (the directory ``tasks/weights/`` is what gets uploaded, e.g. to
+Standalone host-side script: stdlib + ``huggingface_hub`` / ``modelscope`` only, plus its siblings
+(``HOST_FILES``, listed at the end of this docstring: they are uploaded together, e.g. to
 ``/opt/llmfleet/weights/``, and run with llmfleet's venv on the host, e.g. ``/opt/llmfleet/venv``)::
 
     python fetch.py --hub huggingface|modelscope --repo ID --revision REV --dest /srv/models/<name>
