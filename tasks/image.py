@@ -18,6 +18,8 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 
+from tasks.progress_pull import pull_command
+
 DEFAULTS = {"image_mirrors": {}}
 
 
@@ -81,9 +83,10 @@ def pulled(image: str, mirrors: dict[str, str] | None = None, present: dict[str,
         return
     mirrors = host.data.get("image_mirrors", {}) if mirrors is None else mirrors
     registry, path = split_registry(image)
+    # The pull keeps a progress state file the run and deploys/status.py show (tasks/progress_pull.py).
     if registry and registry in mirrors:
         source = f"{mirrors[registry]}/{path}"
-        yield (f"docker pull -q {shlex.quote(source)} && docker tag {shlex.quote(source)} {shlex.quote(image)}"
-               f" && docker rmi {shlex.quote(source)} >/dev/null")
+        yield (f"{{ {pull_command(source, f'image {image}')}; }} && docker tag {shlex.quote(source)} "
+               f"{shlex.quote(image)} && docker rmi {shlex.quote(source)} >/dev/null")
     else:
-        yield f"docker pull -q {shlex.quote(image)}"
+        yield pull_command(image, f"image {image}")

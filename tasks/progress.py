@@ -1,8 +1,9 @@
 """Progress of long work, shown where the operator is looking.
 
 A long step on a host keeps a small JSON state file under ``/run/llmfleet/progress/`` while it
-works (today the weights fetch: ``tasks/weights/fetch_progress.py`` says its fields; tmpfs, so a
-reboot takes it with the work it described). Two readers, one format:
+works (tmpfs, so a reboot takes it with the work it described): the weights fetch
+(``tasks/weights/fetch_progress.py`` says the fields: bytes, rate, ETA) and image pulls
+(``tasks/progress_pull.py``: layers). Two readers, one format:
 
 - The pyinfra run: an operation still running on a host after ``status_progress_interval_s``
   seconds gets that host's live state files read at that interval until it ends (one read-only
@@ -92,6 +93,8 @@ def describe(entry: dict[str, Any]) -> str:
     """One entry as the text after ``progress:``: work, phase, bytes / total (percent), rate, ETA."""
     done, total = int(entry.get("done") or 0), int(entry.get("total") or 0)
     text = f"{entry.get('work', '?')}: {entry.get('phase', '?')}"
+    if entry.get("unit") == "layers":  # an image pull (tasks/progress_pull.py): layers, not bytes
+        return text + (f" {done} / {total} layers ({100 * done // total}%)" if total else "")
     if total and (done or entry.get("phase") == "download"):
         text += f" {size(done)} / {size(total)} ({100 * done // total}%)"
     elif total:

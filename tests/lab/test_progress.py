@@ -96,3 +96,21 @@ def test_a_state_file_of_a_dead_process_is_not_shown(pr):
         assert "in progress:" not in out and "x/y@main" not in out
     finally:
         ssh(ip, "rm -f /run/llmfleet/progress/weights-x.json")
+
+
+def test_an_image_pull_prints_progress_in_layers(pr):
+    inv, ip = pr["inventory"], pr["ip"]
+    image = "vllm/vllm-openai:v0.18.0"  # qwen30b's image, the lab registry's stand-in under the real name
+    data = {"image_recipe": "qwen30b", "status_progress_interval_s": 1}
+    pyinfra(inv, "deploys/image.py", data=data)  # Docker installed (unthrottled), the image pulled once
+    ssh(ip, f"docker rmi {image} >/dev/null")
+    with throttled(CFG, 1, "16mbit"):
+        result = pyinfra(inv, "deploys/image.py", data=data, timeout=300)
+    pull = re.compile(rf"\[{H1}\] progress: image {re.escape(image)}: (download|extract) (\d+) / (\d+) layers")
+    lines = [m for m in map(pull.search, result.stderr.splitlines()) if m]
+    assert len(lines) >= 2, result.stderr[-3000:]
+    assert int(lines[-1].group(3)) >= 1 and int(lines[-1].group(2)) >= int(lines[0].group(2))
+    assert ssh(ip, "ls /run/llmfleet/progress/image-*.json", check=False).returncode != 0  # gone after the pull
+    assert image in ssh(ip, "docker images --format '{{.Repository}}:{{.Tag}}'").stdout
+    again = pyinfra(inv, "deploys/image.py", data=data)
+    assert again.changed() == {} and "progress:" not in again.stderr

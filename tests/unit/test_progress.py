@@ -116,3 +116,36 @@ def test_a_run_prints_progress_while_a_long_operation_runs_and_a_dry_run_reads_n
     long_step = run.stderr.split("--> Starting operation: Long step", 1)[1]
     assert 2 <= long_step.count(line) <= 5, long_step
     assert line not in run.stderr.split("--> Starting operation: Long step", 1)[0]  # the quick step: no read
+
+
+def test_the_pull_wrapper_counts_layers_passes_the_exit_code_and_removes_its_file(tmp_path):
+    """PULL_SCRIPT around a stand-in for ``docker pull`` printing what Docker's CLI prints without a terminal."""
+    from tasks.progress_pull import PULL_SCRIPT
+
+    state = tmp_path / "progress" / "image-x.json"
+    lines = ["v1: Pulling from vllm/vllm-openai", "aaaaaaaaaaaa: Pulling fs layer", "bbbbbbbbbbbb: Pulling fs layer",
+             "cccccccccccc: Already exists", "aaaaaaaaaaaa: Verifying Checksum", "aaaaaaaaaaaa: Download complete"]
+    fake_pull = "; ".join(f"echo '{line}'" for line in lines) + "; sleep 3; echo 'bbbbbbbbbbbb: Pull complete'; exit 3"
+    proc = subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, str(state), "image vllm/vllm-openai:v1", "--",
+                             "sh", "-c", fake_pull], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = wait_for_json(state, lambda e: e["total"] == 3)
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert seen["done"] == 2 and seen["unit"] == "layers" and seen["phase"] == "download", seen
+    assert progress.describe(seen) == "image vllm/vllm-openai:v1: download 2 / 3 layers (66%)"
+    assert proc.returncode == 3 and out == ""  # docker's exit code; quiet as with -q
+    assert not state.exists()
+
+
+def wait_for_json(path: Path, ok, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            entry = json.loads(path.read_text())
+            if ok(entry):
+                return entry
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: never as expected within {timeout}s")
