@@ -10,8 +10,9 @@ rolled_back with its reason, rollback_failed). Live columns, read from the head'
 (``tasks.monitoring.live``, the names of its vLLM version): running and waiting requests, KV cache
 %, generated tokens/s and TTFT p95 since the last read (the previous report in
 ``status_report_dir``). Gateway hosts add a row per endpoint: nginx state and the replicas in/out of
-its upstream. Long work in progress on a host (a weights fetch: phase, bytes / total, rate, ETA;
-``tasks/progress.py``) is listed under the table, as the pyinfra run doing it prints it.
+its upstream. Long work in progress on a host (a weights fetch: phase, bytes / total, rate, ETA; an
+image pull: layers; ``tasks/progress.py``) is listed under the table, as the pyinfra run doing it
+prints it.
 
 DEFAULTS (host data, prefix ``status_``):
 
@@ -19,7 +20,7 @@ DEFAULTS (host data, prefix ``status_``):
 |---|---|---|
 | status_report_dir | "reports/status" | control-machine directory of ``<timestamp>.json`` |
 | status_http_timeout_s | 3 | timeout of the /health and /version requests |
-| status_progress_interval_s | 10.0 | seconds between the progress lines a run prints per host while a long operation (weights fetch) runs; 0: none |
+| status_progress_interval_s | 10.0 | seconds between the progress lines a run prints per host while a long operation (weights fetch, image pull) runs; 0: none |
 """
 
 from __future__ import annotations
