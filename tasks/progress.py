@@ -51,7 +51,8 @@ def read_script(progress_dir: str = PROGRESS_DIR) -> str:
 
 def read_command(progress_dir: str = PROGRESS_DIR) -> str:
     """The shell command that prints a host's live progress entries (nothing when there are none)."""
-    return f"[ -d {shlex.quote(progress_dir)} ] && python3 -c {shlex.quote(read_script(progress_dir))} 2>/dev/null; true"
+    script = shlex.quote(read_script(progress_dir))
+    return f"[ -d {shlex.quote(progress_dir)} ] && python3 -c {script} 2>/dev/null; true"
 
 
 def entries(lines: Iterable[str]) -> list[dict[str, Any]]:

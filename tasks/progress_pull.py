@@ -39,7 +39,8 @@ try:
         m = re.match(r"([0-9a-f]{12}): (.+)$", line.strip())
         if m:
             layers.add(m.group(1))
-            if m.group(2) in ("Download complete", "Pull complete", "Already exists") or m.group(2).startswith("Extracting"):
+            status = m.group(2)
+            if status in ("Download complete", "Pull complete", "Already exists") or status.startswith("Extracting"):
                 fetched.add(m.group(1))
             write("download" if len(fetched) < len(layers) else "extract")
     rc = proc.wait()

@@ -24,7 +24,8 @@ ENTRY = {"kind": "progress", "work": "weights Qwen/Qwen3-0.6B@main", "phase": "d
 
 
 def test_an_entry_in_one_line():
-    assert progress.describe(ENTRY) == "weights Qwen/Qwen3-0.6B@main: download 3.0 MiB / 12.0 MiB (25%), 1.0 MiB/s, ETA 9s"
+    assert progress.describe(ENTRY) == ("weights Qwen/Qwen3-0.6B@main: download 3.0 MiB / 12.0 MiB (25%), "
+                                        "1.0 MiB/s, ETA 9s")
     verify = {**ENTRY, "phase": "verify", "done": 0, "rate_bps": None, "eta_s": None, "total": 470 << 30}
     assert progress.describe(verify) == "weights Qwen/Qwen3-0.6B@main: verify 470.0 GiB"
     assert progress.duration(255) == "4m15s" and progress.duration(7500) == "2h05m"
