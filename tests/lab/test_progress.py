@@ -1,7 +1,7 @@
-"""Progress of a long weights fetch where the operator looks, on lab "pr" (one host): the pyinfra
-run prints per-host progress lines while the fetch runs, ``deploys/status.py`` from another
-terminal lists the fetch in progress, nothing is read or printed by a dry run, and the state file
-is gone when the fetch ends.
+"""Progress of a long weights fetch and an image pull where the operator looks, on lab "pr" (one
+host): the pyinfra run prints per-host progress lines while they run, ``deploys/status.py`` from
+another terminal lists the fetch in progress, nothing is read or printed by a dry run, and the state
+files are gone when the work ends.
 
 The stand-in checkpoint is 12 MiB on a local bridge: the host's link is slowed with ``tc`` so that
 the fetch takes several seconds (~12 s at 8 Mbit/s), and ``status_progress_interval_s`` is 1 s.
@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tasks.lab.config import LabConfig
+from tasks.spec import load_spec
 from tasks.weights.deploy import model_dirname
 
 from .helpers import Background, lab_name, own_lab, pyinfra, secrets_env, ssh, throttled, wait_until
@@ -100,7 +101,8 @@ def test_a_state_file_of_a_dead_process_is_not_shown(pr):
 
 def test_an_image_pull_prints_progress_in_layers(pr):
     inv, ip = pr["inventory"], pr["ip"]
-    image = "vllm/vllm-openai:v0.18.0"  # qwen30b's image, the lab registry's stand-in under the real name
+    pin = load_spec("qwen30b", {}).image  # the lab registry's stand-in under the real name
+    image = f"{pin.repository}:{pin.tag}"
     data = {"image_recipe": "qwen30b", "status_progress_interval_s": 1}
     pyinfra(inv, "deploys/image.py", data=data)  # Docker installed (unthrottled), the image pulled once
     ssh(ip, f"docker rmi {image} >/dev/null")
