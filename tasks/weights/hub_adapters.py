@@ -15,13 +15,10 @@ from typing import Any
 
 try:  # imported as tasks.weights.*
     from . import manifest as mf
-except ImportError:  # run as a script from the uploaded directory
-    import manifest as mf  # type: ignore[no-redef]
-
-try:
     from .fetch_exits import (EXIT_AUTH, EXIT_ERROR, EXIT_PEER_MISMATCH, EXIT_REPO_NOT_FOUND,
                               EXIT_REVISION_NOT_FOUND, EXIT_UNREACHABLE, EXIT_VERIFY, FetchError)
-except ImportError:
+except ImportError:  # run as a script from the uploaded directory
+    import manifest as mf  # type: ignore[no-redef]
     from fetch_exits import (EXIT_AUTH, EXIT_ERROR, EXIT_PEER_MISMATCH,  # type: ignore[no-redef]
                              EXIT_REPO_NOT_FOUND, EXIT_REVISION_NOT_FOUND, EXIT_UNREACHABLE, EXIT_VERIFY,
                              FetchError)
