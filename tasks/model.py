@@ -14,7 +14,7 @@ the field. Then, per host, in order:
    ``tasks.image_build.ensure_image(spec) -> ref``;
 5. service (``tasks.service.serve``) and verification, in batches with rollback and gateway
    drain (``tasks.rollout.rolling``; a rollback point is kept before step 3). The batches come
-   from one parallel read of every replica's service before step 1 (``tasks.rollout.plan_for``):
+   from one parallel read of every replica's service before step 1 (``tasks.fleet.fleet_plan``):
    a replica whose service already matches gets no service operation.
 
 The whole fleet is planned once per run before any host's operation (``tasks.fleet``): specs,

@@ -5,9 +5,10 @@ no batch and gets no service operation.
 
 Order of a run (pyinfra runs each operation on all hosts, then the next):
 
-0. planning, once per run (:func:`plan_for`): every replica's service is read in one parallel
-   pass (``ServiceVersion``: running image, unit state, rollback point, and the digests of the
-   files ``tasks.service.serve`` writes) and compared with what this run would write
+0. planning, once per run (``tasks.fleet.fleet_plan`` -> :func:`make_plan`): every replica's
+   service is read in one parallel pass (``ServiceVersion``: running image, unit state, rollback
+   point, and the digests of the files ``tasks.service.serve`` writes) and compared with what this
+   run would write
    (``tasks.service.pending``). Only replicas with a difference are batched; a no-op run of a
    converged fleet has no batch, so no barrier and no host waiting on another.
 
