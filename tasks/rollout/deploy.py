@@ -10,6 +10,7 @@ from pyinfra.api import deploy
 
 from tasks import gateway as gw
 from tasks import removal
+from tasks.pyinfra_ext import change_known
 from tasks.removal import ABSENT
 from tasks.rollout import DEFAULTS
 from tasks.rollout.operations import barrier, finished, gate, rollback_point, rolled_back, weights_held
@@ -72,7 +73,7 @@ def upgrade_summary(spec: ServingSpec, image_ref: str, live: dict, unit_op: Any,
         have = live.get("live_label")
         parts.append(f"weights {have} -> {wanted} (fetched before the restart)" if have != wanted
                      else f"weights {wanted} unchanged")
-    change = getattr(unit_op, "_maybe_is_change", None)
+    change = change_known(unit_op)
     parts.append("unit changes: restart" if change else "unit unchanged" if change is False else "unit: decided at run")
     return f"rollout {spec.name} batch {batch}: " + "; ".join(parts)
 
