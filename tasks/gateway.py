@@ -17,7 +17,7 @@ Choices, and why:
   ``proxy_next_upstream error timeout http_502 http_503 http_504``) take a dead replica out for
   ``fail_timeout`` and retry the request on the next one (a refused connection is retried for
   POSTs too, nothing having been sent). The active check is llmfleet's own: during a rollout a
-  replica goes back into the upstream only after its verification passed (tasks/rollout.py), and
+  replica goes back into the upstream only after its verification passed (tasks/rollout/), and
   ``deploys/status.py`` shows each replica's health. No periodic checker runs on the gateway.
 - Drain: the replica's line gets ``down`` and nginx reloads gracefully: new workers stop sending
   it requests at once, the old workers finish their in-flight requests and exit. The operation

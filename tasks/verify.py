@@ -30,6 +30,7 @@ from typing import Any
 from pyinfra import host, logger
 from pyinfra.api import FactBase, StringCommand, operation
 
+from tasks.pyinfra_ext import run_store
 from tasks.service import PROBE_PATH
 
 DEFAULTS: dict[str, Any] = {"verify_wait_s": 30, "verify_report_dir": "reports/verify"}
@@ -113,9 +114,6 @@ def table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-_FLEET: dict[int, dict[str, list[dict]]] = {}
-
-
 def verify_fleet_host() -> list[dict]:
     """
     Plan-time, per host (the on-demand deploy): probe every service of the host, log its rows,
@@ -139,7 +137,7 @@ def verify_fleet_host() -> list[dict]:
     safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in real.name)
     (report_dir / f"{safe}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
-    fleet = _FLEET.setdefault(id(real.state), {})
+    fleet = run_store(real.state).setdefault("verify", {})  # host -> its rows, this run's
     fleet[real.name] = results
     active = {h.name for h in real.state.inventory.get_active_hosts()}
     if active <= set(fleet):

@@ -21,12 +21,12 @@ import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from weakref import WeakKeyDictionary
 
 from pyinfra.api import FactBase
 from pyinfra.context import ctx_host, ctx_state
 
 from tasks.facts.together import Together, joinable_command
+from tasks.pyinfra_ext import host_unchanged, run_store, stage
 
 Read = tuple[type[FactBase], dict[str, Any]]
 
@@ -38,7 +38,9 @@ class _HostReads:
     stage: Any = None  # pyinfra's stage they were read in
 
 
-_READS: WeakKeyDictionary = WeakKeyDictionary()  # State -> {host name: _HostReads}
+def _reads_of(state: Any) -> dict[str, _HostReads]:
+    """host name -> its declared reads, in the run's own store (``tasks.pyinfra_ext.run_store``)."""
+    return run_store(state).setdefault("facts.planned", {})
 
 
 def _key(cls: type[FactBase], kwargs: dict[str, Any]) -> str:
@@ -60,17 +62,8 @@ def declare(cls: type[FactBase], **kwargs: Any) -> None:
     """
     if joinable_command(cls, kwargs) is None:
         return
-    reads = _READS.setdefault(ctx_state.get(), {}).setdefault(ctx_host.get().name, _HostReads())
+    reads = _reads_of(ctx_state.get()).setdefault(ctx_host.get().name, _HostReads())
     reads.wanted.setdefault(_key(cls, kwargs), (cls, kwargs))
-
-
-def unchanged(state: Any, host: Any) -> bool:
-    """True while no operation on ``host`` has executed a command or failed in this run."""
-    for op_data in state.ops.get(host, {}).values():
-        meta = op_data.operation_meta
-        if meta.is_complete() and (meta.executed or not meta.did_succeed()):
-            return False
-    return True
 
 
 def read(cls: type[FactBase], **kwargs: Any) -> Any:
@@ -88,12 +81,12 @@ def read(cls: type[FactBase], **kwargs: Any) -> Any:
         have = read(DebPackages, names=["docker.io"])
     """
     state, host = ctx_state.get(), ctx_host.get()
-    reads = _READS.get(state, {}).get(host.name)
+    reads = _reads_of(state).get(host.name)
     key = _key(cls, kwargs)
-    if reads is None or key not in reads.wanted or not unchanged(state, host):
+    if reads is None or key not in reads.wanted or not host_unchanged(state, host):
         return host.get_fact(cls, **kwargs)
-    if reads.stage != state.current_stage:  # values read while preparing are not reused when executing
-        reads.values, reads.stage = {}, state.current_stage
+    if reads.stage != stage(state):  # values read while preparing are not reused when executing
+        reads.values, reads.stage = {}, stage(state)
     if key not in reads.values:
         # Everything declared and not read yet, in one round trip. With change detection (the CLI
         # without -y) pyinfra runs each body as the operation is called: then only this one is.
@@ -140,4 +133,4 @@ def declaring(reads_of: Callable[..., Iterable[Read]]) -> Callable[[Callable], C
     return wrap
 
 
-__all__ = ["declare", "declaring", "read", "unchanged"]
+__all__ = ["declare", "declaring", "read"]

@@ -3,8 +3,8 @@ gateway (pyinfra's CLI ordering on @fake hosts), the halt rule, and the rollback
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-import types
 
 import pyinfra
 import pytest
@@ -14,6 +14,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.context import ctx_host, ctx_state
 
 from tasks import rollout
+from tasks.rollout.plan import Handles
 from tasks.gateway import GatewayModel, Replica
 from tasks.spec import SpecError
 
@@ -55,33 +56,46 @@ class _FakeState:
         self.is_executing = True
 
 
+class _Result:
+    """An OperationMeta's results, as pyinfra leaves them once the operation ran."""
+
+    def __init__(self, succeeded: bool, executed: bool = True):
+        self._ok, self.executed = succeeded, executed
+
+    def is_complete(self):
+        return True
+
+    def did_succeed(self):
+        return self._ok
+
+
 def test_halt_rule_ignores_failures_from_before_the_rollout():
     state = _FakeState()
     state.failed_hosts = {_FakeHost("h2")}  # refused by preflight before the first batch
     model = GatewayModel("m", "m", 8000, (), None)
-    plan = rollout.Plan("m", [["h1"], ["h2"], ["h3"]], ["gw"], model, state=state)
-    assert plan.is_open(0) and plan.is_open(1) and plan.is_open(2)
+    plan = rollout.Plan("m", (("h1",), ("h2",), ("h3",)), ("gw",), model)
+    progress = rollout.Progress(plan, state)
+    assert progress.is_open(0) and progress.is_open(1) and progress.is_open(2)
     state.failed_hosts.add(_FakeHost("h1"))  # h1 failed its gate in batch 1
-    assert plan.is_open(0) and not plan.is_open(1) and not plan.is_open(2)
-    assert plan.skipped("h3")() and not plan.skipped("h1")()
-    # Put back: the rolled-back host (verified again) yes; a host whose rollback failed no.
-    plan.outcomes.update(h1=rollout.ROLLED_BACK)
-    assert plan.to_restore(0)() == ["h1"]
-    plan.outcomes.update(h1=rollout.ROLLBACK_FAILED)
-    assert plan.to_restore(0)() == []
+    assert progress.is_open(0) and not progress.is_open(1) and not progress.is_open(2)
+    assert progress.skipped("h3")() and not progress.skipped("h1")()
+    # Put back, from pyinfra's results of the gates: the rolled-back host (verified again) yes; a host
+    # whose rollback failed no.
+    progress.register("h1", Handles((), checked=_Result(False), again=_Result(True)))
+    assert progress.outcome("h1") == rollout.ROLLED_BACK and progress.to_restore(0)() == ["h1"]
+    progress.register("h1", Handles((), checked=_Result(False), again=_Result(False)))
+    assert progress.outcome("h1") == rollout.ROLLBACK_FAILED and progress.to_restore(0)() == []
     assert plan.later_hosts(0) == ["h2", "h3"]
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the plan is read-only: outcomes are pyinfra's
+        plan.batches = ()
 
 
 @pytest.fixture
 def cli_order(monkeypatch):
     """pyinfra's CLI orders operations by call site (what the rollout relies on)."""
-    import tasks.weights.deploy as real_weights
+    import tasks.weights.deploy as weights
 
-    module = types.ModuleType("tasks.weights.deploy")
-    module.fetch_weights = lambda spec: None  # weights are not this test's subject
-    module.model_dest = real_weights.model_dest
-    module.fleet_settings = real_weights.fleet_settings
-    monkeypatch.setitem(sys.modules, "tasks.weights.deploy", module)
+    monkeypatch.setattr(weights, "fetch_weights", lambda spec, plan=None: None)  # not this test's subject
     monkeypatch.setattr(pyinfra, "is_cli", True)
 
 

@@ -12,7 +12,6 @@ from tasks import secrets
 from tasks.weights import fetch as fetch_script
 from tasks.weights import manifest as mf
 from tasks.weights.deploy import (
-    _STATE_CODE,
     FetchRequest,
     PythonPackages,
     normalise,
@@ -50,14 +49,14 @@ def test_no_fanout_every_missing_host_fetches_from_hub():
     names = hosts(3)
     plan = plan_fleet(names, {"h1": held(), "h2": {}, "h3": {}}, dict.fromkeys(names, REQ), fanout=False)
     assert [plan.roles[h].kind for h in names] == ["skip", "hub", "hub"]
-    assert plan.waves == 0 and plan.hub_seeds == ["h2", "h3"]
+    assert plan.waves == 0 and plan.hub_seeds == ("h2", "h3")
 
 
 def test_fanout_one_hub_seed_then_log2_waves():
     names = hosts(8)
     urls = {h: f"http://{h}:8765" for h in names}
     plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, peer_urls=urls)
-    assert plan.hub_seeds == ["h1"] and plan.roles["h1"].kind == "hub"
+    assert plan.hub_seeds == ("h1",) and plan.roles["h1"].kind == "hub"
     assert plan.waves == 3  # 1 -> 2 -> 4 -> 8 holders
     assert plan.roles["h2"].sender == "http://h1:8765" and plan.roles["h2"].wave == 1
     # every receiver's sender already holds the model before its wave
@@ -76,7 +75,7 @@ def test_fanout_one_hub_seed_then_log2_waves():
 def test_fanout_existing_holder_is_the_seed_no_hub_copy():
     names = hosts(4)
     plan = plan_fleet(names, {"h3": held()}, dict.fromkeys(names, REQ), fanout=True)
-    assert plan.hub_seeds == []
+    assert plan.hub_seeds == ()
     assert plan.roles["h3"].kind == "skip" and plan.roles["h3"].serve_from == 1
     assert {plan.roles[h].kind for h in ("h1", "h2", "h4")} == {"peer"}
 
@@ -85,9 +84,9 @@ def test_fanout_groups_and_cache_host():
     names = hosts(4)
     groups = {"h1": "a", "h2": "a", "h3": "b", "h4": "b"}
     plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, groups=groups)
-    assert plan.hub_seeds == ["h1", "h3"] and plan.waves == 1
+    assert plan.hub_seeds == ("h1", "h3") and plan.waves == 1
     plan = plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, groups=groups, cache_host="h4")
-    assert plan.hub_seeds == ["h4"] and plan.waves == 2
+    assert plan.hub_seeds == ("h4",) and plan.waves == 2
     with pytest.raises(ValueError, match="weights_cache_host"):
         plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, cache_host="nope")
 
@@ -95,7 +94,7 @@ def test_fanout_groups_and_cache_host():
 def test_converged_fleet_plans_nothing():
     names = hosts(4)
     plan = plan_fleet(names, dict.fromkeys(names, held()), dict.fromkeys(names, REQ), fanout=True)
-    assert plan.waves == 0 and plan.hub_seeds == []
+    assert plan.waves == 0 and plan.hub_seeds == ()
     assert all(r.kind == "skip" and r.serve_from is None for r in plan.roles.values())
 
 
@@ -143,16 +142,34 @@ def _layout(tmp_path):
 
 
 def _run_state(dest, deep: bool) -> dict:
-    """The fact's own command under sh: a shell listing, or (deep) the python3 script."""
+    """The fact's own command under sh: the listing, with ``deep`` the digests too."""
     fact = WeightsState()
     out = subprocess.run(["sh", "-c", fact.command(str(dest), deep)], capture_output=True, text=True, check=True).stdout
     return fact.process(out.splitlines())
 
 
 def _python_state(dest) -> dict:
-    out = subprocess.run([sys.executable, "-c", _STATE_CODE, str(dest), "0"], capture_output=True, text=True,
-                         check=True).stdout
-    return WeightsState().process(out.splitlines())
+    """The same state as the fetch side reads it (tasks/weights/manifest.py, what fetch.py verifies
+    with): the ground truth the fact's shell reading is checked against."""
+    import os
+
+    from pathlib import Path
+
+    out = {"current": None, "manifest": None, "bad": [], "error": None}
+    try:
+        out["current"] = os.readlink(Path(dest) / "current")
+    except OSError:
+        return out
+    base = Path(dest) / "current"
+    try:
+        m = json.loads((base / "manifest.json").read_text())
+        out["manifest"] = {k: m.get(k) for k in ("repo", "hub", "revision", "commit", "allow", "ignore",
+                                                  "total_bytes")}
+        out["manifest"]["files"] = len(m["files"])
+        out["bad"] = mf.stat_mismatches(base, m)
+    except Exception as exc:  # noqa: BLE001 - the fact reports any failure as text
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def test_state_fact_on_a_real_layout(tmp_path):
@@ -167,6 +184,7 @@ def test_state_fact_on_a_real_layout(tmp_path):
     (rev / "model.safetensors").write_bytes(bytes(data))
     assert _run_state(tmp_path, deep=False)["bad"] == []
     assert _run_state(tmp_path, deep=True)["bad"] == ["model.safetensors"]
+    assert mf.hash_mismatches(tmp_path / "current", mf.read(tmp_path / "current")) == ["model.safetensors"]
     (rev / "config.json").unlink()
     assert _run_state(tmp_path, deep=False)["bad"] == ["config.json"]
     assert _run_state(tmp_path, deep=False) == _python_state(tmp_path)  # the listing agrees with Python
@@ -199,10 +217,10 @@ def test_state_fact_empty_dir(tmp_path):
     assert _run_state(tmp_path / "absent", deep=True) == empty
 
 
-def test_state_fact_needs_python_only_when_deep():
-    assert WeightsState().requires_command("/srv/m") is None
-    assert WeightsState().requires_command("/srv/m", deep=True) == "python3"
+def test_state_fact_starts_no_python_on_the_host():
     assert "python3" not in WeightsState().command("/srv/m")
+    assert "python3" not in WeightsState().command("/srv/m", deep=True)
+    assert "sha256sum" in WeightsState().command("/srv/m", deep=True)
 
 
 def test_python_packages_normalises_names():
@@ -310,7 +328,7 @@ def test_gateway_listed_first_is_no_weights_host_and_never_the_seed():
     with ctx_state.use(state), ctx_host.use(replica):
         assert [h.name for h in fleet_hosts()] == ["@fake/r0", "@fake/r1", "@fake/r2"]
         plan = fleet_plan(spec)
-    assert plan.hub_seeds == ["@fake/r0"] and "@fake/gw" not in plan.roles
+    assert plan.hub_seeds == ("@fake/r0",) and "@fake/gw" not in plan.roles
     gateway = state.inventory.get_host("@fake/gw")
     assert not [c for c in gateway.connector.executed_commands if "manifest.json" in c]
 

@@ -1,0 +1,164 @@
+"""One host's fetch as data (:class:`FetchRequest`) and the shell that runs it: ``fetch.py`` as a
+transient systemd unit, its summary lines back from the journal, a failure named in one line."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.weights import fetch as fetch_script
+
+PEER_TOKEN_DIR = "/run/llmfleet"
+_UNIT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _default(key: str) -> Any:
+    from tasks.weights.deploy import DEFAULTS  # the capability's settings (deploy imports this module)
+
+    return DEFAULTS[key]
+
+
+def model_dirname(repo_id: str) -> str:
+    """``Qwen/Qwen3-0.6B`` -> ``Qwen--Qwen3-0.6B`` (a directory and unit-name safe form)."""
+    return _UNIT_SAFE.sub("_", repo_id.replace("/", "--"))
+
+
+def model_dest(spec: Any, data: Any = None) -> str:
+    """The model directory for ``spec`` on a host (``<weights_root>/<owner>--<name>``); a service
+    mounts ``<dest>`` and reads ``<dest>/current`` (or the resolved ``revisions/<rev>``)."""
+    root = (data.get("weights_root") if data is not None else None) or _default("weights_root")
+    return f"{str(root).rstrip('/')}/{model_dirname(spec.model.repo_id)}"
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """Everything one host's fetch needs (computed at plan time from the spec and host data)."""
+
+    hub: str
+    repo: str
+    revision: str
+    dest: str
+    allow: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    endpoint: str | None = None
+    token_file: str | None = None
+    deep_verify: bool = False
+    prune_keep: int | None = 2
+    max_workers: int = 8
+    venv: str = field(default_factory=lambda: _default("weights_venv"))
+    scripts_dir: str = field(default_factory=lambda: _default("weights_scripts_dir"))
+
+    @property
+    def unit(self) -> str:
+        return f"llmfleet-weights-{Path(self.dest).name}"
+
+    @property
+    def peer_unit(self) -> str:
+        return f"llmfleet-weights-peer-{Path(self.dest).name}"
+
+    @property
+    def peer_token_file(self) -> str:
+        """This run's fan-out token (root-only; /run: gone at reboot, removed after the fan-out)."""
+        return f"{PEER_TOKEN_DIR}/{self.peer_unit}.token"
+
+    def argv(self, peer: str | None = None) -> list[str]:
+        """fetch.py's arguments: from the hub, or from ``peer`` (no endpoint; the fan-out token)."""
+        args = [f"{self.venv}/bin/python", "-u", f"{self.scripts_dir}/fetch.py"]
+        args += ["--peer", peer] if peer else []
+        args += ["--hub", self.hub, "--repo", self.repo, "--revision", self.revision, "--dest", self.dest]
+        for p in self.allow:
+            args += ["--allow", p]
+        for p in self.ignore:
+            args += ["--ignore", p]
+        if not peer and self.endpoint:
+            args += ["--endpoint", self.endpoint]
+        if not peer and self.token_file:
+            args += ["--token-file", self.token_file]
+        if peer:
+            args += ["--token-file", self.peer_token_file]
+        if self.deep_verify:
+            args.append("--deep-verify")
+        args += ["--max-workers", str(self.max_workers)]
+        if self.prune_keep:
+            args += ["--prune-keep", str(self.prune_keep)]
+        return args
+
+    def matches(self, st: dict[str, Any]) -> bool:
+        """True when the host's WeightsState shows this request served, complete and (deep) intact."""
+        man = st.get("manifest") or {}
+        return bool(
+            st.get("current") == f"revisions/{self.revision.replace('/', '--')}"
+            and man.get("repo") == self.repo
+            and self.revision in (man.get("revision"), man.get("commit"))
+            and man.get("hub") == self.hub
+            and list(man.get("allow") or []) == list(self.allow)
+            and list(man.get("ignore") or []) == list(self.ignore)
+            and not st.get("bad")
+            and not st.get("error")
+        )
+
+
+def error_messages(req: FetchRequest, source: str) -> dict[int, str]:
+    """fetch.py exit code -> the one line a failed host reports."""
+    where = source or "the hub"
+    return {
+        fetch_script.EXIT_ERROR: f"unexpected error (journalctl -u {req.unit})",
+        fetch_script.EXIT_USAGE: "bad arguments or unreadable token file (weights_* data, weights_token_secret)",
+        fetch_script.EXIT_REPO_NOT_FOUND: f"repository {req.repo} not found at {where}",
+        fetch_script.EXIT_REVISION_NOT_FOUND: f"revision {req.revision} of {req.repo} not found at {where}",
+        fetch_script.EXIT_AUTH: f"{where} refused the token (401/403): check weights_token_secret",
+        fetch_script.EXIT_UNREACHABLE: f"{where} unreachable or failing (connection, timeout, 5xx)",
+        fetch_script.EXIT_NO_SPACE: f"not enough free disk space under {req.dest}",
+        fetch_script.EXIT_VERIFY: "verification failed (bad files removed; a rerun fetches them again)",
+        fetch_script.EXIT_PEER_MISMATCH: f"peer {where} serves another repository/revision/selection",
+        fetch_script.EXIT_LOCKED: f"another fetch holds {req.dest}/.lock",
+    }
+
+
+_SUMMARY = r"^(LLMFLEET_WEIGHTS (plan|verify|current|pruned|unchanged|changed|error)|fetch\.py: )"
+
+
+def run_fetch_sh(req: FetchRequest, peer: str | None, source: str) -> str:
+    """Shell that runs fetch.py as a transient unit, echoes its summary, and names a failure."""
+    argv = " ".join(shlex.quote(a) for a in req.argv(peer))
+    unit = shlex.quote(req.unit)
+    cases = " ".join(
+        f"{code}) msg={shlex.quote(text)};;" for code, text in error_messages(req, source).items()
+    )
+    return (
+        "run=$(cat /proc/sys/kernel/random/uuid | tr -d -); "
+        f"systemctl reset-failed {unit} 2>/dev/null; "
+        f"systemd-run --unit={unit} --description={shlex.quote(f'llmfleet weights {req.repo}@{req.revision}')} "
+        f"--wait --collect --quiet --service-type=exec -p LogExtraFields=LLMFLEET_RUN=$run -- {argv}; rc=$?; "
+        f"journalctl --sync 2>/dev/null; journalctl -q -o cat --no-pager LLMFLEET_RUN=$run "
+        f"| grep -E {shlex.quote(_SUMMARY)}; "
+        f'case $rc in {cases} *) msg="fetch failed";; esac'
+    )
+
+
+def fetch_command(req: FetchRequest, peer: str | None, fallback_hub: bool) -> str:
+    """The whole shell command of one host's fetch (hub, or peer with an optional hub fallback)."""
+    hub_src = req.endpoint or req.hub
+    fail = (
+        'if [ $rc -ne 0 ]; then echo "llmfleet weights: $(hostname): $msg (fetch.py exit $rc; '
+        f'journalctl -u {req.unit})" >&2; exit $rc; fi'
+    )
+    if not peer:
+        return f"{run_fetch_sh(req, None, hub_src)}; {fail}"
+    cmd = f"{run_fetch_sh(req, peer, peer)}"
+    if fallback_hub:
+        cmd += (
+            f"; if [ $rc -eq {fetch_script.EXIT_UNREACHABLE} ] || [ $rc -eq {fetch_script.EXIT_PEER_MISMATCH} ]; then "
+            f'echo "llmfleet weights: peer {peer}: $msg; falling back to {hub_src}"; '
+            f"{run_fetch_sh(req, None, hub_src)}; fi"
+        )
+    return f"{cmd}; {fail}"
+
+
+
+
+__all__ = ["FetchRequest", "PEER_TOKEN_DIR", "error_messages", "fetch_command", "model_dest", "model_dirname",
+           "run_fetch_sh"]
