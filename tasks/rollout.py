@@ -49,14 +49,8 @@ service is running and the point is missing or stale, and again after a passed g
 run writes nothing. Each rollout outcome is kept on the host in ``<name>.rollout.json`` and the
 gate's probe result in ``<name>.last-verify.json`` (read by ``deploys/status.py``).
 
-DEFAULTS (host data, prefix ``rollout_``; batch keys must be equal on every replica):
-
-| key | default | meaning |
-|---|---|---|
-| rollout_enabled | True | False: one batch with every replica (all restart at once) |
-| rollout_batch_size | 1 | replicas per batch: an integer, or a percentage of the replicas ("25%", at least 1) |
-| rollout_max_unavailable | None | cap on replicas restarting at once (integer or percentage); None: no cap |
-| rollout_gate_wait_s | None | seconds the gate waits for /health; None: the recipe's start-up budget |
+Settings (host data, prefix ``rollout_``): ``tasks.settings.rollout.RolloutSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -81,13 +75,9 @@ from tasks.service import (IMAGE_LABEL, PROBE_PATH, Desired, Layout, desired, ne
                            options as service_options, serve)
 from tasks.service import pending as service_pending
 from tasks.spec import ServingSpec, SpecError, load_spec
+from tasks.settings.rollout import RolloutSettings
 
-DEFAULTS: dict[str, Any] = {
-    "rollout_enabled": True,
-    "rollout_batch_size": 1,
-    "rollout_max_unavailable": None,
-    "rollout_gate_wait_s": None,
-}
+DEFAULTS: dict[str, Any] = RolloutSettings.defaults()
 BATCH_KEYS = ("rollout_enabled", "rollout_batch_size", "rollout_max_unavailable")
 UPGRADED, ROLLED_BACK, ROLLBACK_FAILED = "upgraded", "rolled_back", "rollback_failed"
 

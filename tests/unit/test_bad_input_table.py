@@ -58,7 +58,7 @@ MODEL_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "startup-budget": ({"serve_startup_budget_s": 5}, ("serve_startup_budget_s", "greater than or equal to 30")),
     "block-size": ({"serve_block_size": 48}, ("serve_block_size", "48")),
     # capability settings (host data)
-    "docker-source": ({"docker_source": "snap"}, ("docker_source", "'snap'", "allowed distro, docker-ce")),
+    "docker-source": ({"docker_source": "snap"}, ("docker_source", "'snap'", "allowed: distro, docker-ce")),
     "mirrors-type": ({"docker_registry_mirrors": "http://m"}, ("docker_registry_mirrors", "list of strings")),
     "mirrors-scheme": ({"docker_registry_mirrors": ["m:5000"]}, ("docker_registry_mirrors", "'m:5000'", "http://")),
     "daemon-extra": ({"docker_daemon_extra": "x"}, ("docker_daemon_extra", "mapping")),
