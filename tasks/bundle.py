@@ -25,8 +25,8 @@ from pyinfra.operations import files
 from .image import DockerImages
 from tasks.settings.bundle import BundleSettings
 
-REMOTE_DIR = "/var/cache/llmfleet/bundles"
 DEFAULTS = BundleSettings.defaults()
+REMOTE_DIR: str = DEFAULTS["bundle_remote_dir"]
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

@@ -71,7 +71,7 @@ _SERVER = re.compile(r"^\s*server\s+(\S+)\s+([^#]*?);\s*#\s*(\S+)\s*$")
 
 def is_gateway(h: Any) -> bool:
     """Whether an inventory host (``pyinfra.api.Host``) is a gateway (in ``gateway_group``)."""
-    return options(h.data).gateway_group in (h.groups or [])
+    return GatewaySettings.value(h, "gateway_group") in (h.groups or [])
 
 
 def nginx_var(name: str) -> str:

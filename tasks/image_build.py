@@ -34,6 +34,7 @@ from . import bundle
 from .image import DockerImages, pulled
 from .spec import ServingSpec
 from .vllm import versions as vv
+from tasks.settings.bundle import BundleSettings
 from tasks.settings.image_build import ImageBuildSettings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -164,7 +165,8 @@ def ensure_image(spec: ServingSpec) -> str:
     present = host.get_fact(DockerImages)
     source = settings.image_bundle
     if source:
-        bundle.loaded(name=f"Load {ref} from bundle", bundle_path=str(source), image=ref, present=present)
+        bundle.loaded(name=f"Load {ref} from bundle", bundle_path=source, image=ref, present=present,
+                      remote_dir=BundleSettings.of(host).bundle_remote_dir)
     elif plan:
         built(name=f"Build {ref}", image=ref, base_image=plan.base_image, dockerfile=plan.dockerfile,
               build_args=plan.build_args, build_dir=settings.image_build_dir, present=present)

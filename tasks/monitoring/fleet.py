@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from tasks.settings.gateway import GatewaySettings
 from tasks.settings.monitoring import MonitoringSettings
+from tasks.settings.runtime import RuntimeSettings
 from tasks.settings.weights import WeightsSettings
 from tasks.spec import SpecError, load_spec
 from tasks.vllm.metrics import MetricNames, names_for
@@ -116,7 +117,9 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
     """
     members, heads, problems = [], [], []
     for name, data, groups in hosts:
-        found = MonitoringSettings.problems(data, name)
+        # The settings this module reads, checked first: problems are listed together, by key.
+        found = [p for model in (MonitoringSettings, RuntimeSettings, GatewaySettings, WeightsSettings)
+                 for p in model.problems(data, name)]
         if found:
             problems += [(f"{name}: {p.field}", p.message if p.given is None or p.given in p.message
                           else f"{p.given}: {p.message}") for p in found]
@@ -125,14 +128,12 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
         try:
             address = address_of(data, name)
             recipe = settings.monitoring_recipe
-            accelerator = str(data.get("runtime_accelerator") or "none")
+            accelerator = RuntimeSettings.of(data, name).runtime_accelerator or "none"
             if recipe is not None:
-                if not isinstance(recipe, str) or not recipe:
+                if not recipe:
                     raise SpecError(f"{name}: monitoring_recipe", f"{recipe!r}: the name of a recipe")
                 head, accelerator = _head(name, data, address, recipe)
                 heads.append(head)
-            if accelerator not in ("nvidia", "ascend", "none"):
-                raise SpecError(f"{name}: runtime_accelerator", f"{accelerator!r}: allowed nvidia, ascend, none")
             gateway_group = GatewaySettings.of(data, name).gateway_group
             members.append(Member(name=name, address=address, accelerator=accelerator,
                                   weights_root=WeightsSettings.of(data, name).weights_root,

@@ -125,15 +125,35 @@ class Settings(BaseModel):
         return settings
 
     @classmethod
+    def value(cls, data: Any, key: str, host: str = "") -> Any:
+        """One key's validated value, the others unread: for code that runs before every host's
+        settings are checked (``tasks.gateway.is_gateway`` while the fleet is gathered), so that a
+        problem in another key is listed with the rest instead of stopping the run alone.
+
+        + data: a pyinfra Host, its HostData, or a mapping of host data
+        + key: the setting
+        + host: the host's name, for the message (a Host names itself)
+        """
+        host, items = _items(data, host)
+        given = cls._given({key: items[key]} if key in items else {})
+        try:
+            return getattr(cls.model_validate(given), key)
+        except ValidationError as exc:
+            raise BadInput(_problems(cls, exc, given, host)) from None
+
+    @classmethod
+    def _given(cls, items: dict[str, Any]) -> dict[str, Any]:
+        """This capability's keys of ``items``; a None for a field that cannot be None means its default
+        (as ``data.get(key) or default`` read it)."""
+        return {k: v for k, v in items.items()
+                if k in cls.model_fields and not (v is None and not _takes_none(cls.model_fields[k]))}
+
+    @classmethod
     def _checked(cls, data: Any, host: str) -> tuple[Any, list[Problem]]:
         from tasks.settings.registry import unknown_keys  # late: the registry imports every model
 
-        if hasattr(data, "data") and hasattr(data, "name"):  # a pyinfra Host
-            host, data = host or data.name, data.data
-        items = data.dict() if hasattr(data, "dict") and not isinstance(data, Mapping) else dict(data)
-        # None for a field that cannot be None means its default (``data.get(key) or default``).
-        given = {k: v for k, v in items.items()
-                 if k in cls.model_fields and not (v is None and not _takes_none(cls.model_fields[k]))}
+        host, items = _items(data, host)
+        given = cls._given(items)
         found = [Problem(host, key, message) for key, message in unknown_keys(items) if key.startswith(cls.prefix)]
         try:
             return cls.model_validate(given), found
@@ -144,6 +164,13 @@ class Settings(BaseModel):
     def allowed(cls, name: str) -> str:
         """What field ``name`` accepts, in words (the table's "allowed" column)."""
         return describe(cls.model_fields[name])
+
+
+def _items(data: Any, host: str) -> tuple[str, dict[str, Any]]:
+    """(host name, host data as a dict) of a pyinfra Host, its HostData or a mapping."""
+    if hasattr(data, "data") and hasattr(data, "name"):  # a pyinfra Host
+        host, data = host or data.name, data.data
+    return host, data.dict() if hasattr(data, "dict") and not isinstance(data, Mapping) else dict(data)
 
 
 def _takes_none(field: FieldInfo) -> bool:

@@ -24,6 +24,7 @@ from tasks.settings.monitoring import MonitoringSettings
 from tasks.settings.nvidia_toolkit import NvidiaToolkitSettings
 from tasks.settings.preflight import PreflightSettings
 from tasks.settings.rollout import RolloutSettings
+from tasks.settings.runtime import RuntimeSettings
 from tasks.settings.secrets import SecretsSettings
 from tasks.settings.service import ServiceSettings
 from tasks.settings.smoke import SmokeSettings
@@ -33,7 +34,7 @@ from tasks.settings.weights import WeightsSettings
 
 #: In the order of a deploy (README.md's table follows it).
 CAPABILITIES: tuple[type[Settings], ...] = (
-    PreflightSettings, DockerSettings, NvidiaToolkitSettings, AscendSettings, SecretsSettings, WeightsSettings,
+    PreflightSettings, RuntimeSettings, DockerSettings, NvidiaToolkitSettings, AscendSettings, SecretsSettings, WeightsSettings,
     ImageSettings, ImageBuildSettings, BundleSettings, ModelSettings, ServiceSettings, VerifySettings,
     BenchSettings, SmokeSettings, RolloutSettings, GatewaySettings, StatusSettings, MonitoringSettings,
 )

@@ -26,7 +26,9 @@ Count = Annotated[int | str, AfterValidator(_count), Allowed("a whole number >= 
 
 
 class RolloutSettings(Settings):
-    """Rolling upgrades: every ``rollout_*`` key of the host data."""
+    """Rolling upgrades: every ``rollout_*`` key of the host data. The batch keys (``rollout_enabled``,
+    ``rollout_batch_size``, ``rollout_max_unavailable``) must be equal on every replica of a rollout
+    (``tasks.rollout.fleet_setting``)."""
 
     prefix: ClassVar[str] = "rollout_"
     title: ClassVar[str] = "Rolling upgrades"

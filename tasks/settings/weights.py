@@ -10,7 +10,9 @@ from tasks.settings.base import AbsPath, HttpUrl, Port, Positive, Settings, Vers
 
 
 class WeightsSettings(Settings):
-    """Weights: every ``weights_*`` key of the host data."""
+    """Weights: every ``weights_*`` key of the host data. ``weights_fanout``, ``weights_fanout_width``
+    and ``weights_cache_host`` shape the whole fan-out: every host of a run must say the same
+    (``tasks.weights.deploy.fleet_settings``)."""
 
     prefix: ClassVar[str] = "weights_"
     title: ClassVar[str] = "Weights"
