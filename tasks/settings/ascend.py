@@ -22,14 +22,14 @@ class AscendSettings(Settings):
 
     ascend_cann_version: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1),
                                    Allowed("a CANN version such as 8.3.RC2")] = Field(
-        '8.3.RC2', description='CANN version to install (vllm-ascend v0.11.0 pairs with 8.3.RC2)')
+        "8.3.RC2", description="CANN version to install (vllm-ascend v0.11.0 pairs with 8.3.RC2)")
     ascend_cann_source: str | None = Field(
-        None, description='where the .run files are: an http(s) URL base, or a directory on the control machine')
+        None, description="where the .run files are: an http(s) URL base, or a directory on the control machine")
     ascend_cann_packages: list[Literal["toolkit", "kernels", "nnal"]] = Field(
-        ['toolkit', 'kernels', 'nnal'], description='which packages to install, in this order')
+        ["toolkit", "kernels", "nnal"], description="which packages to install, in this order")
     ascend_cann_chip: str = Field(
-        '910b', description='chip name in the kernels package file name')
+        "910b", description="chip name in the kernels package file name")
     ascend_install_path: AbsPath = Field(
-        '/usr/local/Ascend', description='--install-path of the installers')
+        "/usr/local/Ascend", description="--install-path of the installers")
     ascend_cann_sha256: dict[str, Sha256] = Field(
-        {}, description='installer file name -> sha256 (64 hex digits); an installer without one is refused')
+        {}, description="installer file name -> sha256 (64 hex digits); an installer without one is refused")

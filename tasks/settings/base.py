@@ -230,7 +230,9 @@ def _describe(tp: Any, metadata: list[Any] = (), plural: bool = False) -> str:
     if origin in (list, tuple):
         return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
     if origin is dict:
-        return f"a mapping of {_describe(args[0], plural=True)} -> {_describe(args[1], plural=True)}" if args else "a mapping"
+        if not args:
+            return "a mapping"
+        return f"a mapping of {_describe(args[0], plural=True)} -> {_describe(args[1], plural=True)}"
     words = _PLAIN.get(tp, (getattr(tp, "__name__", str(tp)),) * 2)[1 if plural else 0]
     bounds = [f"{op} {getattr(m, attr)}" for m in metadata for attr, op in
               (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]

@@ -16,12 +16,12 @@ class BundleSettings(Settings):
     title: ClassVar[str] = "Bundles (air-gapped)"
 
     bundle_image: str | None = Field(
-        None, description='image to bundle (e.g. ``vllm/vllm-openai:v0.18.0``); or bundle_recipe')
+        None, description="image to bundle (e.g. ``vllm/vllm-openai:v0.18.0``); or bundle_recipe")
     bundle_recipe: str | None = Field(
-        None, description='recipe whose image (pulled or built, see ensure_image) to bundle')
+        None, description="recipe whose image (pulled or built, see ensure_image) to bundle")
     bundle_name: str | None = Field(
-        None, description='bundle file name without .tar (default: from the image)')
+        None, description="bundle file name without .tar (default: from the image)")
     bundle_remote_dir: AbsPath = Field(
-        '/var/cache/llmfleet/bundles', description='where tars are written/uploaded on hosts')
+        "/var/cache/llmfleet/bundles", description="where tars are written/uploaded on hosts")
     bundle_local_dir: str = Field(
-        'bundles', description='where bundles land on the control machine (relative: to the repository root)')
+        "bundles", description="where bundles land on the control machine (relative: to the repository root)")

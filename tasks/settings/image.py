@@ -16,4 +16,5 @@ class ImageSettings(Settings):
     title: ClassVar[str] = "Image"
 
     image_mirrors: dict[str, str] = Field(
-        {}, description='registry host -> mirror host[:port] for non-Docker-Hub images (e.g. {"quay.io": "mirror.local:5000"})')
+        {}, description="registry host -> mirror host[:port] for non-Docker-Hub images "
+                        '(e.g. {"quay.io": "mirror.local:5000"})')

@@ -16,6 +16,6 @@ class ModelSettings(Settings):
     title: ClassVar[str] = "Model deploy"
 
     model_preflight: bool = Field(
-        True, description='run preflight (False only for hosts checked out of band)')
+        True, description="run preflight (False only for hosts checked out of band)")
     model_variant: str | None = Field(
-        None, description='variant of a multi-variant deploy (deploys/qwen235b.py: awq or gptq)')
+        None, description="variant of a multi-variant deploy (deploys/qwen235b.py: awq or gptq)")

@@ -22,10 +22,13 @@ class NvidiaToolkitSettings(Settings):
     title: ClassVar[str] = "NVIDIA Container Toolkit"
 
     nvidia_toolkit_repo_url: HttpUrl = Field(
-        'https://nvidia.github.io/libnvidia-container', description='repository base; the key is `<base>/gpgkey`, packages `<base>/stable/deb/$(ARCH)` (apt) or `<base>/stable/rpm/nvidia-container-toolkit.repo` (dnf)')
+        "https://nvidia.github.io/libnvidia-container",
+        description="repository base; the key is `<base>/gpgkey`, packages `<base>/stable/deb/$(ARCH)` (apt) or "
+                    "`<base>/stable/rpm/nvidia-container-toolkit.repo` (dnf)")
     nvidia_toolkit_key_url: HttpUrl | None = Field(
-        None, description='key URL when it is not `<repo>/gpgkey` (internal mirrors)')
+        None, description="key URL when it is not `<repo>/gpgkey` (internal mirrors)")
     nvidia_toolkit_version: PinnedVersion = Field(
-        '1.17.8-1', description='pinned version of the four toolkit packages (apt form; dnf drops the "-1")')
+        "1.17.8-1", description='pinned version of the four toolkit packages (apt form; dnf drops the "-1")')
     nvidia_toolkit_cdi_spec: AbsPath = Field(
-        '/etc/cdi/nvidia.yaml', description='where the CDI spec is written (kept across reboots, unlike /var/run/cdi)')
+        "/etc/cdi/nvidia.yaml", description="where the CDI spec is written (kept across reboots, unlike "
+                                            "/var/run/cdi)")

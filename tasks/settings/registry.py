@@ -34,7 +34,8 @@ from tasks.settings.weights import WeightsSettings
 
 #: In the order of a deploy (README.md's table follows it).
 CAPABILITIES: tuple[type[Settings], ...] = (
-    PreflightSettings, RuntimeSettings, DockerSettings, NvidiaToolkitSettings, AscendSettings, SecretsSettings, WeightsSettings,
+    PreflightSettings, RuntimeSettings, DockerSettings, NvidiaToolkitSettings, AscendSettings, SecretsSettings,
+    WeightsSettings,
     ImageSettings, ImageBuildSettings, BundleSettings, ModelSettings, ServiceSettings, VerifySettings,
     BenchSettings, SmokeSettings, RolloutSettings, GatewaySettings, StatusSettings, MonitoringSettings,
 )

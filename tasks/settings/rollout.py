@@ -34,10 +34,10 @@ class RolloutSettings(Settings):
     title: ClassVar[str] = "Rolling upgrades"
 
     rollout_enabled: bool = Field(
-        True, description='False: one batch with every replica (all restart at once)')
+        True, description="False: one batch with every replica (all restart at once)")
     rollout_batch_size: Count = Field(
         1, description='replicas per batch: an integer, or a percentage of the replicas ("25%", at least 1)')
     rollout_max_unavailable: Count | None = Field(
-        None, description='cap on replicas restarting at once (integer or percentage); None: no cap')
+        None, description="cap on replicas restarting at once (integer or percentage); None: no cap")
     rollout_gate_wait_s: Positive | None = Field(
         None, description="seconds the gate waits for /health; None: the recipe's start-up budget")

@@ -16,4 +16,5 @@ class SecretsSettings(Settings):
     title: ClassVar[str] = "Secrets"
 
     secrets_dir: str | None = Field(
-        None, description='control-machine directory of secret files; None: ``$LLMFLEET_SECRETS_DIR``, else ``<repo>/secrets``')
+        None, description="control-machine directory of secret files; None: ``$LLMFLEET_SECRETS_DIR``, else "
+                          "``<repo>/secrets``")

@@ -16,6 +16,6 @@ class SmokeSettings(Settings):
     title: ClassVar[str] = "Smoke"
 
     smoke_image: PinnedImage = Field(
-        'llmfleet-lab/smoke:1', description='pinned image the unit runs (the lab registry serves it)')
+        "llmfleet-lab/smoke:1", description="pinned image the unit runs (the lab registry serves it)")
     smoke_port: Port = Field(
-        18000, description='host port the container answers on')
+        18000, description="host port the container answers on")

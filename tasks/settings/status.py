@@ -16,6 +16,6 @@ class StatusSettings(Settings):
     title: ClassVar[str] = "Status"
 
     status_report_dir: str = Field(
-        'reports/status', description='control-machine directory of ``<timestamp>.json``')
+        "reports/status", description="control-machine directory of ``<timestamp>.json``")
     status_http_timeout_s: Seconds = Field(
-        3, description='timeout of the /health and /version requests')
+        3, description="timeout of the /health and /version requests")

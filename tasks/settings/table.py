@@ -35,7 +35,8 @@ def collect() -> list[tuple[str, str, str, str, str]]:
 
 def render() -> str:
     lines = [BEGIN, "", "| capability | key | default | allowed | meaning |", "|---|---|---|---|---|"]
-    lines += [f"| {cap} | `{key}` | {default} | {allowed} | {text} |" for cap, key, default, allowed, text in collect()]
+    lines += [f"| {cap} | `{key}` | {default} | {allowed} | {text} |"
+              for cap, key, default, allowed, text in collect()]
     return "\n".join(lines + ["", END])
 
 

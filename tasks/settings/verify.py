@@ -18,6 +18,6 @@ class VerifySettings(Settings):
     title: ClassVar[str] = "Verification"
 
     verify_wait_s: Annotated[int, Ge(0)] = Field(
-        30, description='on-demand verification: seconds to wait for /health per service')
+        30, description="on-demand verification: seconds to wait for /health per service")
     verify_report_dir: str = Field(
-        'reports/verify', description='control-machine directory of ``<host>.json`` results')
+        "reports/verify", description="control-machine directory of ``<host>.json`` results")
