@@ -31,7 +31,7 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 OLD, NEW = "vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:v0.19.0"
 PROFILES = ["rtx4090x2", "rtx4090x2", "rtx4090x2", "cpu"]
 COMMON = {"service_ulimits": json.dumps({"memlock": "8388608", "stack": "67108864"}),
-          "model_weights_bytes": "1000000", "serve_api_key_secret": "bench_api_key", "rollout_gate_wait_s": "30"}
+          "preflight_weights_bytes": "1000000", "serve_api_key_secret": "bench_api_key", "rollout_gate_wait_s": "30"}
 
 
 def inventory(lab_inventory: Path, path: Path, replicas: int) -> Path:

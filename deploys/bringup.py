@@ -11,10 +11,11 @@ from tasks.model import recipe_in, validate_fleet
 from tasks.preflight import preflight
 from tasks.requirement import requirement_from_spec
 from tasks.runtime import install_runtime
+from tasks.settings.runtime import RuntimeSettings
 from tasks.weights.deploy import model_dest
 
 spec = validate_fleet(recipe_in("preflight_recipe", required=False)).get(host.name)
-accelerator = spec.accelerator if spec else host.data.get("runtime_accelerator", "nvidia")
+accelerator = spec.accelerator if spec else RuntimeSettings.of(host).runtime_accelerator or "nvidia"
 go = spec is None or preflight(requirement_from_spec(spec, model_dest(spec, host.data), host.data))
 if go:
     install_runtime(accelerator)

@@ -8,18 +8,20 @@ The tar lands in bundles/<name>.tar; give it to other hosts with host data image
 
 from pyinfra import host, state
 
-from tasks.bundle import DEFAULTS, make_bundle
+from tasks.bundle import make_bundle
 from tasks.image_build import image_ref
+from tasks.settings.bundle import BundleSettings
+from tasks.settings.image_build import ImageBuildSettings
 from tasks.spec import load_spec
 
 targets = state.limit_hosts if state.limit_hosts else list(state.inventory)
 if len(targets) != 1:
     raise SystemExit(f"deploys/bundle.py: run on exactly one host (--limit HOST); got {len(targets)}")
 
-image = host.data.get("bundle_image") or DEFAULTS["bundle_image"]
-recipe = host.data.get("bundle_recipe") or DEFAULTS["bundle_recipe"]
+settings = BundleSettings.of(host)
+image, recipe = settings.bundle_image, settings.bundle_recipe
 if bool(image) == bool(recipe):
     raise SystemExit("deploys/bundle.py: set exactly one of bundle_image and bundle_recipe")
 if recipe:
-    image = image_ref(load_spec(recipe, host.data.dict()), host.data.get("image_pip_index_url"))
-make_bundle(image, name=host.data.get("bundle_name"))
+    image = image_ref(load_spec(recipe, host.data.dict()), ImageBuildSettings.of(host).image_pip_index_url)
+make_bundle(image, name=settings.bundle_name)

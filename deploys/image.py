@@ -8,9 +8,10 @@ from pyinfra import host
 
 from tasks.docker import install_docker
 from tasks.image_build import ensure_image
+from tasks.settings.image_build import ImageBuildSettings
 from tasks.spec import load_spec
 
-recipe = host.data.get("image_recipe")
+recipe = ImageBuildSettings.of(host).image_recipe
 if not recipe:
     raise SystemExit("deploys/image.py: set image_recipe (a recipe name, e.g. glm5)")
 spec = load_spec(recipe, host.data.dict())

@@ -3,7 +3,8 @@
 from pyinfra import host
 
 from tasks.runtime import install_runtime
+from tasks.settings.runtime import RuntimeSettings
 from tasks.smoke import smoke_service
 
-install_runtime(host.data.get("runtime_accelerator", "none"))
+install_runtime(RuntimeSettings.of(host).runtime_accelerator or "none")
 smoke_service()

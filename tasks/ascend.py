@@ -9,22 +9,13 @@ is refused before anything is fetched; a local file that does not match is refus
 uploaded; a download that does not match fails before it runs (and the install command checks the
 digest again right before running it).
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| ascend_cann_version | "8.3.RC2" | CANN version to install (vllm-ascend v0.11.0 pairs with 8.3.RC2) |
-| ascend_cann_source | None | where the .run files are: an http(s) URL base, or a directory on the control machine |
-| ascend_cann_packages | ["toolkit", "kernels", "nnal"] | which packages to install, in this order |
-| ascend_cann_chip | "910b" | chip name in the kernels package file name |
-| ascend_install_path | "/usr/local/Ascend" | --install-path of the installers |
-| ascend_cann_sha256 | {} | installer file name -> sha256 (64 hex digits); an installer without one is refused |
+Settings (host data, prefix ``ascend_``): ``tasks.settings.ascend.AscendSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import shlex
 from pathlib import Path
 
@@ -33,17 +24,9 @@ from pyinfra.api import FactBase, deploy
 from pyinfra.operations import files, server
 
 from .refuse import refuse_host
+from tasks.settings.ascend import AscendSettings
 
-DEFAULTS = {
-    "ascend_cann_version": "8.3.RC2",
-    "ascend_cann_source": None,
-    "ascend_cann_packages": ["toolkit", "kernels", "nnal"],
-    "ascend_cann_chip": "910b",
-    "ascend_install_path": "/usr/local/Ascend",
-    "ascend_cann_sha256": {},
-}
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-PACKAGES = ("toolkit", "kernels", "nnal")
+DEFAULTS = AscendSettings.defaults()
 CACHE = "/var/cache/llmfleet/cann"
 DRIVER_INFO = "/usr/local/Ascend/driver/version.info"
 
@@ -84,20 +67,6 @@ class CannInstalled(FactBase[dict]):
         return result
 
 
-def validate(data) -> None:
-    for pkg in data.ascend_cann_packages:
-        if pkg not in PACKAGES:
-            raise ValueError(f"ascend_cann_packages: {pkg!r} is not one of {', '.join(PACKAGES)}")
-    if not str(data.ascend_cann_version).strip():
-        raise ValueError("ascend_cann_version: must name a CANN version such as 8.3.RC2")
-    pins = data.ascend_cann_sha256
-    if not isinstance(pins, dict):
-        raise ValueError("ascend_cann_sha256: must be a mapping of installer file name -> sha256")
-    for name, digest in pins.items():
-        if not (isinstance(digest, str) and _SHA256.match(digest)):
-            raise ValueError(f"ascend_cann_sha256: {name}: {digest!r} is not a sha256 (64 lowercase hex digits)")
-
-
 def _local_digest(path: Path) -> str | None:
     try:
         with path.open("rb") as f:
@@ -118,9 +87,8 @@ def install_cann() -> None:
         from tasks.ascend import install_cann
         install_cann()
     """
-    validate(host.data)
-    version = str(host.data.ascend_cann_version)
-    path = str(host.data.ascend_install_path)
+    settings = AscendSettings.of(host)
+    version, path = settings.ascend_cann_version, settings.ascend_install_path
     state = host.get_fact(CannInstalled, install_path=path, version=version)
     if not state.get("driver"):
         refuse_host(
@@ -129,18 +97,18 @@ def install_cann() -> None:
             "and reboot it yourself; llmfleet never reboots a host. Then run this deploy again.",
         )
         return
-    missing = [pkg for pkg in host.data.ascend_cann_packages if not state.get(pkg)]
+    missing = [pkg for pkg in settings.ascend_cann_packages if not state.get(pkg)]
     if not missing:
-        host.noop(f"CANN {version} installed ({', '.join(host.data.ascend_cann_packages)})")
+        host.noop(f"CANN {version} installed ({', '.join(settings.ascend_cann_packages)})")
         return
-    source = host.data.ascend_cann_source
+    source = settings.ascend_cann_source
     if not source:
         refuse_host(f"CANN {version} is not installed ({', '.join(missing)}) and ascend_cann_source is not set: "
                     "point it at the directory or URL holding the Ascend-cann-*.run packages")
         return
     remote = str(source).startswith(("http://", "https://"))
-    names = {pkg: run_file(pkg, version, state["arch"], str(host.data.ascend_cann_chip)) for pkg in missing}
-    pins = dict(host.data.ascend_cann_sha256 or {})
+    names = {pkg: run_file(pkg, version, state["arch"], settings.ascend_cann_chip) for pkg in missing}
+    pins = settings.ascend_cann_sha256
     unpinned = [name for name in names.values() if name not in pins]
     if unpinned:
         refuse_host(f"no sha256 pinned for {', '.join(unpinned)}: installers run as root and are checked "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from pyinfra.api.exceptions import PyinfraError
 
@@ -80,57 +80,21 @@ def spec_problems(host: str, exc: Any, data: dict) -> list[Problem]:
 # --- settings (host data) ----------------------------------------------------------------------------
 
 
-class _Settings(dict):
-    """Host data over a capability's DEFAULTS, read as ``data.key`` or ``data.get(key)`` (as inside
-    its ``@deploy``, where pyinfra applies ``data_defaults``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-def _validators() -> list[tuple[dict, Callable[[Any], None]]]:
-    from tasks import ascend, docker, nvidia_toolkit, rollout
-    from tasks.weights import deploy as weights
-
-    def batches(data: Any) -> None:
-        for key in ("rollout_batch_size", "rollout_max_unavailable"):
-            if data.get(key) is not None:
-                rollout.count_of(data.get(key), 1, key)
-
-    return [(docker.DEFAULTS, docker.validate), (nvidia_toolkit.DEFAULTS, nvidia_toolkit.validate),
-            (ascend.DEFAULTS, ascend.validate), (rollout.DEFAULTS, batches), (weights.DEFAULTS, weights.validate)]
-
-
 def settings_problems(host: str, data: dict, accelerator: str) -> list[Problem]:
-    """Problems in a host's capability settings (docker_*, nvidia_toolkit_*, ascend_*, rollout_*, weights_*).
+    """Problems in a host's capability settings: every model of ``tasks.settings`` (types, allowed values,
+    unknown keys of its prefix); another accelerator's settings are not read.
 
     + host: its inventory name
     + data: its host data (a dict)
-    + accelerator: "nvidia", "ascend" or "none" (another accelerator's settings are not read)
+    + accelerator: "nvidia", "ascend" or "none"
     """
-    from tasks import ascend, nvidia_toolkit
+    from tasks.settings import ACCELERATOR_ONLY, CAPABILITIES
 
-    skip = {nvidia_toolkit.validate} if accelerator != "nvidia" else set()
-    skip |= {ascend.validate} if accelerator != "ascend" else set()
     found = []
-    for defaults, check in _validators():
-        if check in skip:
-            continue
-        try:
-            check(_Settings({**defaults, **{k: v for k, v in data.items() if k in defaults}}))
-        except ValueError as exc:
-            log_traceback(exc)
-            field, _, message = str(exc).partition(": ")
-            key = field.split("=", 1)[0]
-            found.append(Problem(host, key, message or str(exc), _given(data, key)))
+    for model in CAPABILITIES:
+        if ACCELERATOR_ONLY.get(model, accelerator) == accelerator:
+            found += [p for p in model.problems(data, host) if p not in found]
     return found
-
-
-def _given(data: dict, key: str) -> str | None:
-    return repr(data[key]) if key in data else None
 
 
 __all__ = ["BadInput", "Problem", "log_traceback", "settings_problems", "spec_problems"]

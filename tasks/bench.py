@@ -12,18 +12,8 @@ downloaded to ``reports/bench/<run>/``; the last step prints one table for the f
 
 A benchmark is an action, not state: every run changes (like server.shell).
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| bench_num_prompts | 50 | requests per container (``--num-prompts``) |
-| bench_input_len | 256 | random prompt length in tokens (``--random-input-len``) |
-| bench_output_len | 64 | tokens generated per request (``--random-output-len``) |
-| bench_max_concurrency | None | ``--max-concurrency`` (None: all at once, vLLM's default) |
-| bench_containers | None | container names to benchmark (None: every running llmfleet-* vLLM container) |
-| bench_timeout_s | 900 | bound on one benchmark run (``timeout`` around docker exec) |
-| bench_remote_dir | "/var/cache/llmfleet/bench" | where results are kept on hosts |
-| bench_local_dir | "reports/bench" | where results land on the control machine |
+Settings (host data, prefix ``bench_``): ``tasks.settings.bench.BenchSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -38,12 +28,9 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FactBase, OperationValueError, deploy, operation
 from pyinfra.operations import files, python
+from tasks.settings.bench import BenchSettings
 
-DEFAULTS = {
-    "bench_num_prompts": 50, "bench_input_len": 256, "bench_output_len": 64,
-    "bench_max_concurrency": None, "bench_containers": None, "bench_timeout_s": 900,
-    "bench_remote_dir": "/var/cache/llmfleet/bench", "bench_local_dir": "reports/bench",
-}
+DEFAULTS = BenchSettings.defaults()
 CONTAINER_PREFIX = "llmfleet-"
 RUN_ID = time.strftime("%Y%m%d-%H%M%S")  # one per pyinfra run: the module is imported once
 #: (column, result key, format) of the fleet table.
@@ -236,19 +223,19 @@ def bench_fleet() -> None:
         from tasks.bench import bench_fleet
         bench_fleet()
     """
-    wanted = host.data.get("bench_containers")
+    settings = BenchSettings.of(host)
+    wanted = settings.bench_containers
     endpoints = [ep for ep in host.get_fact(ServingContainers) if not wanted or ep.container in wanted]
-    remote_dir = f"{str(host.data.bench_remote_dir).rstrip('/')}/{RUN_ID}"
-    local_dir = Path(str(host.data.bench_local_dir))
+    remote_dir = f"{settings.bench_remote_dir.rstrip('/')}/{RUN_ID}"
+    local_dir = Path(settings.bench_local_dir)
     if not endpoints:
         host.noop("no running llmfleet-* vLLM container to benchmark")  # logged, not an operation
     for ep in endpoints:
         remote = f"{remote_dir}/{ep.container}.json"
         benchmarked(name=f"Benchmark {ep.container}", endpoint=ep, remote_result=remote,
-                    num_prompts=int(host.data.bench_num_prompts), input_len=int(host.data.bench_input_len),
-                    output_len=int(host.data.bench_output_len),
-                    max_concurrency=host.data.get("bench_max_concurrency"),
-                    timeout_s=int(host.data.bench_timeout_s))
+                    num_prompts=settings.bench_num_prompts, input_len=settings.bench_input_len,
+                    output_len=settings.bench_output_len, max_concurrency=settings.bench_max_concurrency,
+                    timeout_s=settings.bench_timeout_s)
         files.get(name=f"Fetch {ep.container} result", src=remote,
                   dest=str(local_dir / RUN_ID / f"{host.name}__{ep.container}.json"), create_local_dir=True)
     python.call(name="Fleet table", function=write_report, run_dir=local_dir / RUN_ID,

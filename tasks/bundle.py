@@ -8,15 +8,8 @@ tasks/image_build.ensure_image load from it instead of pulling or building.
 On the host, a saved tar has a sidecar ``<tar>.id`` holding the image ID it was saved from, so
 saving again is a no-op until the image changes.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| bundle_image | None | image to bundle (e.g. ``vllm/vllm-openai:v0.18.0``); or bundle_recipe |
-| bundle_recipe | None | recipe whose image (pulled or built, see ensure_image) to bundle |
-| bundle_name | None | bundle file name without .tar (default: from the image) |
-| bundle_remote_dir | "/var/cache/llmfleet/bundles" | where tars are written/uploaded on hosts |
-| bundle_local_dir | "bundles" | where bundles land on the control machine (relative: to the repository root) |
+Settings (host data, prefix ``bundle_``): ``tasks.settings.bundle.BundleSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -30,10 +23,10 @@ from pyinfra.api import FactBase, OperationValueError, deploy, operation
 from pyinfra.operations import files
 
 from .image import DockerImages
+from tasks.settings.bundle import BundleSettings
 
-REMOTE_DIR = "/var/cache/llmfleet/bundles"
-DEFAULTS = {"bundle_image": None, "bundle_recipe": None, "bundle_name": None,
-            "bundle_remote_dir": REMOTE_DIR, "bundle_local_dir": "bundles"}
+DEFAULTS = BundleSettings.defaults()
+REMOTE_DIR: str = DEFAULTS["bundle_remote_dir"]
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -139,8 +132,9 @@ def make_bundle(image: str, name: str | None = None) -> str:
     name = name or bundle_name(image)
     if not _FILE_RE.match(name):
         raise ValueError(f"bundle_name: {name!r}: letters, digits, '.', '_', '-' only")
-    remote = f"{str(host.data.bundle_remote_dir).rstrip('/')}/{name}.tar"
-    local = str(Path(str(host.data.bundle_local_dir)) / f"{name}.tar")
+    settings = BundleSettings.of(host)
+    remote = f"{settings.bundle_remote_dir.rstrip('/')}/{name}.tar"
+    local = str(Path(settings.bundle_local_dir) / f"{name}.tar")
     saved(name=f"Save {image}", image=image, path=remote)
     files.get(name=f"Download {name}.tar", src=remote, dest=local, create_local_dir=True)
     return local

@@ -33,24 +33,8 @@ Choices, and why:
   recipe without ``api_key_secret`` and without gateway keys gives an open endpoint (warned).
 - Gateway hosts do not serve models: ``deploy_model`` does only the gateway's part on them.
 
-DEFAULTS (host data, prefix ``gateway_``):
-
-| key | default | meaning |
-|---|---|---|
-| gateway_group | "gateway" | inventory group of gateway hosts |
-| gateway_port | None | port of a model's endpoint on the gateway; None: the model's own port |
-| gateway_api_keys_secret | None | control-machine secret file (one key per line) of accepted client keys; None: the recipe's ``api_key_secret`` |
-| gateway_upstream_address | None | (replica host data) address the gateway reaches the replica at; None: ``ssh_hostname``, else the host name |
-| gateway_max_fails | 3 | failed attempts before a replica is taken out (passive check) |
-| gateway_fail_timeout_s | 5 | seconds a failed replica stays out, and the window of ``max_fails`` |
-| gateway_next_upstream_tries | 3 | replicas one request may be tried on |
-| gateway_connect_timeout_s | 5 | connect timeout to a replica |
-| gateway_read_timeout_s | 900 | read/send timeout to a replica (long generations) |
-| gateway_client_max_body_size | "64m" | largest request body (long prompts, images) |
-| gateway_keepalive | 0 | idle keepalive connections to the replicas per worker; 0: a connection per request (no reuse race with a replica closing an idle connection; a LAN connect is small beside a generation) |
-| gateway_keepalive_timeout_s | 4 | idle upstream connections close after this (below the replicas' keep-alive, uvicorn 5 s) |
-| gateway_drain_timeout_s | 300 | seconds a drain waits for in-flight requests of the old workers |
-| gateway_conf_dir | "/etc/nginx/llmfleet" | directory of upstream and key files (0750 root) |
+Settings (host data, prefix ``gateway_``): ``tasks.settings.gateway.GatewaySettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -73,39 +57,21 @@ from pyinfra.operations.util import any_changed
 from tasks.converge import deb_packages
 from tasks.secrets import read_secret, secret_file, secrets_dir
 from tasks.spec import SpecError
+from tasks.settings.gateway import GatewaySettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "templates" / "nginx.conf.j2"
 
-DEFAULTS: dict[str, Any] = {
-    "gateway_group": "gateway",
-    "gateway_port": None,
-    "gateway_api_keys_secret": None,
-    "gateway_upstream_address": None,
-    "gateway_max_fails": 3,
-    "gateway_fail_timeout_s": 5,
-    "gateway_next_upstream_tries": 3,
-    "gateway_connect_timeout_s": 5,
-    "gateway_read_timeout_s": 900,
-    "gateway_client_max_body_size": "64m",
-    "gateway_keepalive": 0,
-    "gateway_keepalive_timeout_s": 4,
-    "gateway_drain_timeout_s": 300,
-    "gateway_conf_dir": "/etc/nginx/llmfleet",
-}
+DEFAULTS: dict[str, Any] = GatewaySettings.defaults()
 
 #: What a key may contain to sit in an nginx map between double quotes, unescaped.
 _KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")
 _SERVER = re.compile(r"^\s*server\s+(\S+)\s+([^#]*?);\s*#\s*(\S+)\s*$")
 
 
-def opt(data: Any, key: str) -> Any:
-    return data.get(key, DEFAULTS[key])
-
-
 def is_gateway(h: Any) -> bool:
     """Whether an inventory host (``pyinfra.api.Host``) is a gateway (in ``gateway_group``)."""
-    return str(opt(h.data, "gateway_group")) in (h.groups or [])
+    return GatewaySettings.value(h, "gateway_group") in (h.groups or [])
 
 
 def nginx_var(name: str) -> str:
@@ -135,13 +101,13 @@ class GatewayModel:
 
 def replica_address(data: Any, name: str) -> str:
     """Where the gateway reaches a replica: ``gateway_upstream_address``, ``ssh_hostname``, name."""
-    return str(data.get("gateway_upstream_address") or data.get("ssh_hostname") or name)
+    return str(options(data).gateway_upstream_address or data.get("ssh_hostname") or name)
 
 
 # --- rendering (pure) ----------------------------------------------------------------------------
 
 
-def upstream_conf(name: str, replicas: Iterable[Replica], down: Iterable[str], opts: dict[str, Any]) -> str:
+def upstream_conf(name: str, replicas: Iterable[Replica], down: Iterable[str], opts: GatewaySettings) -> str:
     """The upstream file of a model; replicas whose host is in ``down`` are marked ``down``."""
     down = set(down)
     lines = [f"# Managed by llmfleet (tasks/gateway.py): replicas of {name}; 'down' = drained.",
@@ -150,13 +116,13 @@ def upstream_conf(name: str, replicas: Iterable[Replica], down: Iterable[str], o
         if not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]+", r.address):
             raise SpecError("gateway_upstream_address", f"{r.host}: {r.address!r} is not a host name or address")
         mark = " down" if r.host in down else ""
-        lines.append(f"    server {r.address}:{int(r.port)} max_fails={int(opts['gateway_max_fails'])} "
-                     f"fail_timeout={int(opts['gateway_fail_timeout_s'])}s{mark};  # {r.host}")
+        lines.append(f"    server {r.address}:{int(r.port)} max_fails={opts.gateway_max_fails} "
+                     f"fail_timeout={opts.gateway_fail_timeout_s}s{mark};  # {r.host}")
     # Idle upstream connections close before the replica's own keep-alive timeout (uvicorn: 5 s),
     # so nginx does not reuse a connection the replica is closing.
-    if int(opts["gateway_keepalive"]) > 0:
-        lines += [f"    keepalive {int(opts['gateway_keepalive'])};",
-                  f"    keepalive_timeout {int(opts['gateway_keepalive_timeout_s'])}s;"]
+    if opts.gateway_keepalive > 0:
+        lines += [f"    keepalive {opts.gateway_keepalive};",
+                  f"    keepalive_timeout {opts.gateway_keepalive_timeout_s}s;"]
     lines += ["}", ""]
     return "\n".join(lines)
 
@@ -198,7 +164,7 @@ def key_sources(model: GatewayModel, data: Any) -> tuple[Path | None, Path | Non
     """(client keys file, replicas' key file) on the control machine; None where there is none."""
     base = secrets_dir(data)
     backend = base / model.api_key_secret if model.api_key_secret else None
-    clients = opt(data, "gateway_api_keys_secret")
+    clients = options(data).gateway_api_keys_secret
     client_path = base / str(clients) if clients else backend
     return client_path, backend
 
@@ -276,7 +242,7 @@ def _reload_script(path: str, temp: str, drain_timeout_s: int) -> str:
 
 
 @operation()
-def upstream(service: str, path: str, replicas: list[Replica], opts: dict[str, Any],
+def upstream(service: str, path: str, replicas: list[Replica], opts: GatewaySettings,
              drain: Callable[[], list[str]] | None = None,
              restore: Callable[[], list[str]] | None = None, reload: bool = True):
     """
@@ -317,7 +283,7 @@ def upstream(service: str, path: str, replicas: list[Replica], opts: dict[str, A
     yield StringCommand("install", "-d", "-m", "750", "-o", "root", "-g", "root", os.path.dirname(path))
     yield FileUploadCommand(io.BytesIO(content.encode()), temp)
     if reload:
-        yield _reload_script(path, temp, int(opts["gateway_drain_timeout_s"]))
+        yield _reload_script(path, temp, opts.gateway_drain_timeout_s)
     else:
         yield StringCommand("mv", "-f", temp, path)
 
@@ -360,13 +326,13 @@ def reloaded():
     yield "nginx -t -q && if systemctl is-active -q nginx; then nginx -s reload; else systemctl restart nginx; fi"
 
 
-def options(data: Any) -> dict[str, Any]:
-    """The ``gateway_*`` settings from host data over DEFAULTS."""
-    return {key: data.get(key, default) for key, default in DEFAULTS.items()}
+def options(data: Any) -> GatewaySettings:
+    """The ``gateway_*`` settings of a host (its Host, HostData or a mapping), validated."""
+    return GatewaySettings.of(data)
 
 
-def paths(name: str, opts: dict[str, Any]) -> dict[str, str]:
-    base = str(opts["gateway_conf_dir"]).rstrip("/")
+def paths(name: str, opts: GatewaySettings) -> dict[str, str]:
+    base = opts.gateway_conf_dir.rstrip("/")
     return {"upstream": f"{base}/{name}.upstream.conf", "keys": f"{base}/{name}.keys",
             "backend": f"{base}/{name}.backend", "conf": f"/etc/nginx/conf.d/llmfleet-{name}.conf"}
 
@@ -394,7 +360,7 @@ def gateway(model: GatewayModel) -> None:
 
     # deb_packages, not apt.packages: it finishes a dpkg run a power loss interrupted first.
     deb_packages(name="nginx", packages=["nginx"], cache_time=86400)
-    files.directory(name=f"{model.name}: gateway config directory", path=str(opts["gateway_conf_dir"]),
+    files.directory(name=f"{model.name}: gateway config directory", path=opts.gateway_conf_dir,
                     user="root", group="root", mode="750")
     changed = []
     if clients is not None:
@@ -414,10 +380,10 @@ def gateway(model: GatewayModel) -> None:
         mode="644", name_=model.name, served_model_name=model.served_model_name, var=nginx_var(model.name),
         listen_port=int(model.listen_port), upstream_file=p["upstream"], keys_file=p["keys"],
         backend_file=p["backend"], open_=clients is None, backend=backend is not None,
-        client_max_body_size=str(opts["gateway_client_max_body_size"]),
-        next_upstream_tries=int(opts["gateway_next_upstream_tries"]),
-        connect_timeout_s=int(opts["gateway_connect_timeout_s"]), read_timeout_s=int(opts["gateway_read_timeout_s"]),
-        keepalive=int(opts["gateway_keepalive"]) > 0,
+        client_max_body_size=opts.gateway_client_max_body_size,
+        next_upstream_tries=opts.gateway_next_upstream_tries,
+        connect_timeout_s=opts.gateway_connect_timeout_s, read_timeout_s=opts.gateway_read_timeout_s,
+        keepalive=opts.gateway_keepalive > 0,
     )
     systemd.service(name="nginx running", service="nginx.service", running=True, enabled=True)
     reloaded(name=f"{model.name}: reload nginx", _if=any_changed(conf, *changed))

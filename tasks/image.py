@@ -4,11 +4,8 @@ Docker's own ``registry-mirrors`` covers Docker Hub only. For other registries (
 vllm-ascend) ``image_mirrors`` maps a registry host to a mirror: the image is pulled from the
 mirror and tagged under its real name, which is what the unit file runs.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| image_mirrors | {} | registry host -> mirror host[:port] for non-Docker-Hub images (e.g. {"quay.io": "mirror.local:5000"}) |
+Settings (host data, prefix ``image_``): ``tasks.settings.image.ImageSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -17,10 +14,11 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
+from tasks.settings.image import ImageSettings
 
 from tasks.progress_pull import pull_command
 
-DEFAULTS = {"image_mirrors": {}}
+DEFAULTS = ImageSettings.defaults()
 
 
 def split_registry(image: str) -> tuple[str | None, str]:
@@ -81,7 +79,7 @@ def pulled(image: str, mirrors: dict[str, str] | None = None, present: dict[str,
     if image in images:
         host.noop(f"image {image} is present")
         return
-    mirrors = host.data.get("image_mirrors", {}) if mirrors is None else mirrors
+    mirrors = ImageSettings.of(host).image_mirrors if mirrors is None else mirrors
     registry, path = split_registry(image)
     # The pull keeps a progress state file the run and deploys/status.py show (tasks/progress_pull.py).
     if registry and registry in mirrors:

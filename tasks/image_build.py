@@ -11,14 +11,8 @@ argument, not part of the Dockerfile: sites with different PyPI mirrors get the 
 Host data ``image_bundle`` (a ``docker save`` tar on the control machine, see deploys/bundle.py)
 makes the image come from that file instead (no registry, no index): air-gapped hosts.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| image_pip_index_url | None | PyPI index (or mirror) for builds; overrides the spec's ``build.pip_index_url`` |
-| image_bundle | None | path on the control machine of a ``docker save`` tar holding the image; loaded instead of pulling/building |
-| image_build_dir | "/var/cache/llmfleet/build" | where Dockerfiles are written on the host (one directory per tag) |
-| image_recipe | None | recipe whose image ``deploys/image.py`` pulls or builds (None: must be set) |
+Settings (host data, prefix ``image_``): ``tasks.settings.image_build.ImageBuildSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -40,13 +34,14 @@ from . import bundle
 from .image import DockerImages, pulled
 from .spec import ServingSpec
 from .vllm import versions as vv
+from tasks.settings.bundle import BundleSettings
+from tasks.settings.image_build import ImageBuildSettings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 DOCKERFILE_TEMPLATE = "Dockerfile.glm5.j2"
 BUILT_REPOSITORY = "llmfleet"
 TAG_HEX = 12
-DEFAULTS = {"image_pip_index_url": None, "image_bundle": None, "image_build_dir": "/var/cache/llmfleet/build",
-            "image_recipe": None}
+DEFAULTS = ImageBuildSettings.defaults()
 
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _URL_RE = re.compile(r"^https?://[^\s/@]+(/\S*)?$")
@@ -164,16 +159,17 @@ def ensure_image(spec: ServingSpec) -> str:
         from tasks.image_build import ensure_image
         ref = ensure_image(spec)   # the unit then runs `docker run ... {ref} --model ...`
     """
-    index = host.data.get("image_pip_index_url")
-    plan = build_plan(spec, index) if spec.build else None
+    settings = ImageBuildSettings.of(host)
+    plan = build_plan(spec, settings.image_pip_index_url) if spec.build else None
     ref = plan.image if plan else spec.image.ref
     present = host.get_fact(DockerImages)
-    source = host.data.get("image_bundle")
+    source = settings.image_bundle
     if source:
-        bundle.loaded(name=f"Load {ref} from bundle", bundle_path=str(source), image=ref, present=present)
+        bundle.loaded(name=f"Load {ref} from bundle", bundle_path=source, image=ref, present=present,
+                      remote_dir=BundleSettings.of(host).bundle_remote_dir)
     elif plan:
         built(name=f"Build {ref}", image=ref, base_image=plan.base_image, dockerfile=plan.dockerfile,
-              build_args=plan.build_args, build_dir=str(host.data.get("image_build_dir")), present=present)
+              build_args=plan.build_args, build_dir=settings.image_build_dir, present=present)
     else:
         pulled(name=f"Pull {ref}", image=ref, present=present)
     return ref

@@ -24,12 +24,8 @@ Hosts of the inventory group ``gateway`` (``tasks.gateway``) serve no model: the
 balancing the replicas. A host whose data says ``serve_state: absent`` has the recipe taken off it
 (``tasks.removal``): drained from the gateways, unit and files removed, weights kept.
 
-DEFAULTS (host data, prefix ``model_``):
-
-| key | default | meaning |
-|---|---|---|
-| model_preflight | True | run preflight (False only for hosts checked out of band) |
-| model_variant | None | variant of a multi-variant deploy (deploys/qwen235b.py: awq or gptq) |
+Settings (host data, prefix ``model_``): ``tasks.settings.model.ModelSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -47,11 +43,9 @@ from tasks.requirement import requirement_from_spec
 from tasks.runtime import install_runtime
 from tasks.spec import SpecError, list_recipes
 from tasks.vllm.cmdline import render
+from tasks.settings.model import ModelSettings
 
-DEFAULTS: dict[str, Any] = {
-    "model_preflight": True,
-    "model_variant": None,
-}
+DEFAULTS: dict[str, Any] = ModelSettings.defaults()
 
 def _opt(data: Any, key: str) -> Any:
     return data.get(key, DEFAULTS[key])

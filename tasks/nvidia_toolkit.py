@@ -5,19 +5,12 @@ data, byte-for-byte what ``nvidia-ctk runtime configure --runtime=docker`` would
 toolkit's configure command is not needed on a managed host and the two never fight over
 the file. A CDI spec is generated when missing or when the toolkit changed.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| nvidia_toolkit_repo_url | "https://nvidia.github.io/libnvidia-container" | repository base; the key is `<base>/gpgkey`, packages `<base>/stable/deb/$(ARCH)` (apt) or `<base>/stable/rpm/nvidia-container-toolkit.repo` (dnf) |
-| nvidia_toolkit_key_url | None | key URL when it is not `<repo>/gpgkey` (internal mirrors) |
-| nvidia_toolkit_version | "1.17.8-1" | pinned version of the four toolkit packages (apt form; dnf drops the "-1") |
-| nvidia_toolkit_cdi_spec | "/etc/cdi/nvidia.yaml" | where the CDI spec is written (kept across reboots, unlike /var/run/cdi) |
+Settings (host data, prefix ``nvidia_toolkit_``): ``tasks.settings.nvidia_toolkit.NvidiaToolkitSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from typing import Callable
 
@@ -28,26 +21,12 @@ from pyinfra.operations import dnf, files
 
 from tasks.converge import FileDigests, apt_source, deb_packages
 from tasks.facts.planned import declaring, read
+from tasks.settings.nvidia_toolkit import NvidiaToolkitSettings
 
-DEFAULTS = {
-    "nvidia_toolkit_repo_url": "https://nvidia.github.io/libnvidia-container",
-    "nvidia_toolkit_key_url": None,
-    "nvidia_toolkit_version": "1.17.8-1",
-    "nvidia_toolkit_cdi_spec": "/etc/cdi/nvidia.yaml",
-}
+DEFAULTS = NvidiaToolkitSettings.defaults()
 PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
             "libnvidia-container1")
 KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
-_VERSION = re.compile(r"^\d+\.\d+\.\d+(-\d+)?$")
-
-
-def validate(data) -> None:
-    version = str(data.nvidia_toolkit_version)
-    if not _VERSION.match(version):
-        raise ValueError(f"nvidia_toolkit_version={version!r}: expected a pinned version like 1.17.8-1")
-    url = str(data.nvidia_toolkit_repo_url)
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"nvidia_toolkit_repo_url={url!r}: must be an http(s) URL")
 
 
 def apt_source_line(repo_url: str) -> str:
@@ -91,10 +70,10 @@ def install_nvidia_toolkit():
         from tasks.nvidia_toolkit import install_nvidia_toolkit
         install_nvidia_toolkit()
     """
-    validate(host.data)
-    repo = str(host.data.nvidia_toolkit_repo_url).rstrip("/")
-    key_url = host.data.nvidia_toolkit_key_url or f"{repo}/gpgkey"
-    version = str(host.data.nvidia_toolkit_version)
+    settings = NvidiaToolkitSettings.of(host)
+    repo = settings.nvidia_toolkit_repo_url.rstrip("/")
+    key_url = settings.nvidia_toolkit_key_url or f"{repo}/gpgkey"
+    version = settings.nvidia_toolkit_version
     if host.get_fact(Which, command="apt-get"):
         apt_source(name="Toolkit repository", list_name="nvidia-container-toolkit", key_url=key_url,
                    keyring=KEYRING, source=apt_source_line(repo))
@@ -106,6 +85,5 @@ def install_nvidia_toolkit():
                        dest="/etc/yum.repos.d/nvidia-container-toolkit.repo", mode="644")
         toolkit = dnf.packages(name=f"Toolkit {rpm_version}",
                                packages=[f"{p}-{rpm_version}" for p in PACKAGES])
-    spec = str(host.data.nvidia_toolkit_cdi_spec)
-    cdi_spec(name="CDI spec", path=spec, regenerate=toolkit.did_change)
+    cdi_spec(name="CDI spec", path=settings.nvidia_toolkit_cdi_spec, regenerate=toolkit.did_change)
     return toolkit

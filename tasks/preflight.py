@@ -48,18 +48,8 @@ Checks (a refusal makes ``go`` False; a warning does not):
   be rebooted by its operator after installing driver and firmware: llmfleet never reboots); NPU health
   (``OK`` required, ``Warning`` a warning).
 
-DEFAULTS (host.data keys, prefix ``preflight_``):
-
-- ``preflight_min_driver``: oldest NVIDIA driver accepted at all ("535": the oldest branch vLLM images
-  of this project's range can run on).
-- ``preflight_disk_margin``: fraction of the weights' size required free on top of them (0.1).
-- ``preflight_min_ram_gib``: available host RAM required (8 GiB: loading safetensors shards needs page cache).
-- ``preflight_cudagraph_gib``: CUDA-graph memory per GPU the planner subtracts (0.0; see tasks/plan.py).
-- ``preflight_report_dir``: where the control machine writes ``<host>.json`` reports ("reports/preflight").
-- ``preflight_recipe``: recipe name the preflight deploy checks (None: must be set).
-- ``preflight_weights_bytes``: size of the weights for the disk check (None: estimated from the bundled
-  config.json, see tasks/requirement.py).
-- ``preflight_ipc_host_shm_gib``: host /dev/shm required for ``--ipc=host`` with more than one GPU (1.0).
+Settings (host data, prefix ``preflight_``): ``tasks.settings.preflight.PreflightSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -74,17 +64,9 @@ from pyinfra.api import deploy
 from tasks import cuda as cudatab
 from tasks.plan import (GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config,
                         text_config)
+from tasks.settings.preflight import PreflightSettings
 
-DEFAULTS: dict[str, Any] = {
-    "preflight_min_driver": "535",
-    "preflight_disk_margin": 0.1,
-    "preflight_min_ram_gib": 8.0,
-    "preflight_cudagraph_gib": 0.0,
-    "preflight_report_dir": "reports/preflight",
-    "preflight_recipe": None,
-    "preflight_weights_bytes": None,
-    "preflight_ipc_host_shm_gib": 1.0,
-}
+DEFAULTS: dict[str, Any] = PreflightSettings.defaults()
 
 ACCELERATORS = ("nvidia", "ascend")
 
@@ -225,13 +207,13 @@ def _check_driver(verdict: Verdict, driver: str, req: Requirement, min_driver: s
         )
 
 
-def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> float | None:
+def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: PreflightSettings) -> float | None:
     """NVIDIA checks; returns the CUDA-visible memory (GiB) of the smallest GPU to use, or None."""
     gpus_fact = facts.get("nvidia_gpus") or {"status": "error", "message": "fact not gathered", "gpus": []}
     status = gpus_fact.get("status")
     if status == "missing":
         verdict.add("nvidia-smi", "fail", "nvidia-smi not found: install the NVIDIA driver "
-                                          f"(>= {opts['preflight_min_driver']}) and reboot")
+                                          f"(>= {opts.preflight_min_driver}) and reboot")
         return None
     if status == "nvml_error":
         lib = gpus_fact.get("nvml_library_version")
@@ -258,7 +240,7 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -
 
     driver = gpus[0].get("driver_version") or (facts.get("nvidia_smi_version") or {}).get("driver_version")
     if driver:
-        _check_driver(verdict, driver, req, str(opts["preflight_min_driver"]))
+        _check_driver(verdict, driver, req, opts.preflight_min_driver)
     else:
         verdict.add("driver", "fail", "driver version not reported by nvidia-smi")
 
@@ -413,13 +395,13 @@ def _check_context(verdict: Verdict, req: Requirement) -> None:
         verdict.add("context", "ok", f"max_model_len {length or 'default'} <= {req.context_limit}")
 
 
-def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> None:
+def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: PreflightSettings) -> None:
     host = facts.get("host") or {}
     if not host:
         verdict.add("host", "fail", "host resources not gathered")
         return
     avail = host.get("mem_available_bytes")
-    min_ram = float(opts["preflight_min_ram_gib"]) * GIB
+    min_ram = opts.preflight_min_ram_gib * GIB
     if avail is None:
         verdict.add("ram", "warn", "MemAvailable not reported")
     elif avail < min_ram:
@@ -428,13 +410,13 @@ def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> 
         verdict.add("ram", "ok", f"{_gib(avail)} available of {_gib(host.get('mem_total_bytes') or 0)}")
 
     disk = host.get("disk")
-    need = max(0, math.ceil(req.weights_bytes * (1 + float(opts["preflight_disk_margin"]))) - req.weights_present_bytes)
+    need = max(0, math.ceil(req.weights_bytes * (1 + opts.preflight_disk_margin)) - req.weights_present_bytes)
     if not disk:
         verdict.add("disk", "fail", f"free space at {req.model_dir} not reported")
     elif disk["free_bytes"] < need:
         verdict.add("disk", "fail", f"{_gib(disk['free_bytes'])} free at {host.get('disk_path')} "
                                     f"(filesystem of {req.model_dir}), {_gib(need)} needed "
-                                    f"(weights {_gib(req.weights_bytes)} + {opts['preflight_disk_margin']:.0%})")
+                                    f"(weights {_gib(req.weights_bytes)} + {opts.preflight_disk_margin:.0%})")
     else:
         verdict.add("disk", "ok", f"{_gib(disk['free_bytes'])} free at {host.get('disk_path')}, {_gib(need)} needed")
 
@@ -457,15 +439,15 @@ def _check_host(verdict: Verdict, facts: dict, req: Requirement, opts: dict) -> 
         verdict.add("nvidia-ctk", "info", host.get("nvidia_ctk_version") or "not installed")
 
 
-def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verdict:
+def evaluate(facts: dict, req: Requirement, options: PreflightSettings | None = None) -> Verdict:
     """Go / no-go for serving ``req`` on the host described by ``facts``; pure, no I/O.
 
     + facts: dict of fact values (keys in the module docstring)
     + req: the recipe's Requirement
-    + options: preflight_* settings overriding DEFAULTS
+    + options: the host's ``preflight_*`` settings (None: the defaults)
     """
     req.validate()
-    opts = {**DEFAULTS, **(options or {})}
+    opts = options or PreflightSettings()
     verdict = Verdict(recipe=req.recipe, go=True)
     _check_context(verdict, req)
     if req.accelerator == "nvidia":
@@ -477,7 +459,7 @@ def evaluate(facts: dict, req: Requirement, options: dict | None = None) -> Verd
         gpu = ((facts.get("nvidia_gpus") or {}).get("gpus") or [{}])[0] if req.accelerator == "nvidia" else {}
         try:
             result = plan(req.model_config, req.plan_params(
-                mem_gib, float(opts["preflight_cudagraph_gib"]), str(gpu.get("name") or ""),
+                mem_gib, opts.preflight_cudagraph_gib, str(gpu.get("name") or ""),
                 _cc(gpu.get("compute_cap")) or 0.0))
         except PlanInputError as exc:
             verdict.add("memory plan", "fail", str(exc))
@@ -586,10 +568,10 @@ def preflight(requirement: Requirement) -> bool:
 
     host = ctx_host.get()  # the Host itself, not the context proxy: state.fail_hosts keys on it
 
-    options = {key: host.data.get(key, DEFAULTS[key]) for key in DEFAULTS}
+    options = PreflightSettings.of(host)
     facts = gather_facts(host, requirement)
     verdict = evaluate(facts, requirement, options)
-    path = write_report(str(options["preflight_report_dir"]), host.name, facts, verdict)
+    path = write_report(options.preflight_report_dir, host.name, facts, verdict)
     text = "\n".join(f"{host.print_prefix}{line}" for line in verdict.table().splitlines())
     logger.info(f"{text}\n{host.print_prefix}report: {path}")
     if not verdict.go:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tasks.plan import (GIB, PlanParams, bundled_config, count_params, linear_bytes, linear_format, model_dtype_bytes,
                         text_config)
-from tasks.preflight import DEFAULTS as PREFLIGHT_DEFAULTS
+from tasks.settings.preflight import PreflightSettings
 from tasks.preflight import Requirement
 from tasks.spec import ServingSpec, SpecError
 
@@ -90,15 +90,15 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
     + model_dir: where the weights go on the host (its filesystem is checked for space)
     + data: host data (``preflight_weights_bytes``, ``preflight_ipc_host_shm_gib``); None: defaults
     """
-    data = data if data is not None else {}
+    settings = PreflightSettings.of(data if data is not None else {})
     config = model_config_for(spec)
     check_context(spec, config)
     limit = context_limit(spec, config)
-    weights = data.get("preflight_weights_bytes", PREFLIGHT_DEFAULTS["preflight_weights_bytes"])
-    weights = int(weights) if weights is not None else estimate_weights_bytes(spec, config)
+    weights = settings.preflight_weights_bytes
+    weights = weights if weights is not None else estimate_weights_bytes(spec, config)
     gpus = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
     # With --ipc=host the container uses the host's /dev/shm; --shm-size gives it its own.
-    shm = int(float(data.get("preflight_ipc_host_shm_gib", PREFLIGHT_DEFAULTS["preflight_ipc_host_shm_gib"])) * GIB) if spec.ipc_host and gpus > 1 else 0
+    shm = int(settings.preflight_ipc_host_shm_gib * GIB) if spec.ipc_host and gpus > 1 else 0
     serving = PlanParams(
         tp=spec.tensor_parallel_size, pp=spec.pipeline_parallel_size, dtype=spec.dtype,
         quantization=spec.quantization, kv_cache_dtype=spec.kv_cache_dtype, max_model_len=spec.max_model_len,

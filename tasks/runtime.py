@@ -1,7 +1,7 @@
 """Container runtime bring-up per accelerator: Docker + NVIDIA Container Toolkit, or Docker + CANN.
 
 The accelerator comes from the recipe (``ServingSpec.accelerator``) or, for the bare
-bring-up deploy, from host data ``runtime_accelerator``.
+bring-up deploy, from host data ``runtime_accelerator`` (``tasks.settings.runtime``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from pyinfra.api import deploy
 
 from .docker import install_docker
 from .nvidia_toolkit import install_nvidia_toolkit
-
-ACCELERATORS = ("nvidia", "ascend", "none")
+from .settings.runtime import ACCELERATORS
 
 
 @deploy("Runtime")

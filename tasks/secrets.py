@@ -11,11 +11,8 @@ fact; neither digest is printed).
 A remote digest is visible to whoever can see fact output (``--debug``): use random keys, not
 guessable words.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| secrets_dir | None | control-machine directory of secret files; None: ``$LLMFLEET_SECRETS_DIR``, else ``<repo>/secrets`` |
+Settings (host data, prefix ``secrets_``): ``tasks.settings.secrets.SecretsSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -31,9 +28,10 @@ from typing import Any, Callable
 
 from pyinfra import host
 from pyinfra.api import FactBase, FileUploadCommand, StringCommand, operation
+from tasks.settings.secrets import SecretsSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = {"secrets_dir": None}
+DEFAULTS = SecretsSettings.defaults()
 SECRETS_ENV = "LLMFLEET_SECRETS_DIR"
 #: Under sudo/su pyinfra uploads as the SSH user first: into this 0700 directory of that user's home.
 PRIVATE_UPLOAD_DIR = ".llmfleet-upload"
@@ -42,7 +40,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def secrets_dir(data: Any = None) -> Path:
     """The control machine's secret directory (host data ``secrets_dir``, ``$LLMFLEET_SECRETS_DIR``, ``<repo>/secrets``)."""
-    configured = (data.get("secrets_dir") if data is not None else None) or os.environ.get(SECRETS_ENV)
+    configured = (SecretsSettings.of(data).secrets_dir if data is not None else None) or os.environ.get(SECRETS_ENV)
     path = Path(configured) if configured else REPO_ROOT / "secrets"
     return path if path.is_absolute() else REPO_ROOT / path
 

@@ -39,18 +39,8 @@ Restart policy: ``Restart=on-failure``, ``RestartSec``, and at most ``StartLimit
 ``StartLimitIntervalSec`` (systemd 252 has no RestartSteps). The start-up budget of a cold start
 (``spec.startup_budget_s``) is waited for by the verification, not by systemd (``Type=exec``).
 
-DEFAULTS (host data, prefix ``service_``):
-
-| key | default | meaning |
-|---|---|---|
-| service_cache_root | "/var/cache/llmfleet" | host directory of per-service caches |
-| service_etc_dir | "/etc/llmfleet" | host directory of env files (0600), templates and verification configs; 0750 root |
-| service_ulimits | {"memlock": "-1", "stack": "67108864"} | ``--ulimit NAME=VALUE`` per entry (a host without CAP_SYS_RESOURCE cannot raise memlock past its hard limit: set it to that) |
-| service_shm_size | "16g" | ``--shm-size`` when the spec sets neither ``shm_size`` nor ``ipc_host`` |
-| service_restart_sec | 15 | seconds between restarts after a failure |
-| service_start_limit_burst | 5 | starts allowed per interval before the unit stays failed |
-| service_start_limit_interval_s | 1800 | the interval of that limit |
-| service_stop_grace_s | 60 | ``docker stop -t``: seconds vLLM gets to drain before SIGKILL |
+Settings (host data, prefix ``service_``): ``tasks.settings.service.ServiceSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -73,6 +63,7 @@ from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import cmdline
 from tasks.vllm.cmdline import Rendered
+from tasks.settings.service import ServiceSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO_ROOT / "templates"
@@ -89,26 +80,14 @@ ASCEND_SHARED_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hd
 ASCEND_DRIVER_MOUNTS = ("/usr/local/dcmi", "/usr/local/bin/npu-smi", "/usr/local/Ascend/driver/lib64",
                         "/usr/local/Ascend/driver/version.info", "/etc/ascend_install.info")
 
-DEFAULTS: dict[str, Any] = {
-    "service_cache_root": "/var/cache/llmfleet",
-    "service_etc_dir": "/etc/llmfleet",
-    "service_ulimits": {"memlock": "-1", "stack": "67108864"},
-    "service_shm_size": "16g",
-    "service_restart_sec": 15,
-    "service_start_limit_burst": 5,
-    "service_start_limit_interval_s": 1800,
-    "service_stop_grace_s": 60,
-}
+DEFAULTS: dict[str, Any] = ServiceSettings.defaults()
 
-ULIMIT_NAMES = ("core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
-                "nproc", "rss", "rtprio", "rttime", "sigpending", "stack")
-_ULIMIT_VALUE = re.compile(r"^-?[0-9]+(:-?[0-9]+)?$")
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
 
 
-def options(data: Any) -> dict[str, Any]:
-    """The ``service_*`` settings from host data (``data.get``) over DEFAULTS."""
-    return {key: data.get(key, default) for key, default in DEFAULTS.items()}
+def options(data: Any) -> ServiceSettings:
+    """The ``service_*`` settings of a host (its Host, HostData or a mapping), validated."""
+    return ServiceSettings.of(data)
 
 
 def unit_name(spec: ServingSpec) -> str:
@@ -176,11 +155,11 @@ class Layout:
     verify_config: str
 
     @classmethod
-    def of(cls, spec: ServingSpec, opts: dict[str, Any]) -> "Layout":
+    def of(cls, spec: ServingSpec, opts: ServiceSettings) -> "Layout":
         unit = unit_name(spec)
-        etc = str(opts["service_etc_dir"]).rstrip("/")
+        etc = opts.service_etc_dir.rstrip("/")
         return cls(name=str(spec.name), unit=unit,
-                   cache_dir=f"{str(opts['service_cache_root']).rstrip('/')}/{spec.name}",
+                   cache_dir=f"{opts.service_cache_root.rstrip('/')}/{spec.name}",
                    etc_dir=etc, env_file=f"{etc}/{spec.name}.env",
                    template_dir=f"{etc}/templates/{spec.name}", verify_config=f"{etc}/{spec.name}.verify.json")
 
@@ -201,7 +180,7 @@ def accelerator_options(spec: ServingSpec) -> list[list[str]]:
 
 
 def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered: Rendered,
-                    layout: Layout, opts: dict[str, Any], with_env_file: bool) -> list[list[str]]:
+                    layout: Layout, opts: ServiceSettings, with_env_file: bool) -> list[list[str]]:
     """The unit's ``docker run`` command line, one group of words per line.
 
     + spec: the validated spec
@@ -222,8 +201,8 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     if spec.ipc_host:
         lines.append(["--ipc=host"])
     else:
-        lines.append(["--shm-size", spec.shm_size or str(opts["service_shm_size"])])
-    lines.append([w for k, v in ulimits(opts) for w in ("--ulimit", f"{k}={v}")])
+        lines.append(["--shm-size", spec.shm_size or opts.service_shm_size])
+    lines.append([w for k, v in sorted(opts.service_ulimits.items()) for w in ("--ulimit", f"{k}={v}")])
     lines.append(["-p", f"{spec.port}:{spec.port}"])
     lines.append(["-v", f"{model_dir.rstrip('/')}/current:{cmdline.MODEL_DIR}:ro"])
     for container_path in sorted(rendered.files):
@@ -239,20 +218,6 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     lines.append([image_ref])
     lines += _group_args(rendered.args)
     return lines
-
-
-def ulimits(opts: dict[str, Any]) -> list[tuple[str, str]]:
-    """``service_ulimits`` checked: docker's ulimit names, integer (or soft:hard) values."""
-    value = opts["service_ulimits"]
-    if not isinstance(value, dict):
-        raise SpecError("service_ulimits", f"must be a mapping NAME -> value, got {value!r}")
-    out = []
-    for name, limit in sorted(value.items()):
-        if name not in ULIMIT_NAMES or not _ULIMIT_VALUE.match(str(limit)):
-            raise SpecError("service_ulimits", f"{name}={limit!r}: names {', '.join(ULIMIT_NAMES)}; "
-                            "values an integer or soft:hard (-1: unlimited)")
-        out.append((name, str(limit)))
-    return out
 
 
 def _group_args(args: list[str]) -> list[list[str]]:
@@ -351,7 +316,7 @@ def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any) -> Des
         src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
         templates[f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}"] = src.read_bytes()
     lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets))
-    grace = int(opts["service_stop_grace_s"])
+    grace = opts.service_stop_grace_s
     # Rendered as pyinfra's files.template renders (StrictUndefined, trailing newline kept).
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
     unit = env.from_string((TEMPLATES / "vllm.service.j2").read_text()).render(
@@ -359,9 +324,9 @@ def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any) -> Des
         weights=f"{spec.model.repo_id}@{spec.model.revision}",
         env_file=layout.env_file if secrets else "", container=layout.unit,
         exec_start=exec_start(lines), stop_grace_s=grace,
-        restart_sec=int(opts["service_restart_sec"]),
-        start_limit_burst=int(opts["service_start_limit_burst"]),
-        start_limit_interval_s=int(opts["service_start_limit_interval_s"]),
+        restart_sec=opts.service_restart_sec,
+        start_limit_burst=opts.service_start_limit_burst,
+        start_limit_interval_s=opts.service_start_limit_interval_s,
         startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
     )
     return Desired(layout=layout, image_ref=image_ref, unit_file=f"/etc/systemd/system/{layout.unit}.service",

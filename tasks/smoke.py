@@ -1,12 +1,8 @@
 """The smoke deploy: Docker from the distribution, a templated unit running a small container
 from the (mirror) registry, enabled and answering. The lab's first end-to-end proof.
 
-DEFAULTS:
-
-| key | default | meaning |
-|---|---|---|
-| smoke_image | "llmfleet-lab/smoke:1" | pinned image the unit runs (the lab registry serves it) |
-| smoke_port | 18000 | host port the container answers on |
+Settings (host data, prefix ``smoke_``): ``tasks.settings.smoke.SmokeSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -19,9 +15,10 @@ from pyinfra.operations import files, server, systemd
 
 from . import image
 from .image import DockerImages
+from tasks.settings.smoke import SmokeSettings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-DEFAULTS = {"smoke_image": "llmfleet-lab/smoke:1", "smoke_port": 18000}
+DEFAULTS = SmokeSettings.defaults()
 UNIT = "llmfleet-smoke"
 
 
@@ -37,11 +34,11 @@ def smoke_service() -> None:
         from tasks.smoke import smoke_service
         smoke_service()
     """
-    image.check_pinned(host.data.smoke_image)
-    image.pulled(name="Pull smoke image", image=host.data.smoke_image)
+    settings = SmokeSettings.of(host)  # its image is checked to be pinned
+    image.pulled(name="Pull smoke image", image=settings.smoke_image)
     unit = files.template(
         name="Smoke unit", src=str(TEMPLATES / "smoke.service.j2"), dest=f"/etc/systemd/system/{UNIT}.service",
-        mode="644", name_=UNIT, image=host.data.smoke_image, port=int(host.data.smoke_port),
+        mode="644", name_=UNIT, image=settings.smoke_image, port=settings.smoke_port,
     )
     systemd.daemon_reload(name="Reload units", _if=unit.did_change)
     systemd.service(name="Restart smoke (unit changed)", service=UNIT, running=True, restarted=True,
@@ -51,6 +48,6 @@ def smoke_service() -> None:
     server.shell(
         name="Smoke answers",
         commands=[f"curl -fsS -o /dev/null --retry 30 --retry-delay 1 --retry-all-errors "
-                  f"--max-time 60 http://127.0.0.1:{int(host.data.smoke_port)}/"],
+                  f"--max-time 60 http://127.0.0.1:{settings.smoke_port}/"],
         _if=unit.did_change,
     )

@@ -14,13 +14,8 @@ its upstream. Long work in progress on a host (a weights fetch: phase, bytes / t
 image pull: layers; ``tasks/progress.py``) is listed under the table, as the pyinfra run doing it
 prints it.
 
-DEFAULTS (host data, prefix ``status_``):
-
-| key | default | meaning |
-|---|---|---|
-| status_report_dir | "reports/status" | control-machine directory of ``<timestamp>.json`` |
-| status_http_timeout_s | 3 | timeout of the /health and /version requests |
-| status_progress_interval_s | 10.0 | seconds between the progress lines a run prints per host while a long operation (weights fetch, image pull) runs; 0: none |
+Settings (host data, prefix ``status_``): ``tasks.settings.status.StatusSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -37,9 +32,11 @@ from pyinfra.api import FactBase
 from tasks import progress
 from tasks.monitoring import live
 from tasks.vllm.metrics import all_names
+from tasks.settings.gateway import GatewaySettings
+from tasks.settings.service import ServiceSettings
+from tasks.settings.status import StatusSettings
 
-DEFAULTS: dict[str, Any] = {"status_report_dir": "reports/status", "status_http_timeout_s": 3,
-                            "status_progress_interval_s": 10.0}
+DEFAULTS: dict[str, Any] = StatusSettings.defaults()
 COLUMNS = ("host", "model", "image", "vllm", "unit", "health", *live.LIVE_COLUMNS, "verified", "weights", "rollout")
 
 #: Runs on the host (python3, stdlib): one JSON line per service, then one per gateway endpoint.
@@ -230,10 +227,10 @@ def status_host() -> list[dict]:
     from pyinfra.context import ctx_host
 
     real = ctx_host.get()
-    opts = {k: real.data.get(k, v) for k, v in DEFAULTS.items()}
-    records = real.get_fact(FleetStatus, etc_dir=str(real.data.get("service_etc_dir", "/etc/llmfleet")),
-                            nginx_dir=str(real.data.get("gateway_conf_dir", "/etc/nginx/llmfleet")),
-                            timeout_s=float(opts["status_http_timeout_s"]), metric_names=all_names())
+    settings = StatusSettings.of(real)
+    records = real.get_fact(FleetStatus, etc_dir=ServiceSettings.of(real).service_etc_dir,
+                            nginx_dir=GatewaySettings.of(real).gateway_conf_dir,
+                            timeout_s=settings.status_http_timeout_s, metric_names=all_names())
     for r in records:
         text = r.pop("metrics", None)
         if text is not None and r.get("vllm_version"):
@@ -244,7 +241,7 @@ def status_host() -> list[dict]:
     active = [h.name for h in real.state.inventory if h.name in alive]
     if set(active) <= set(run["hosts"]):
         now = time.time()
-        report_dir = Path(str(opts["status_report_dir"]))
+        report_dir = Path(settings.status_report_dir)
         before = previous_reads(report_dir)
         rows = [row(name, r, now, before.get((name, r.get("kind"), r.get("name"))))
                 for name in active for r in run["hosts"][name] if r.get("kind") != "progress"]

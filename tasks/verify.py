@@ -12,12 +12,8 @@ file, never argv), no thinking for non-thinking recipes, a parsed tool call for 
 - ``EndpointChecks`` (fact): the probe for every service on a host, read as data; the on-demand
   deploy (``deploys/verify.py``) prints a fleet table from it without changing anything.
 
-DEFAULTS (host data, prefix ``verify_``):
-
-| key | default | meaning |
-|---|---|---|
-| verify_wait_s | 30 | on-demand verification: seconds to wait for /health per service |
-| verify_report_dir | "reports/verify" | control-machine directory of ``<host>.json`` results |
+Settings (host data, prefix ``verify_``): ``tasks.settings.verify.VerifySettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -32,8 +28,9 @@ from pyinfra.api import FactBase, StringCommand, operation
 
 from tasks.pyinfra_ext import run_store
 from tasks.service import PROBE_PATH
+from tasks.settings.verify import VerifySettings
 
-DEFAULTS: dict[str, Any] = {"verify_wait_s": 30, "verify_report_dir": "reports/verify"}
+DEFAULTS: dict[str, Any] = VerifySettings.defaults()
 COLUMNS = ("host", "name", "port", "served_model_name", "ok", "detail")
 
 

@@ -25,42 +25,13 @@ Choices, and why:
   installed through ``tasks.secrets.secret_file``: 0640 root:prometheus (the daemon's group reads
   it), never shown in a diff or in output.
 
-DEFAULTS (host data, prefix ``monitoring_``):
-
-| key | default | meaning |
-|---|---|---|
-| monitoring_group | "monitoring" | inventory group of the hosts running Prometheus and Alertmanager |
-| monitoring_recipe | None | (replica host or group data) the recipe the host serves; its vLLM head is scraped |
-| monitoring_address | None | address Prometheus reaches the host at; None: ``ssh_hostname``, else the host name |
-| monitoring_fleet_name | "llmfleet" | ``fleet`` external label of every series and alert |
-| monitoring_scrape_interval | "15s" | Prometheus scrape interval |
-| monitoring_evaluation_interval | "15s" | rule evaluation interval |
-| monitoring_retention_time | "30d" | ``--storage.tsdb.retention.time`` |
-| monitoring_retention_size | "50GB" | ``--storage.tsdb.retention.size``: the disk the metrics may use |
-| monitoring_storage_dir | "/var/lib/prometheus/metrics2" | ``--storage.tsdb.path`` (owned by prometheus) |
-| monitoring_down_for | "1m" | ``for`` of replica-down, fabric manager and NPU health alerts |
-| monitoring_alert_for | "5m" | ``for`` (and rate window) of the load and hardware alerts |
-| monitoring_kv_cache_high | 0.9 | KV cache usage (0-1) that alerts |
-| monitoring_waiting_high | 10 | requests waiting above this alert |
-| monitoring_ttft_p95_budget_s | 5.0 | (replica group data: per recipe) TTFT p95 budget in seconds |
-| monitoring_gpu_temp_c | 85 | GPU temperature that alerts |
-| monitoring_disk_free_min | 0.1 | free fraction of the weights filesystem below which it alerts |
-| monitoring_receivers | [] | Alertmanager webhook receivers: ``{"name", "webhook_secret"}`` (secret file holding the URL) |
-| monitoring_group_wait | "30s" | Alertmanager ``group_wait`` |
-| monitoring_group_interval | "5m" | Alertmanager ``group_interval`` |
-| monitoring_repeat_interval | "4h" | Alertmanager ``repeat_interval`` |
-| monitoring_dcgm_image | "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04" | pinned dcgm-exporter image |
-| monitoring_dcgm_profiling | True | keep ``SYS_ADMIN`` for the ``DCGM_FI_PROF_*`` fields |
-| monitoring_npu_exporter_image | "swr.cn-south-1.myhuaweicloud.com/ascendhub/npu-exporter:v6.0.0" | pinned MindCluster npu-exporter image |
-| monitoring_grafana | False | (monitoring host data) run Grafana with the provisioned dashboard |
-| monitoring_grafana_image | "grafana/grafana:11.3.0" | pinned Grafana image |
-| monitoring_grafana_port | 3000 | Grafana's port |
+Settings (host data, prefix ``monitoring_``): ``tasks.settings.monitoring.MonitoringSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
 
 import io
-import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -80,6 +51,7 @@ from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, N
 from tasks.secrets import local_secret, read_secret, secret_file
 from tasks.service import reset_failed
 from tasks.spec import SpecError
+from tasks.settings.monitoring import MonitoringSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_TEMPLATE = REPO_ROOT / "templates" / "monitoring" / "container.service.j2"
@@ -87,78 +59,21 @@ GRAFANA_DIR = "/etc/llmfleet/grafana"
 #: nginx's stub_status for the exporter, on loopback only.
 STUB_STATUS = "127.0.0.1:8079"
 
-DEFAULTS: dict[str, Any] = {
-    "monitoring_group": "monitoring",
-    "monitoring_recipe": None,
-    "monitoring_address": None,
-    "monitoring_fleet_name": "llmfleet",
-    "monitoring_scrape_interval": "15s",
-    "monitoring_evaluation_interval": "15s",
-    "monitoring_retention_time": "30d",
-    "monitoring_retention_size": "50GB",
-    "monitoring_storage_dir": "/var/lib/prometheus/metrics2",
-    "monitoring_down_for": "1m",
-    "monitoring_alert_for": "5m",
-    "monitoring_kv_cache_high": 0.9,
-    "monitoring_waiting_high": 10,
-    "monitoring_ttft_p95_budget_s": 5.0,
-    "monitoring_gpu_temp_c": 85,
-    "monitoring_disk_free_min": 0.1,
-    "monitoring_receivers": [],
-    "monitoring_group_wait": "30s",
-    "monitoring_group_interval": "5m",
-    "monitoring_repeat_interval": "4h",
-    "monitoring_dcgm_image": "nvcr.io/nvidia/k8s/dcgm-exporter:4.2.3-4.1.3-ubuntu22.04",
-    "monitoring_dcgm_profiling": True,
-    "monitoring_npu_exporter_image": "swr.cn-south-1.myhuaweicloud.com/ascendhub/npu-exporter:v6.0.0",
-    "monitoring_grafana": False,
-    "monitoring_grafana_image": "grafana/grafana:11.3.0",
-    "monitoring_grafana_port": 3000,
-}
+DEFAULTS: dict[str, Any] = MonitoringSettings.defaults()
 
 
-def options(data: Any) -> dict[str, Any]:
-    """The ``monitoring_*`` settings from host data over DEFAULTS."""
-    return {key: data.get(key, default) for key, default in DEFAULTS.items()}
+def options(data: Any) -> MonitoringSettings:
+    """The ``monitoring_*`` settings of a host (its Host, HostData or a mapping), validated: BadInput
+    naming the host and key otherwise."""
+    return MonitoringSettings.of(data)
 
 
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-_SIZE = re.compile(r"^\d+(B|KB|MB|GB|TB|PB|EB)$")
-
-
-def validate(opts: dict[str, Any]) -> None:
-    """Check the ``monitoring_*`` settings before any host is touched; SpecError naming the key."""
-    for key in ("monitoring_scrape_interval", "monitoring_evaluation_interval", "monitoring_retention_time",
-                "monitoring_down_for", "monitoring_alert_for", "monitoring_group_wait",
-                "monitoring_group_interval", "monitoring_repeat_interval"):
-        if not _DURATION.match(str(opts[key])):
-            raise SpecError(key, f"{opts[key]!r}: a Prometheus duration (30s, 5m, 1h30m, 15d)")
-    if not _SIZE.match(str(opts["monitoring_retention_size"])):
-        raise SpecError("monitoring_retention_size", f"{opts['monitoring_retention_size']!r}: e.g. 50GB, 500MB, 2TB")
-    for key, low, high in (("monitoring_kv_cache_high", 0, 1), ("monitoring_disk_free_min", 0, 1),
-                           ("monitoring_waiting_high", 0, 1e9), ("monitoring_gpu_temp_c", 20, 150),
-                           ("monitoring_grafana_port", 1, 65535)):
-        value = opts[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise SpecError(key, f"{value!r}: a number from {low} to {high}")
-    for key in ("monitoring_dcgm_image", "monitoring_npu_exporter_image", "monitoring_grafana_image"):
-        try:
-            image_task.check_pinned(str(opts[key]))
-        except ValueError as exc:
-            raise SpecError(key, str(exc)) from None
-    if not str(opts["monitoring_storage_dir"]).startswith("/"):
-        raise SpecError("monitoring_storage_dir", f"{opts['monitoring_storage_dir']!r}: an absolute path")
-
-
-def receivers(opts: dict[str, Any], data: Any) -> list[tuple[str, Path]]:
+def receivers(opts: MonitoringSettings, data: Any) -> list[tuple[str, Path]]:
     """(name, control-machine secret file) per receiver; SpecError naming the field otherwise."""
-    raw = opts["monitoring_receivers"]
-    if not isinstance(raw, list):
-        raise SpecError("monitoring_receivers", "a list of {name, webhook_secret}")
     out = []
-    for i, r in enumerate(raw):
+    for i, r in enumerate(opts.monitoring_receivers):
         field = f"monitoring_receivers[{i}]"
-        if not isinstance(r, dict) or set(r) != {"name", "webhook_secret"}:
+        if set(r) != {"name", "webhook_secret"}:
             raise SpecError(field, "exactly the keys name and webhook_secret")
         if not str(r["name"]).replace("-", "").replace("_", "").isalnum() or r["name"] == "llmfleet-none":
             raise SpecError(f"{field}.name", f"{r['name']!r}: letters, digits, '-', '_' (not llmfleet-none)")
@@ -172,7 +87,7 @@ def receivers(opts: dict[str, Any], data: Any) -> list[tuple[str, Path]]:
     return out
 
 
-def alertmanager_content(named: list[tuple[str, Path]], opts: dict[str, Any]) -> bytes:
+def alertmanager_content(named: list[tuple[str, Path]], opts: MonitoringSettings) -> bytes:
     """alertmanager.yml with the webhook URLs read from their secret files (called inside the operation)."""
     return render.alertmanager_config([{"name": n, "url": read_secret(p)} for n, p in named], opts).encode()
 
@@ -270,8 +185,8 @@ def dcgm_exporter() -> None:
         dcgm_exporter()
     """
     opts = options(host.data)
-    caps = ["--cap-drop", "ALL"] + (["--cap-add", "SYS_ADMIN"] if opts["monitoring_dcgm_profiling"] else [])
-    image = str(opts["monitoring_dcgm_image"])
+    caps = ["--cap-drop", "ALL"] + (["--cap-add", "SYS_ADMIN"] if opts.monitoring_dcgm_profiling else [])
+    image = opts.monitoring_dcgm_image
     _container("llmfleet-dcgm-exporter", "dcgm-exporter", image,
                ["/usr/bin/docker", "run", "--rm", "--name", "llmfleet-dcgm-exporter", "--gpus", "all", *caps,
                 "-p", f"{DCGM_EXPORTER_PORT}:{DCGM_EXPORTER_PORT}", image, "-a", f":{DCGM_EXPORTER_PORT}"])
@@ -289,7 +204,7 @@ def npu_exporter() -> None:
 
         npu_exporter()
     """
-    image = str(options(host.data)["monitoring_npu_exporter_image"])
+    image = options(host.data).monitoring_npu_exporter_image
     devices = ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
     mounts = ["/usr/local/Ascend/driver", "/usr/local/dcmi", "/usr/local/bin/npu-smi"]
     argv = ["/usr/bin/docker", "run", "--rm", "--name", "llmfleet-npu-exporter",
@@ -340,10 +255,10 @@ def prometheus_server(fleet: Fleet) -> None:
     opts = options(host.data)
     named = receivers(opts, host.data)
     me = next(m for m in fleet.members if m.name == host.name)
-    storage = str(opts["monitoring_storage_dir"])
+    storage = opts.monitoring_storage_dir
     args = _defaults_file("Prometheus arguments", "/etc/default/prometheus", [
-        f"--storage.tsdb.path={storage}", f"--storage.tsdb.retention.time={opts['monitoring_retention_time']}",
-        f"--storage.tsdb.retention.size={opts['monitoring_retention_size']}",
+        f"--storage.tsdb.path={storage}", f"--storage.tsdb.retention.time={opts.monitoring_retention_time}",
+        f"--storage.tsdb.retention.size={opts.monitoring_retention_size}",
         f"--web.external-url=http://{me.address}:9090/"])
     peers = [f"--cluster.peer={m.address}:9094" for m in fleet.alertmanagers if m.name != host.name]
     am_args = _defaults_file("Alertmanager arguments", "/etc/default/prometheus-alertmanager",
@@ -370,10 +285,10 @@ def prometheus_server(fleet: Fleet) -> None:
     grafana(fleet, opts)
 
 
-def grafana(fleet: Fleet, opts: dict[str, Any]) -> None:
+def grafana(fleet: Fleet, opts: MonitoringSettings) -> None:
     """Grafana provisioning (datasource, fleet dashboard) under /etc/llmfleet/grafana, always (a Grafana
     elsewhere can use it); Grafana itself from its pinned image where ``monitoring_grafana`` asks."""
-    port, image = int(opts["monitoring_grafana_port"]), str(opts["monitoring_grafana_image"])
+    port, image = opts.monitoring_grafana_port, opts.monitoring_grafana_image
     prov = f"{GRAFANA_DIR}/provisioning"
     for d in (GRAFANA_DIR, prov, f"{prov}/datasources", f"{prov}/dashboards", f"{GRAFANA_DIR}/dashboards"):
         files.directory(name=f"Grafana directory {d}", path=d, user="root", group="root", mode="755")
@@ -386,7 +301,7 @@ def grafana(fleet: Fleet, opts: dict[str, Any]) -> None:
         files.put(name="Grafana fleet dashboard", src=io.StringIO(dashboard.dashboard(fleet)),
                   dest=f"{GRAFANA_DIR}/dashboards/fleet.json", mode="644"),
     ]
-    if not opts["monitoring_grafana"]:
+    if not opts.monitoring_grafana:
         return
     files.directory(name="Grafana data", path="/var/lib/llmfleet-grafana", user="472", group="0", mode="750")
     _container("llmfleet-grafana", "Grafana", image, [
@@ -411,7 +326,7 @@ def monitor() -> None:
 
         monitor()
     """
-    validate(options(host.data))
+    options(host)
     (me,) = build([(host.name, host.data.dict(), list(host.groups or []))]).members
     fleet = from_state(host.state) if me.monitoring else None  # checked before this host is read
     node_exporter(nvidia=me.accelerator == "nvidia")

@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from tasks.gateway import DEFAULTS as GATEWAY_DEFAULTS
+from tasks.settings.gateway import GatewaySettings
+from tasks.settings.monitoring import MonitoringSettings
+from tasks.settings.runtime import RuntimeSettings
+from tasks.settings.weights import WeightsSettings
 from tasks.spec import SpecError, load_spec
 from tasks.vllm.metrics import MetricNames, names_for
 
@@ -80,7 +83,7 @@ class Fleet:
 
 def address_of(data: Any, name: str) -> str:
     """Where Prometheus reaches a host: ``monitoring_address``, ``ssh_hostname``, else its name."""
-    address = str(data.get("monitoring_address") or data.get("ssh_hostname") or name)
+    address = str(MonitoringSettings.of(data, name).monitoring_address or data.get("ssh_hostname") or name)
     if not _ADDRESS.match(address):
         raise SpecError(f"{name}: monitoring_address", f"{address!r} is not a host name or address")
     return address
@@ -88,20 +91,16 @@ def address_of(data: Any, name: str) -> str:
 
 def _head(name: str, data: Any, address: str, recipe: str) -> tuple[Head, str]:
     """The replica's head and its accelerator, from its recipe and ``serve_*`` data."""
-    from tasks.monitoring.deploy import DEFAULTS
-
     try:
         spec = load_spec(recipe, data)
     except SpecError as exc:
         field = {"recipe": "monitoring_recipe"}
         problems = [(f"{name}: {field.get(f, f)}", m) for f, m in exc.problems]
         raise SpecError(*problems[0], *problems[1:]) from None
-    budget = data.get("monitoring_ttft_p95_budget_s", DEFAULTS["monitoring_ttft_p95_budget_s"])
-    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
-        raise SpecError(f"{name}: monitoring_ttft_p95_budget_s", f"{budget!r}: a number of seconds > 0")
+    budget = MonitoringSettings.of(data, name).monitoring_ttft_p95_budget_s
     return Head(recipe=recipe, replica=name, host=name, address=address, port=int(spec.port),
                 vllm_version=str(spec.version), model=str(spec.served_model_name),
-                ttft_budget_s=float(budget)), str(spec.accelerator)
+                ttft_budget_s=budget), str(spec.accelerator)
 
 
 def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
@@ -116,26 +115,30 @@ def build(hosts: Iterable[tuple[str, Any, list[str]]]) -> Fleet:
         build([("gpu-01", {"monitoring_recipe": "qwen30b", "runtime_accelerator": "nvidia"}, ["qwen30b"]),
                ("mon-01", {}, ["monitoring"])])
     """
-    from tasks.monitoring.deploy import DEFAULTS
-
     members, heads, problems = [], [], []
     for name, data, groups in hosts:
+        # The settings this module reads, checked first: problems are listed together, by key.
+        found = [p for model in (MonitoringSettings, RuntimeSettings, GatewaySettings, WeightsSettings)
+                 for p in model.problems(data, name)]
+        if found:
+            problems += [(f"{name}: {p.field}", p.message if p.given is None or p.given in p.message
+                          else f"{p.given}: {p.message}") for p in found]
+            continue
+        settings = MonitoringSettings.of(data, name)
         try:
             address = address_of(data, name)
-            recipe = data.get("monitoring_recipe")
-            accelerator = str(data.get("runtime_accelerator") or "none")
+            recipe = settings.monitoring_recipe
+            accelerator = RuntimeSettings.of(data, name).runtime_accelerator or "none"
             if recipe is not None:
-                if not isinstance(recipe, str) or not recipe:
+                if not recipe:
                     raise SpecError(f"{name}: monitoring_recipe", f"{recipe!r}: the name of a recipe")
                 head, accelerator = _head(name, data, address, recipe)
                 heads.append(head)
-            if accelerator not in ("nvidia", "ascend", "none"):
-                raise SpecError(f"{name}: runtime_accelerator", f"{accelerator!r}: allowed nvidia, ascend, none")
-            group = str(data.get("monitoring_group", DEFAULTS["monitoring_group"]))
-            gateway_group = str(data.get("gateway_group", GATEWAY_DEFAULTS["gateway_group"]))
+            gateway_group = GatewaySettings.of(data, name).gateway_group
             members.append(Member(name=name, address=address, accelerator=accelerator,
-                                  weights_root=str(data.get("weights_root", "/srv/models")),
-                                  monitoring=group in (groups or []), gateway=gateway_group in (groups or [])))
+                                  weights_root=WeightsSettings.of(data, name).weights_root,
+                                  monitoring=settings.monitoring_group in (groups or []),
+                                  gateway=gateway_group in (groups or [])))
         except SpecError as exc:
             problems += exc.problems
     if problems:

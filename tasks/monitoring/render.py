@@ -16,6 +16,7 @@ import yaml
 
 from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
                                     NPU_EXPORTER_PORT, PROMETHEUS_PORT, Fleet, Head)
+from tasks.settings.monitoring import MonitoringSettings
 from tasks.vllm.metrics import MetricNames
 from tasks.vllm.versions import Version
 
@@ -49,7 +50,7 @@ def per_generation(heads: list[Head], clause: Callable[[MetricNames, str], str])
     return " or ".join(f"({p})" for p in parts) if parts else None
 
 
-def prometheus_config(fleet: Fleet, opts: dict[str, Any]) -> str:
+def prometheus_config(fleet: Fleet, opts: MonitoringSettings) -> str:
     """prometheus.yml: every target of the fleet with its labels, the Alertmanagers, the rules."""
     def static(members, port):
         return [{"targets": [f"{m.address}:{port}"], "labels": {"host": m.name}} for m in members]
@@ -64,9 +65,9 @@ def prometheus_config(fleet: Fleet, opts: dict[str, Any]) -> str:
             ("gateway", static(fleet.gateways, GATEWAY_EXPORTER_PORT)),
             ("vllm", heads)]
     config = {
-        "global": {"scrape_interval": str(opts["monitoring_scrape_interval"]),
-                   "evaluation_interval": str(opts["monitoring_evaluation_interval"]),
-                   "external_labels": {"fleet": str(opts["monitoring_fleet_name"])}},
+        "global": {"scrape_interval": opts.monitoring_scrape_interval,
+                   "evaluation_interval": opts.monitoring_evaluation_interval,
+                   "external_labels": {"fleet": opts.monitoring_fleet_name}},
         "alerting": {"alertmanagers": [{"static_configs": [
             {"targets": [f"{m.address}:{ALERTMANAGER_PORT}" for m in fleet.alertmanagers]}]}]},
         "rule_files": [RULES_PATH],
@@ -80,17 +81,17 @@ def _rule(name: str, expr: str, for_: str, severity: str, summary: str) -> dict[
             "annotations": {"summary": summary}}
 
 
-def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
+def rules(fleet: Fleet, opts: MonitoringSettings) -> str:
     """The alert rules file (``promtool check rules`` accepts it)."""
     heads = list(fleet.heads)
-    down, slow = str(opts["monitoring_down_for"]), str(opts["monitoring_alert_for"])
+    down, slow = opts.monitoring_down_for, opts.monitoring_alert_for
     out = [_rule("LlmfleetReplicaDown", 'up{job="vllm"} == 0', down, "critical",
                  "vLLM replica {{ $labels.replica }} ({{ $labels.recipe }}) does not answer /metrics")]
     vllm = [
-        ("LlmfleetKvCacheHigh", lambda n, s: f'{n.kv_cache_usage}{{{s}}} > {float(opts["monitoring_kv_cache_high"])}',
+        ("LlmfleetKvCacheHigh", lambda n, s: f'{n.kv_cache_usage}{{{s}}} > {opts.monitoring_kv_cache_high}',
          "warning", "KV cache of {{ $labels.replica }} above {{ $value | humanizePercentage }}"),
         ("LlmfleetRequestsWaiting",
-         lambda n, s: f'{n.waiting}{{{s}}} > {int(opts["monitoring_waiting_high"])}',
+         lambda n, s: f'{n.waiting}{{{s}}} > {opts.monitoring_waiting_high}',
          "warning", "{{ $value }} requests waiting on {{ $labels.replica }}"),
         ("LlmfleetGenerationStalled",
          lambda n, s: (f"{n.running}{{{s}}} > 0 and on (job, instance) "
@@ -116,7 +117,7 @@ def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
             _rule("LlmfleetGpuXid", 'max_over_time(DCGM_FI_DEV_XID_ERRORS{job="dcgm"}[5m]) > 0', "0m", "critical",
                   "GPU {{ $labels.gpu }} of {{ $labels.host }} reported XID {{ $value }}"),
             _rule("LlmfleetGpuTemperature",
-                  f'DCGM_FI_DEV_GPU_TEMP{{job="dcgm"}} > {int(opts["monitoring_gpu_temp_c"])}', slow, "warning",
+                  f'DCGM_FI_DEV_GPU_TEMP{{job="dcgm"}} > {opts.monitoring_gpu_temp_c}', slow, "warning",
                   "GPU {{ $labels.gpu }} of {{ $labels.host }} at {{ $value }} C"),
             _rule("LlmfleetGpuMemoryErrors",
                   'DCGM_FI_DEV_ROW_REMAP_FAILURE{job="dcgm"} > 0 '
@@ -136,7 +137,7 @@ def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
     by_root: dict[str, list[str]] = defaultdict(list)
     for m in fleet.members:
         by_root[m.weights_root].append(m.name)
-    free = float(opts["monitoring_disk_free_min"])
+    free = opts.monitoring_disk_free_min
     disk = []
     for root, hosts in sorted(by_root.items()):
         parts = root.rstrip("/").split("/")
@@ -149,7 +150,7 @@ def rules(fleet: Fleet, opts: dict[str, Any]) -> str:
     return _dump({"groups": [{"name": "llmfleet", "rules": out}]})
 
 
-def alertmanager_config(receivers: list[dict[str, str]], opts: dict[str, Any]) -> str:
+def alertmanager_config(receivers: list[dict[str, str]], opts: MonitoringSettings) -> str:
     """alertmanager.yml; ``receivers`` are ``{"name", "url"}`` with the webhook URLs already read.
 
     Every alert goes to every receiver (``continue: true``); without receivers alerts stay in
@@ -157,9 +158,9 @@ def alertmanager_config(receivers: list[dict[str, str]], opts: dict[str, Any]) -
     """
     named = [{"name": r["name"], "webhook_configs": [{"url": r["url"], "send_resolved": True}]} for r in receivers]
     route: dict[str, Any] = {"receiver": "llmfleet-none", "group_by": ["alertname", "recipe", "host"],
-                             "group_wait": str(opts["monitoring_group_wait"]),
-                             "group_interval": str(opts["monitoring_group_interval"]),
-                             "repeat_interval": str(opts["monitoring_repeat_interval"])}
+                             "group_wait": opts.monitoring_group_wait,
+                             "group_interval": opts.monitoring_group_interval,
+                             "repeat_interval": opts.monitoring_repeat_interval}
     if named:
         route["routes"] = [{"receiver": r["name"], "continue": True} for r in named]
     return _dump({"route": route, "receivers": [{"name": "llmfleet-none"}, *named]})

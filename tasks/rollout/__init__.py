@@ -55,14 +55,9 @@ service is running and the point is missing or stale, and again after a passed g
 run writes nothing. Each rollout outcome is kept on the host in ``<name>.rollout.json`` and the
 gate's probe result in ``<name>.last-verify.json`` (read by ``deploys/status.py``).
 
-DEFAULTS (host data, prefix ``rollout_``; batch keys must be equal on every replica):
-
-| key | default | meaning |
-|---|---|---|
-| rollout_enabled | True | False: one batch with every replica (all restart at once) |
-| rollout_batch_size | 1 | replicas per batch: an integer, or a percentage of the replicas ("25%", at least 1) |
-| rollout_max_unavailable | None | cap on replicas restarting at once (integer or percentage); None: no cap |
-| rollout_gate_wait_s | None | seconds the gate waits for /health; None: the recipe's start-up budget |
+Settings (host data, prefix ``rollout_``; batch keys must be equal on every replica):
+``tasks.settings.rollout.RolloutSettings``, each key described there once (README.md's settings table
+is generated from it).
 """
 
 
@@ -70,12 +65,9 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {
-    "rollout_enabled": True,
-    "rollout_batch_size": 1,
-    "rollout_max_unavailable": None,
-    "rollout_gate_wait_s": None,
-}
+from tasks.settings.rollout import RolloutSettings
+
+DEFAULTS: dict[str, Any] = RolloutSettings.defaults()
 BATCH_KEYS = ("rollout_enabled", "rollout_batch_size", "rollout_max_unavailable")
 UPGRADED, ROLLED_BACK, ROLLBACK_FAILED = "upgraded", "rolled_back", "rollback_failed"
 

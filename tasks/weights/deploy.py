@@ -57,31 +57,8 @@ fan-out: one hub copy (``S/R_hub``) plus ``ceil(log_(w+1)(N))`` waves of ``S/R``
 -> 1 hub copy + 3 waves; 64 hosts -> 1 + 6; hub bytes stay ``S`` (per group) whatever N is.
 ``bench/weights_fanout.py`` measures this on the lab with ``tc`` rate limits.
 
-DEFAULTS (host/group data overrides each key):
-
-| key | default | meaning |
-|---|---|---|
-| weights_root | "/srv/models" | parent of the model directories (``<root>/<owner>--<name>``) |
-| weights_hf_endpoint | None | Hugging Face endpoint / mirror (HF_ENDPOINT), None = huggingface.co |
-| weights_modelscope_endpoint | None | ModelScope endpoint / mirror, None = the client's default |
-| weights_token_secret | None | NAME of the token file under the control machine's ``secrets/`` (``LLMFLEET_SECRETS_DIR``) |
-| weights_secrets_dir | "/etc/llmfleet/secrets" | root-only (0700) directory the token is installed into (0600) |
-| weights_fanout | False | spread copies host to host (one hub copy per group) |
-| weights_fanout_width | 1 | receivers one sender feeds per wave (1 keeps each link at full speed) |
-| weights_fanout_group | None | fan-out group of the host (set per inventory group: one hub copy per group); None = the whole run is one group |
-| weights_cache_host | None | inventory host that fetches from the hub first (the only hub seed); None = one per group |
-| weights_fanout_fallback_hub | True | a receiver whose sender is unreachable fetches from the hub instead |
-| weights_peer_port | 8765 | port of ``peer_server.py`` on senders (open it between hosts) |
-| weights_peer_address | None | address other hosts reach this host's peer server at, and the only one it binds (names are resolved on the control machine); None = ``ssh_hostname`` or the host name |
-| weights_peer_max_s | 21600 | RuntimeMaxSec of a peer server unit (safety net if a run is interrupted) |
-| weights_deep_verify | False | re-hash every file at plan time; damaged files are fetched again (only those) |
-| weights_prune_keep | 2 | revisions kept after a switch (current + previous) |
-| weights_max_workers | 8 | parallel file downloads per host |
-| weights_venv | "/opt/llmfleet/venv" | venv llmfleet owns on the host (hub clients) |
-| weights_scripts_dir | "/opt/llmfleet/weights" | where fetch.py and its siblings are uploaded |
-| weights_pip_index_url | None | package index for the venv (internal mirror); None = pip's default |
-| weights_pip_find_links | None | wheel directory/URL; set without an index for air-gapped installs (``--no-index``) |
-| weights_client_versions | {"huggingface_hub": "2.4.0", "modelscope": "1.40.2"} | pinned client versions |
+Settings (host data, prefix ``weights_``): ``tasks.settings.weights.WeightsSettings``, each key
+described there once (README.md's settings table is generated from it).
 """
 
 from __future__ import annotations
@@ -103,30 +80,9 @@ from tasks.weights.plan import FLEET_KEYS, Role, WeightsPlan, fleet_settings, pe
 from tasks.fleet.reads import read_fleet
 from tasks.weights.request import FetchRequest, fetch_command, model_dest, model_dirname
 from tasks.weights.state import PythonPackages, WeightsState, normalise
+from tasks.settings.weights import WeightsSettings
 
-DEFAULTS: dict[str, Any] = {
-    "weights_root": "/srv/models",
-    "weights_hf_endpoint": None,
-    "weights_modelscope_endpoint": None,
-    "weights_token_secret": None,
-    "weights_secrets_dir": "/etc/llmfleet/secrets",
-    "weights_fanout": False,
-    "weights_fanout_width": 1,
-    "weights_fanout_group": None,
-    "weights_cache_host": None,
-    "weights_fanout_fallback_hub": True,
-    "weights_peer_port": 8765,
-    "weights_peer_address": None,
-    "weights_peer_max_s": 21600,
-    "weights_deep_verify": False,
-    "weights_prune_keep": 2,
-    "weights_max_workers": 8,
-    "weights_venv": "/opt/llmfleet/venv",
-    "weights_scripts_dir": "/opt/llmfleet/weights",
-    "weights_pip_index_url": None,
-    "weights_pip_find_links": None,
-    "weights_client_versions": {"huggingface_hub": "2.4.0", "modelscope": "1.40.2"},
-}
+DEFAULTS: dict[str, Any] = WeightsSettings.defaults()
 
 SCRIPTS = fetch_script.HOST_FILES
 HERE = Path(__file__).resolve().parent

@@ -4,20 +4,11 @@ Seeds (hosts that already hold the verified model, typically after one hub downl
 receivers through ``peer_server.py``; a receiver that finished becomes a sender in the next wave.
 With every sender feeding up to ``fanout`` receivers per wave, the set of holders grows by a factor
 of ``fanout + 1`` per wave: N hosts are done after ``ceil(log_(fanout+1)((N + S) / S))`` waves for S
-seeds, i.e. ~log2(N) waves at link speed for fanout 1 instead of N sequential copies.
-
-DEFAULTS (prefix ``weights_fanout_``):
-
-- ``weights_fanout_fanout``: receivers one sender feeds per wave (1 keeps each link at full speed).
+seeds, i.e. ~log2(N) waves at link speed for fanout 1 instead of N sequential copies. ``fanout`` is
+the host data's ``weights_fanout_width`` (``tasks.settings.weights``).
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-DEFAULTS: dict[str, Any] = {
-    "weights_fanout_fanout": 1,
-}
 
 
 def plan_waves(hosts: list[str], seeds: list[str], fanout: int) -> list[dict[str, str]]:

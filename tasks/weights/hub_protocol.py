@@ -15,10 +15,6 @@ stand-in. Routes, as huggingface_hub 2.x calls them:
 Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``) or, for a
 wrong token, ``401`` with ``X-Error-Message: Invalid credentials in Authorization header`` -- the
 headers huggingface_hub maps to its exception classes.
-
-DEFAULTS (prefix ``weights_proto_``):
-
-- ``weights_proto_chunk``: bytes written per send call when streaming a file.
 """
 
 from __future__ import annotations
@@ -32,9 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-DEFAULTS: dict[str, Any] = {
-    "weights_proto_chunk": 256 * 1024,
-}
+#: Bytes written per send call when streaming a file.
+SEND_CHUNK = 256 * 1024
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -216,7 +211,7 @@ class HfApiHandler(BaseHTTPRequestHandler):
             return
         cut = self.cut_after(repo_id, entry)
         remaining = length if cut is None else min(length, cut)
-        chunk = DEFAULTS["weights_proto_chunk"]
+        chunk = SEND_CHUNK
         with open(entry.abspath, "rb") as fh:
             fh.seek(start)
             while remaining > 0:

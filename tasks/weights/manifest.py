@@ -23,11 +23,6 @@ manifest.json (format 1)::
      "commit": "<40 hex or null>", "allow": [...], "ignore": [...], "source": "<endpoint or peer URL>",
      "files": [{"path": "config.json", "size": 726, "sha256": "<64 hex>"}, ...],
      "total_bytes": 1234, "verified_at": "2025-01-01T00:00:00Z"}
-
-DEFAULTS (prefix ``weights_manifest_``):
-
-- ``weights_manifest_name``: file name of the manifest inside a revision directory.
-- ``weights_manifest_hash_chunk``: read size used when hashing files (bytes).
 """
 
 from __future__ import annotations
@@ -41,12 +36,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-DEFAULTS: dict[str, Any] = {
-    "weights_manifest_name": "manifest.json",
-    "weights_manifest_hash_chunk": 8 * 1024 * 1024,
-}
-
-MANIFEST_NAME: str = DEFAULTS["weights_manifest_name"]
+#: File name of the manifest inside a revision directory.
+MANIFEST_NAME = "manifest.json"
+#: Read size when hashing files (bytes).
+HASH_CHUNK = 8 * 1024 * 1024
 FORMAT = 1
 HUBS = ("huggingface", "modelscope")
 _REV_RE = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
@@ -57,7 +50,7 @@ class ManifestError(ValueError):
     """A manifest is missing, malformed, or does not describe the files on disk."""
 
 
-def sha256_file(path: Path | str, chunk: int = DEFAULTS["weights_manifest_hash_chunk"]) -> str:
+def sha256_file(path: Path | str, chunk: int = HASH_CHUNK) -> str:
     """Return the hex sha256 of a file, read in ``chunk``-sized blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -66,7 +59,7 @@ def sha256_file(path: Path | str, chunk: int = DEFAULTS["weights_manifest_hash_c
     return digest.hexdigest()
 
 
-def git_blob_sha1(path: Path | str, chunk: int = DEFAULTS["weights_manifest_hash_chunk"]) -> str:
+def git_blob_sha1(path: Path | str, chunk: int = HASH_CHUNK) -> str:
     """Return the git blob id (sha1 of ``blob <size>\\0<content>``) the hubs use for non-LFS files."""
     size = os.path.getsize(path)
     digest = hashlib.sha1(b"blob %d\0" % size)

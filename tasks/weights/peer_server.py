@@ -34,10 +34,6 @@ On start the server prints ``LLMFLEET_PEER listening <url>`` and, for each model
 ``LLMFLEET_PEER serving <repo>@<revision> commit=<sha> files=<n> bytes=<total>``.
 
 Exit codes: 0 clean stop (SIGTERM/SIGINT), 2 bad arguments, unusable model dir or token file.
-
-DEFAULTS (prefix ``weights_peer_``):
-
-- ``weights_peer_port``: listen port.
 """
 
 from __future__ import annotations
@@ -58,11 +54,6 @@ try:  # imported as tasks.weights.peer_server
 except ImportError:  # run as a script from the uploaded directory
     import hub_protocol as hp  # type: ignore[no-redef]
     import manifest as mf  # type: ignore[no-redef]
-
-DEFAULTS: dict[str, Any] = {
-    "weights_peer_port": 8765,
-}
-
 
 class ServedModel:
     """One verified revision directory and its manifest."""
@@ -155,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", action="append", required=True, type=Path,
                         help="verified model directory (with manifest.json); repeatable")
     parser.add_argument("--bind", required=True, help="the address peers reach this host at")
-    parser.add_argument("--port", type=int, default=DEFAULTS["weights_peer_port"])
+    parser.add_argument("--port", type=int, required=True, help="listen port (the host's weights_peer_port)")
     parser.add_argument("--token-file", type=Path, required=True,
                         help="root-only file holding the bearer token every request must carry")
     parser.add_argument("--ready-file", type=Path, help="write the listening URL here once bound")

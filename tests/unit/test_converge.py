@@ -335,13 +335,9 @@ def test_units_running_no_op_start_enable_restart():
 
 def test_converged_docker_host_costs_one_round_trip(uploads):
     from tasks.docker import install_docker, render_daemon_json
+    from tasks.settings.docker import DockerSettings
 
-    class D(dict):
-        __getattr__ = dict.get
-
-    daemon = render_daemon_json(D(docker_log_max_size="100m", docker_log_max_file=3, docker_registry_mirrors=[],
-                                  docker_insecure_registries=[], docker_nvidia_runtime=False,
-                                  docker_daemon_extra={})).encode()
+    daemon = render_daemon_json(DockerSettings()).encode()
     responses = {
         "dpkg-query": ["ii  docker.io 20.10.24+dfsg1-1+b3"],
         "sha256sum": digest_lines({"/etc/docker": ("dir", "-", "755 root root"),

@@ -22,7 +22,7 @@ def test_upstream_marks_drained_replicas_and_parses_back():
     assert "server 10.0.0.2:8001 max_fails=3 fail_timeout=5s down;  # h2" in text
     assert "keepalive" not in text  # default: a connection per request
     assert gw.parse_upstream(text) == {"h1": False, "h2": True}
-    with_keepalive = gw.upstream_conf("m", REPLICAS, set(), {**OPTS, "gateway_keepalive": 8})
+    with_keepalive = gw.upstream_conf("m", REPLICAS, set(), OPTS.model_copy(update={"gateway_keepalive": 8}))
     assert "keepalive 8;" in with_keepalive and "keepalive_timeout 4s;" in with_keepalive
 
 

@@ -15,8 +15,6 @@ from pyinfra.api.operations import run_ops
 from pyinfra.api.state import StateStage
 
 from tasks import pyinfra_ext
-from tasks.ascend import validate as validate_cann
-from tasks.bad_input import _Settings
 from tasks.plan import bundled_config
 from tasks.preflight import Requirement, evaluate
 from tasks.requirement import context_limit, requirement_from_spec
@@ -119,12 +117,14 @@ def test_recipe_file_by_path_takes_its_name(tmp_path):
 # --- CANN -----------------------------------------------------------------------------------------------
 
 def test_cann_pins_must_be_sha256():
-    from tasks.ascend import DEFAULTS
+    from tasks.bad_input import BadInput
+    from tasks.settings.ascend import AscendSettings
 
-    validate_cann(_Settings({**DEFAULTS, "ascend_cann_sha256": {"a.run": "0" * 64}}))
+    pins = {"a.run": "0" * 64}
+    assert AscendSettings.of({"ascend_cann_sha256": pins}).ascend_cann_sha256 == pins
     for bad in ({"a.run": "0" * 63}, {"a.run": "Z" * 64}, ["a.run"]):
-        with pytest.raises(ValueError, match="ascend_cann_sha256"):
-            validate_cann(_Settings({**DEFAULTS, "ascend_cann_sha256": bad}))
+        with pytest.raises(BadInput, match="ascend_cann_sha256"):
+            AscendSettings.of({"ascend_cann_sha256": bad}, "h1")
 
 
 # --- dockerd's restart at plan time ---------------------------------------------------------------------

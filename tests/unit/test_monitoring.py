@@ -11,10 +11,14 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
 
 from tasks.monitoring import dashboard, fleet, render
-from tasks.monitoring.deploy import DEFAULTS, monitor, receivers
+from tasks.bad_input import BadInput
+from tasks.monitoring.deploy import monitor, options, receivers
+from tasks.settings.monitoring import MonitoringSettings
 from tasks.spec import SpecError
 
 OLD, NEW = "vllm/vllm-openai:v0.8.5", "vllm/vllm-openai:v0.18.0"
+
+OPTS = MonitoringSettings()  # the defaults
 
 
 def _fleet(*heads: tuple[str, str], **extra) -> fleet.Fleet:
@@ -25,7 +29,7 @@ def _fleet(*heads: tuple[str, str], **extra) -> fleet.Fleet:
 
 def test_heads_carry_recipe_replica_host_version_and_the_spec_port():
     f = _fleet(("g1", OLD), ("g2", NEW), serve_port=8123, ssh_hostname="10.1.0.7")
-    config = yaml.safe_load(render.prometheus_config(f, DEFAULTS))
+    config = yaml.safe_load(render.prometheus_config(f, OPTS))
     jobs = {j["job_name"]: j["static_configs"] for j in config["scrape_configs"]}
     assert jobs["vllm"] == [
         {"targets": ["10.1.0.7:8123"], "labels": {"recipe": "qwen30b", "replica": "g1", "host": "g1",
@@ -39,7 +43,7 @@ def test_heads_carry_recipe_replica_host_version_and_the_spec_port():
 
 
 def test_rules_use_each_versions_names():
-    rules = {r["alert"]: r["expr"] for r in yaml.safe_load(render.rules(_fleet(("g1", OLD), ("g2", NEW)), DEFAULTS))
+    rules = {r["alert"]: r["expr"] for r in yaml.safe_load(render.rules(_fleet(("g1", OLD), ("g2", NEW)), OPTS))
              ["groups"][0]["rules"]}
     assert rules["LlmfleetKvCacheHigh"] == (
         '(vllm:gpu_cache_usage_perc{job="vllm",vllm_version=~"0.8.5"} > 0.9) or '
@@ -49,14 +53,14 @@ def test_rules_use_each_versions_names():
     assert set(rules) >= {"LlmfleetReplicaDown", "LlmfleetTtftP95OverBudget", "LlmfleetGenerationStalled",
                           "LlmfleetGpuXid", "LlmfleetGpuTemperature", "LlmfleetGpuMemoryErrors",
                           "LlmfleetFabricManagerDown", "LlmfleetWeightsDiskNearlyFull"}
-    only_new = yaml.safe_load(render.rules(_fleet(("g2", NEW)), DEFAULTS))["groups"][0]["rules"]
+    only_new = yaml.safe_load(render.rules(_fleet(("g2", NEW)), OPTS))["groups"][0]["rules"]
     assert "gpu_cache_usage_perc" not in str(only_new)
 
 
 def test_ttft_budget_per_recipe_from_group_data():
     f = fleet.build([("a", {"monitoring_recipe": "qwen30b", "monitoring_ttft_p95_budget_s": 2}, ["qwen30b"]),
                      ("b", {"monitoring_recipe": "qwen32b_awq", "monitoring_ttft_p95_budget_s": 8}, ["qwen32b"])])
-    expr = next(r["expr"] for r in yaml.safe_load(render.rules(f, DEFAULTS))["groups"][0]["rules"]
+    expr = next(r["expr"] for r in yaml.safe_load(render.rules(f, OPTS))["groups"][0]["rules"]
                 if r["alert"] == "LlmfleetTtftP95OverBudget")
     assert 'recipe="qwen30b"}[5m]))) > 2.0' in expr and 'recipe="qwen32b_awq"}[5m]))) > 8.0' in expr
 
@@ -91,14 +95,14 @@ def test_receivers_come_from_secret_files(tmp_path):
     for name in ("hook", "notaurl"):
         (tmp_path / name).chmod(0o600)  # secret files are the owner's only (tasks.secrets)
     data = {"secrets_dir": str(tmp_path)}
-    opts = {**DEFAULTS, "monitoring_receivers": [{"name": "oncall", "webhook_secret": "hook"}]}
+    opts = MonitoringSettings(monitoring_receivers=[{"name": "oncall", "webhook_secret": "hook"}])
     assert receivers(opts, data) == [("oncall", tmp_path / "hook")]
     for bad, field in ([{"name": "x", "webhook_secret": "missing"}], "monitoring_receivers[0].webhook_secret"), \
                       ([{"name": "x", "webhook_secret": "notaurl"}], "monitoring_receivers[0].webhook_secret"), \
                       ([{"name": "x y", "webhook_secret": "hook"}], "monitoring_receivers[0].name"), \
                       ([{"name": "x", "url": "https://a"}], "monitoring_receivers[0]"):
         with pytest.raises(SpecError) as err:
-            receivers({**opts, "monitoring_receivers": bad}, data)
+            receivers(MonitoringSettings(monitoring_receivers=bad), data)
         assert err.value.field == field
 
 
@@ -174,9 +178,8 @@ def test_bad_replica_data_stops_the_run_before_any_host_is_touched(tmp_path):
                                         ("monitoring_dcgm_image", "nvcr.io/nvidia/k8s/dcgm-exporter:latest"),
                                         ("monitoring_storage_dir", "metrics")])
 def test_bad_settings_are_refused_naming_the_key(key, value):
-    from tasks.monitoring.deploy import validate
-
-    validate(dict(DEFAULTS))
-    with pytest.raises(SpecError) as err:
-        validate({**DEFAULTS, key: value})
-    assert err.value.field == key
+    assert options({}) == MonitoringSettings()
+    with pytest.raises(BadInput) as err:
+        options({key: value})
+    assert [(p.field, p.given) for p in err.value.problems] == [(key, repr(value))]
+    assert "allowed" in err.value.problems[0].message

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from tasks.monitoring import fleet, render
-from tasks.monitoring.deploy import DEFAULTS
+from tasks.settings.monitoring import MonitoringSettings
 
 PROMTOOL = Path(sys.executable).with_name("promtool")
 OLD, NEW = "vllm/vllm-openai:v0.8.5", "vllm/vllm-openai:v0.18.0"
-OPTS = {**DEFAULTS, "monitoring_alert_for": "1m", "monitoring_down_for": "30s", "monitoring_waiting_high": 5}
+OPTS = MonitoringSettings(monitoring_alert_for="1m", monitoring_down_for="30s", monitoring_waiting_high=5)
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.unit.conftest import run_sh
 
+from tasks.settings.preflight import PreflightSettings
 from tasks.facts.ascend import AscendNpus
 from tasks.facts.nvidia import NvidiaGpus, NvidiaSmiVersion
 from tasks.lab.profiles import PROFILES
@@ -204,7 +205,7 @@ def test_low_ram_refused_and_option_overrides(nvidia_facts):
     facts = nvidia_facts("gpu22gx4")
     facts["host"]["mem_available_bytes"] = 4 * GIB
     assert any(r.startswith("ram") for r in evaluate(facts, seed_001()).reasons)
-    assert not any(r.startswith("ram") for r in evaluate(facts, seed_001(), {"preflight_min_ram_gib": 2}).reasons)
+    assert not any(r.startswith("ram") for r in evaluate(facts, seed_001(), PreflightSettings(preflight_min_ram_gib=2)).reasons)
 
 
 def test_table_and_json(nvidia_facts):

@@ -9,8 +9,10 @@ from pyinfra.api.connect import connect_all
 from pyinfra.api.deploy import add_deploy
 from pyinfra.api.operations import run_ops
 
-from tasks.docker import install_docker, render_daemon_json, validate
+from tasks.bad_input import BadInput
+from tasks.docker import install_docker, render_daemon_json
 from tasks.nvidia_toolkit import install_nvidia_toolkit
+from tasks.settings.docker import DockerSettings
 
 
 def _state(data: dict, deploy, *args) -> State:
@@ -38,27 +40,25 @@ def test_rhel_host_gets_dnf_repository_and_pinned_rpms():
 
 
 def test_unpinned_toolkit_version_is_refused_naming_the_field():
-    with pytest.raises(ValueError, match="nvidia_toolkit_version"):
+    with pytest.raises(BadInput, match="nvidia_toolkit_version"):
         _state({"nvidia_toolkit_version": "latest"}, install_nvidia_toolkit)
 
 
-class _Data(dict):
-    __getattr__ = dict.__getitem__
-
-
 def test_daemon_json_is_data_and_bad_mirrors_are_refused():
-    data = _Data(docker_source="distro", docker_registry_mirrors=["https://m.internal"], docker_insecure_registries=[],
-                 docker_log_max_size="50m", docker_log_max_file=5, docker_nvidia_runtime=True, docker_daemon_extra={})
-    text = render_daemon_json(data)
+    data = dict(docker_source="distro", docker_registry_mirrors=["https://m.internal"], docker_insecure_registries=[],
+                docker_log_max_size="50m", docker_log_max_file=5, docker_nvidia_runtime=True, docker_daemon_extra={})
+    text = render_daemon_json(DockerSettings.of(data))
     assert '"registry-mirrors": [\n    "https://m.internal"\n  ]' in text
     assert '"nvidia": {\n      "args": [],\n      "path": "nvidia-container-runtime"' in text
     assert '"max-size": "50m"' in text
-    with pytest.raises(ValueError, match="docker_registry_mirrors"):
-        validate(_Data(data, docker_registry_mirrors=["m.internal"]))
-    with pytest.raises(ValueError, match="docker_source"):
-        validate(_Data(data, docker_source="snap"))
+    with pytest.raises(BadInput, match="docker_registry_mirrors.*'m.internal': allowed: an http"):
+        DockerSettings.of({**data, "docker_registry_mirrors": ["m.internal"]})
+    with pytest.raises(BadInput, match="docker_source.*'snap'.*allowed: distro, docker-ce"):
+        DockerSettings.of({**data, "docker_source": "snap"})
+    with pytest.raises(BadInput, match="did you mean docker_registry_mirrors"):
+        DockerSettings.of({**data, "docker_registry_mirror": ["https://m.internal"]})
 
 
 def test_docker_bad_data_fails_before_any_command():
-    with pytest.raises(ValueError, match="docker_source"):
+    with pytest.raises(BadInput, match="docker_source"):
         _state({"docker_source": "snap"}, install_docker)

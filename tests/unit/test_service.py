@@ -8,15 +8,18 @@ import pytest
 
 from tasks import service
 from tasks.secrets import env_file_content
-from tasks.service import DEFAULTS, Layout, docker_run_argv, exec_start, systemd_quote
+from tasks.settings.service import ServiceSettings
+from tasks.service import Layout, docker_run_argv, exec_start, systemd_quote
 from tasks.spec import SpecError, load_spec
 from tasks.vllm.cmdline import render
+
+OPTS = ServiceSettings()  # the defaults
 
 
 def argv(recipe: str, **overrides) -> tuple[list[str], Layout]:
     spec = load_spec(recipe, {f"serve_{k}": v for k, v in overrides.items()})
-    layout = Layout.of(spec, DEFAULTS)
-    lines = docker_run_argv(spec, spec.image.ref, "/srv/models/x", render(spec), layout, DEFAULTS,
+    layout = Layout.of(spec, OPTS)
+    lines = docker_run_argv(spec, spec.image.ref, "/srv/models/x", render(spec), layout, OPTS,
                             bool(spec.api_key_secret))
     return [w for group in lines for w in group], layout
 
@@ -82,7 +85,7 @@ def test_systemd_quote_round_trips(word):
 
 def test_exec_start_round_trips_a_whole_command_line():
     spec = load_spec("qwen30b_yarn", {"serve_image": "vllm/vllm-openai:v0.12.0"})
-    lines = docker_run_argv(spec, spec.image.ref, "/m", render(spec), Layout.of(spec, DEFAULTS), DEFAULTS, False)
+    lines = docker_run_argv(spec, spec.image.ref, "/m", render(spec), Layout.of(spec, OPTS), OPTS, False)
     words = [w for g in lines for w in g]
     assert systemd_split(exec_start(lines)) == words
     assert any(w.startswith('{"rope_parameters"') for w in words)
@@ -94,10 +97,13 @@ def test_control_characters_refused():
 
 
 def test_ulimits_checked():
-    opts = {**DEFAULTS, "service_ulimits": {"memlock": "lots"}}
-    with pytest.raises(SpecError, match="service_ulimits"):
-        service.ulimits(opts)
-    assert service.ulimits({**DEFAULTS, "service_ulimits": {"nofile": "1024:4096"}}) == [("nofile", "1024:4096")]
+    from tasks.bad_input import BadInput
+
+    with pytest.raises(BadInput, match="service_ulimits.*'lots': allowed: an integer or soft:hard"):
+        service.options({"service_ulimits": {"memlock": "lots"}})
+    with pytest.raises(BadInput, match="service_ulimits.*allowed: a mapping of any of core"):
+        service.options({"service_ulimits": {"memlok": "1"}})
+    assert service.options({"service_ulimits": {"nofile": "1024:4096"}}).service_ulimits == {"nofile": "1024:4096"}
 
 
 def test_missing_secret_names_the_file(tmp_path):

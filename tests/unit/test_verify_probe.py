@@ -25,6 +25,7 @@ def config(tmp_path, port, key=KEY, **extra):
     env = tmp_path / "m.env"
     env.write_text(f"VLLM_API_KEY={key}\n")
     return {"name": "m", "unit": "llmfleet-m-test-absent.service", "container": "llmfleet-m-test-absent",
+            "progress_dir": str(tmp_path / "progress"),
             "port": port, "served_model_name": "coder", "env_file": str(env), "startup_budget_s": 30, **extra}
 
 
