@@ -7,7 +7,10 @@ The config (written by tasks/service.py, no secrets in it) names the port, the s
 name, the env file holding VLLM_API_KEY and what the recipe promises. Within the wait (default:
 the recipe's start-up budget), in order:
 
-1. ``GET /health`` answers 200 (polled every 2 s; gives up early when the systemd unit failed);
+1. ``GET /health`` answers 200 (polled every 2 s; gives up early when the systemd unit failed).
+   While it waits, the replica's start-up phase, read from the container's log (:data:`PHASES`),
+   is kept in ``/run/llmfleet/progress/replica-<unit>.json`` for the run's and ``deploys/status.py``'s
+   progress lines (``tasks/progress.py``); the file is gone when the wait ends;
 2. ``GET /v1/models`` (with the API key) lists the served model name;
 3. a real chat completion with the API key. Its size proves the recipe's promise:
    - any recipe: one token (``max_tokens`` 1) comes back;
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +42,28 @@ import urllib.request
 
 LOG_LINES = 30
 HEALTH_POLL_S = 2.0
+PROGRESS_DIR = "/run/llmfleet/progress"
+#: Lines vLLM logs while a replica starts, in the order an engine reaches them, and the phase each
+#: begins; the last such line in the container's log names the phase. Where vLLM logs each:
+PHASES = (
+    ("Starting to load model", "loading weights"),  # v1/worker/gpu_model_runner.py, worker/model_runner.py: load_model
+    ("Loading safetensors checkpoint shards", "loading weights"),  # model_loader/weight_utils.py: the tqdm bar
+    ("Loading weights took", "weights loaded"),  # model_executor/model_loader/default_loader.py: load_weights
+    ("Model loading took", "weights loaded"),  # v1/worker/gpu_model_runner.py: load_model
+    ("Dynamo bytecode transform time", "compiling (torch.compile)"),  # compilation/backends.py: VllmBackend
+    ("Memory profiling takes", "profiling memory"),  # v1/worker/gpu_worker.py, worker/worker.py: profiling
+    ("Available KV cache memory", "allocating the KV cache"),  # v1/worker/gpu_worker.py: determine_available_memory
+    ("GPU KV cache size", "allocating the KV cache"),  # v1/core/kv_cache_utils.py: _report_kv_cache_config
+    ("# GPU blocks", "allocating the KV cache"),  # executor/executor_base.py (V0): initialize_cache
+    ("# cpu blocks", "allocating the KV cache"),  # the same line, CPU backend
+    ("Capturing CUDA graph", "capturing CUDA graphs"),  # v1/worker/gpu_model_runner.py: capture_model (tqdm)
+    ("Capturing cudagraphs", "capturing CUDA graphs"),  # worker/model_runner.py (V0): capture_model
+    ("Graph capturing finished", "graphs captured"),  # gpu_model_runner.py / model_runner.py: capture_model
+    ("init engine (profile, create kv cache, warmup model) took", "engine ready"),  # v1/engine/core.py
+    ("Starting vLLM API server", "starting the API server"),  # entrypoints/openai/api_server.py
+    ("Application startup complete", "API server up"),  # uvicorn
+)
+_SHARDS = re.compile(r"Loading safetensors checkpoint shards:\s*(\d+)%")
 PROMPT = "Reply with one word: hello."
 TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city.",
@@ -99,13 +126,70 @@ def unit_state(unit: str) -> tuple[str, int]:
     return props.get("ActiveState", "unknown"), restarts
 
 
-def wait_health(client: Client, unit: str, deadline: float) -> float:
+def phase_of(lines: list[str]) -> str | None:
+    """The start-up phase the last phase line of a vLLM log names (None: no such line yet)."""
+    for line in reversed(lines):
+        shards = _SHARDS.search(line)
+        if shards:
+            return f"loading weights {shards.group(1)}%"
+        for marker, phase in PHASES:
+            if marker in line:
+                return phase
+    return None
+
+
+def container_log(container: str, lines: int = 200) -> list[str]:
+    """The container's last log lines ([] without Docker or before the container exists).
+    Progress bars end their lines with carriage returns: each becomes a line."""
+    if not container:
+        return []
+    try:
+        proc = subprocess.run(["docker", "logs", "--tail", str(lines), container],
+                              capture_output=True, text=True, timeout=10, errors="replace")
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return (proc.stdout + proc.stderr).replace("\r", "\n").splitlines() if proc.returncode == 0 else []
+
+
+class StartProgress:
+    """The replica's start-up as a progress state file (``tasks/progress.py`` reads it): phase,
+    seconds waited of the budget. Written atomically, world-readable (no secret in it), removed by
+    :meth:`close`. A file that cannot be written costs the probe nothing."""
+
+    def __init__(self, name: str, unit: str, budget_s: float, directory: str = PROGRESS_DIR) -> None:
+        self.path = os.path.join(directory, f"replica-{unit}.json")
+        self.name, self.budget_s, self.started = name, budget_s, time.monotonic()
+
+    def write(self, phase: str | None) -> None:
+        entry = {"kind": "progress", "work": f"replica {self.name}", "phase": phase or "starting",
+                 "done": round(time.monotonic() - self.started), "total": round(self.budget_s), "unit": "s",
+                 "pid": os.getpid(), "at": round(time.time(), 1)}
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(entry, fh)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def wait_health(client: Client, unit: str, deadline: float, progress: StartProgress | None = None,
+                container: str = "") -> float:
     """Poll /health until 200; fail early when the container died (systemd restarted it or
-    gave up): a crash during start-up is not waited out for the whole budget."""
+    gave up): a crash during start-up is not waited out for the whole budget. Each poll that
+    finds it not yet healthy records the start-up phase in ``progress``."""
     started = time.monotonic()
     last = "no answer"
     _, restarts0 = unit_state(unit)
-    while True:
+    for _ in range(int(max(0.0, deadline - started) / HEALTH_POLL_S) + 2):  # bounded by the budget
         try:
             status, _ = client.request("GET", "/health", timeout=5)
             if status == 200:
@@ -121,7 +205,10 @@ def wait_health(client: Client, unit: str, deadline: float) -> float:
                               f"({restarts - restarts0}x; last answer: {last})")
         if time.monotonic() + HEALTH_POLL_S > deadline:
             raise CheckFailed(f"/health: not healthy within the wait ({last})")
+        if progress is not None:
+            progress.write(phase_of(container_log(container)))
         time.sleep(HEALTH_POLL_S)
+    raise CheckFailed(f"/health: not healthy within the wait ({last})")
 
 
 def check_models(client: Client, served: str) -> list[str]:
@@ -208,7 +295,12 @@ def run(config: dict, wait: float | None) -> dict:
     try:
         key = read_key(config.get("env_file"))
         client = Client(int(config["port"]), key)
-        result["checks"]["health_s"] = wait_health(client, config["unit"], started + budget)
+        progress = StartProgress(config["name"], config["unit"], budget)
+        try:
+            result["checks"]["health_s"] = wait_health(client, config["unit"], started + budget, progress,
+                                                       config.get("container", ""))
+        finally:
+            progress.close()
         result["checks"]["models"] = check_models(client, config["served_model_name"])
         result["checks"]["chat"] = check_chat(client, config["served_model_name"], bool(config.get("non_thinking")))
         if config.get("tool_calls"):
