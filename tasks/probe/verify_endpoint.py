@@ -9,7 +9,7 @@ the recipe's start-up budget), in order:
 
 1. ``GET /health`` answers 200 (polled every 2 s; gives up early when the systemd unit failed).
    While it waits, the replica's start-up phase, read from the container's log (:data:`PHASES`),
-   is kept in ``/run/llmfleet/progress/replica-<unit>.json`` for the run's and ``deploys/status.py``'s
+   is kept in ``/run/llmfleet/progress/replica-<unit>.json`` (config ``progress_dir``) for the run's and ``deploys/status.py``'s
    progress lines (``tasks/progress.py``); the file is gone when the wait ends;
 2. ``GET /v1/models`` (with the API key) lists the served model name;
 3. a real chat completion with the API key. Its size proves the recipe's promise:
@@ -295,7 +295,7 @@ def run(config: dict, wait: float | None) -> dict:
     try:
         key = read_key(config.get("env_file"))
         client = Client(int(config["port"]), key)
-        progress = StartProgress(config["name"], config["unit"], budget)
+        progress = StartProgress(config["name"], config["unit"], budget, config.get("progress_dir", PROGRESS_DIR))
         try:
             result["checks"]["health_s"] = wait_health(client, config["unit"], started + budget, progress,
                                                        config.get("container", ""))
