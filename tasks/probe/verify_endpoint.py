@@ -9,8 +9,8 @@ the recipe's start-up budget), in order:
 
 1. ``GET /health`` answers 200 (polled every 2 s; gives up early when the systemd unit failed).
    While it waits, the replica's start-up phase, read from the container's log (:data:`PHASES`),
-   is kept in ``/run/llmfleet/progress/replica-<unit>.json`` (config ``progress_dir``) for the run's and ``deploys/status.py``'s
-   progress lines (``tasks/progress.py``); the file is gone when the wait ends;
+   is kept in ``/run/llmfleet/progress/replica-<unit>.json`` (config ``progress_dir``) for the
+   run's and ``deploys/status.py``'s progress lines (``tasks/progress.py``); gone when the wait ends;
 2. ``GET /v1/models`` (with the API key) lists the served model name;
 3. a real chat completion with the API key. Its size proves the recipe's promise:
    - any recipe: one token (``max_tokens`` 1) comes back;
