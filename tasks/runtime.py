@@ -11,7 +11,7 @@ from pyinfra.api import deploy
 from .docker import install_docker
 from .nvidia_toolkit import install_nvidia_toolkit
 
-ACCELERATORS = ("nvidia", "ascend", "none")
+ACCELERATORS = ("nvidia", "ascend", "cpu", "none")
 
 
 @deploy("Runtime")
@@ -19,7 +19,7 @@ def install_runtime(accelerator: str) -> None:
     """
     Bring a host's container runtime up for its accelerator.
 
-    + accelerator: "nvidia", "ascend" or "none"
+    + accelerator: "nvidia", "ascend", "cpu" or "none" (cpu and none: Docker alone)
 
     Example:
 
