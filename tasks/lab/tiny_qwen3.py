@@ -32,7 +32,7 @@ from pathlib import Path
 from .config import REPO_ROOT
 from .standins.model_repo import write_safetensors
 
-REPO_ID = "llmfleet-lab/tiny-qwen3"
+REPO_ID = "Qwen/Qwen3-0.6B"  # the cpu recipe's model: the hub stand-in serves this in its place
 TEMPLATE = REPO_ROOT / "templates" / "lab" / "tiny_qwen3.jinja"
 TOKENIZER_SCRIPT = Path(__file__).with_name("tiny_qwen3_tokenizer.py")
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 64, 2, 4, 2, 32, 128
