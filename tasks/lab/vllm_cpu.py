@@ -30,6 +30,7 @@ DEFAULTS (prefix ``lab_vllm_cpu_``):
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -81,12 +82,11 @@ def _dists(site: Path) -> dict[str, Path]:
 def _top_level(info: Path) -> set[str]:
     """The top-level entries of ``site`` a distribution installed (from its RECORD)."""
     tops = {info.name}
-    for line in (info / "RECORD").read_text().splitlines():
-        path = line.split(",", 1)[0]
-        first = path.split("/", 1)[0]
-        if first and first not in ("..", "bin") and not path.startswith("../"):
+    for row in csv.reader((info / "RECORD").read_text().splitlines()):  # CSV: paths may be quoted
+        first = row[0].split("/", 1)[0] if row else ""
+        if first and first not in ("..", "bin"):
             tops.add(first)
-    return tops
+    return {top for top in tops if (info.parent / top).exists()}
 
 
 def _remove_dist(site: Path, info: Path) -> None:
