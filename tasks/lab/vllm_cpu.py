@@ -129,14 +129,21 @@ def finish(site: Path, release: str) -> None:
         if name in dists:
             _remove_dist(site, dists[name])
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts name this machine's python
-    record = site / f"vllm-{release}+cpu.dist-info"
-    record.mkdir()
-    (record / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {release}+cpu\n")
-    (record / "RECORD").write_text("")
+    finish_record(site, release)
     # Hash-checked byte code: no timestamps, so the same wheels give the same layer bytes, and
     # the server does not compile every module again at each container start.
     subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
                     "unchecked-hash", str(site)], check=False, stdout=subprocess.DEVNULL)
+
+
+def finish_record(site: Path, release: str) -> Path:
+    """The ``vllm`` distribution record ``<release>+cpu``: vLLM's CLI asks
+    ``importlib.metadata.version("vllm")``, and the CPU platform is detected from the suffix."""
+    record = site / f"vllm-{release}+cpu.dist-info"
+    record.mkdir(exist_ok=True)
+    (record / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {release}+cpu\n")
+    (record / "RECORD").write_text("")
+    return record
 
 
 def partition(site: Path) -> dict[str, tuple[str, list[str]]]:
