@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import CACHE_DIR, LabConfig, cache_lock
+from .config import CACHE_DIR, LabConfig
 from .registry import Layer, Pusher, layer_from_dir, layer_from_files, layer_from_tree
 from . import rootfs
 
@@ -194,8 +194,7 @@ def push(cfg: LabConfig, releases: tuple[str, ...] | None = None, log=print) -> 
     pushed = []
     for release in releases or DEFAULTS["lab_vllm_cpu_releases"]:
         started = time.monotonic()
-        with cache_lock():
-            image_layers = layers(release, log)
+        image_layers = layers(release, log)  # under lab.up's cache lock
         pusher.push(REPOSITORY, f"v{release}", image_layers, config(release))
         pushed.append(image_ref(release))
         log(f"lab: pushed {image_ref(release)} ({sum(l.size for l in image_layers) >> 20} MiB in "
