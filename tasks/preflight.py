@@ -9,6 +9,7 @@ facts dict has these keys (each the value of the fact of the same subject; absen
 - ``ascend``: ``tasks.facts.ascend.AscendNpus``
 - ``host``: ``tasks.facts.host.HostResources(model_dir)``
 - ``services``: ``tasks.facts.services.LlmfleetServices`` (the other llmfleet units on the host)
+- ``cpu_flags``: ``tasks.cpu_target.CpuFlags`` (``accelerator: cpu``)
 
 Checks (a refusal makes ``go`` False; a warning does not):
 
@@ -44,6 +45,7 @@ Checks (a refusal makes ``go`` False; a warning does not):
 - Other models on the host (``services``): another llmfleet unit on the same port, on overlapping
   devices (``--gpus all`` overlaps every set), or serving the same model name is a refusal naming both
   recipes; the unit of this recipe itself is the one being updated and is not compared.
+- CPU (``accelerator: cpu``): instruction set, cores and RAM for weights + KV space, see tasks/cpu_target.py.
 - Ascend: NPU count >= tp x pp, ``devices`` exist; driver present (missing: refusal with install instructions; the host must
   be rebooted by its operator after installing driver and firmware: llmfleet never reboots); NPU health
   (``OK`` required, ``Warning`` a warning).
@@ -62,13 +64,14 @@ from typing import Any
 from pyinfra.api import deploy
 
 from tasks import cuda as cudatab
+from tasks.cpu_target import CpuFlags, check_cpu
 from tasks.plan import (GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config,
                         text_config)
 from tasks.settings.preflight import PreflightSettings
 
 DEFAULTS: dict[str, Any] = PreflightSettings.defaults()
 
-ACCELERATORS = ("nvidia", "ascend")
+ACCELERATORS = ("nvidia", "ascend", "cpu")
 
 
 @dataclass
@@ -94,6 +97,8 @@ class Requirement:
     devices: tuple[int, ...] = ()
     served_model_name: str = ""
     context_limit: int = 0
+    #: ``accelerator: cpu``: host RAM the KV cache takes (VLLM_CPU_KVCACHE_SPACE).
+    cpu_kvcache_bytes: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -103,7 +108,8 @@ class Requirement:
             raise ValueError("model_config must be a parsed config.json (a dict with hidden_size)")
         if not all(isinstance(d, int) and d >= 0 for d in self.devices) or len(set(self.devices)) != len(self.devices):
             raise ValueError(f"devices must be distinct indices >= 0, got {self.devices!r}")
-        for name in ("weights_bytes", "shm_bytes_needed", "weights_present_bytes", "gpus_needed", "context_limit"):
+        for name in ("weights_bytes", "shm_bytes_needed", "weights_present_bytes", "gpus_needed", "context_limit",
+                     "cpu_kvcache_bytes"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -452,6 +458,9 @@ def evaluate(facts: dict, req: Requirement, options: PreflightSettings | None = 
     _check_context(verdict, req)
     if req.accelerator == "nvidia":
         mem_gib = _check_nvidia(verdict, facts, req, opts)
+    elif req.accelerator == "cpu":
+        mem_gib = None  # no GPU memory plan: the KV cache is a fixed space of host RAM
+        check_cpu(verdict, facts, req, opts)
     else:
         mem_gib = _check_ascend(verdict, facts, req)
     if mem_gib is not None:
@@ -523,6 +532,8 @@ def gather_facts(host: Any, req: Requirement) -> dict:
     wanted: dict[str, tuple] = {"host": (HostResources, {"path": req.model_dir}), "services": (LlmfleetServices, {})}
     if req.accelerator == "nvidia":
         wanted.update(nvidia_gpus=(NvidiaGpus, {}), nvidia_fabric=(NvidiaFabric, {}))
+    elif req.accelerator == "cpu":
+        wanted["cpu_flags"] = (CpuFlags, {})
     else:
         wanted["ascend"] = (AscendNpus, {})
     return dict(zip(wanted, host.get_fact(Together, facts=tuple(wanted.values()))))

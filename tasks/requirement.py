@@ -23,7 +23,7 @@ from tasks.spec import ServingSpec, SpecError
 
 #: Bundled config.json (tasks/data/configs/<name>.json) by a fragment of the repository name.
 CONFIGS = (("qwen3-235b-a22b", "Qwen3-235B-A22B"), ("qwen3-30b-a3b", "Qwen3-30B-A3B"),
-           ("qwen3-32b", "Qwen3-32B"), ("glm-5", "GLM-5"))
+           ("qwen3-32b", "Qwen3-32B"), ("qwen3-0.6b", "Qwen3-0.6B"), ("glm-5", "GLM-5"))
 #: Quantized checkpoints carry a quantization_config the bundled (bf16) configs lack.
 QUANT_BY_NAME = (("fp8", {"quant_method": "fp8"}),
                  ("gptq-int4", {"quant_method": "gptq", "bits": 4, "group_size": 128}),
@@ -110,4 +110,5 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
         model_dir=model_dir, serving=serving, gpus_needed=gpus, shm_bytes_needed=shm, accelerator=spec.accelerator,
         port=spec.port, devices=tuple(spec.devices or (range(gpus) if spec.accelerator == "ascend" else ())),
         served_model_name=str(spec.served_model_name or ""), context_limit=limit[0] if limit else 0,
+        cpu_kvcache_bytes=int(spec.cpu.kvcache_space_gib * GIB) if spec.accelerator == "cpu" else 0,
     )

@@ -18,7 +18,7 @@ def install_runtime(accelerator: str) -> None:
     """
     Bring a host's container runtime up for its accelerator.
 
-    + accelerator: "nvidia", "ascend" or "none"
+    + accelerator: "nvidia", "ascend", "cpu" or "none" (cpu and none: Docker alone)
 
     Example:
 

@@ -165,7 +165,9 @@ class Layout:
 
 
 def accelerator_options(spec: ServingSpec) -> list[list[str]]:
-    """Docker options giving the container its GPUs or NPUs (grouped per line of the unit)."""
+    """Docker options giving the container its GPUs or NPUs (grouped per line of the unit); none on CPU."""
+    if spec.accelerator == "cpu":
+        return []
     if spec.accelerator == "nvidia":
         if spec.devices:
             # docker's --gpus parser reads CSV: the inner quotes keep "device=0,1" one field.

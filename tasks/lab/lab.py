@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, wheelhouse
+from . import aptrepo, hosts, hubseed, images, inventory, net, pypi, rootfs, tiny_qwen3, vllm_cpu, wheelhouse
 from .config import APT_PORT, CACHE_DIR, HUB_PORT, PYPI_PORT, REGISTRY_PORT, REPO_ROOT, LabConfig, cache_lock
 from .standins import cann_run
 from .hosts import Host
@@ -66,14 +66,17 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
     return [names[i % len(names)] for i in range(n)]
 
 
-def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> dict:
+def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = ()) -> dict:
     """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
+
+    ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' CPU images
+    in the registry and the tiny Qwen3 checkpoint in the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py).
 
     A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
     so no state file is left saying "already up" for a lab that is not."""
     with cache_lock():  # several labs may come up at once (parallel test workers)
         try:
-            return _up(cfg, n, profiles, log)
+            return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases))
         except BaseException:
             if load_state(cfg) is not None:
                 log(f"lab {cfg.name}: bring-up failed; removing what was made")
@@ -81,7 +84,7 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print) -> 
             raise
 
 
-def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
+def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...]) -> dict:
     if n < 1 or n > 64:
         raise SystemExit("lab up: N must be between 1 and 64")
     if load_state(cfg):
@@ -109,6 +112,9 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
     state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
+    if vllm_cpu_releases:  # its tokenizer is trained with the tokenizers of the newest release's tree
+        tiny = tiny_qwen3.publish_to(hub_root, vllm_cpu.ensure_tree(vllm_cpu_releases[-1], log))
+        state["checkpoint_bytes"] = max(state["checkpoint_bytes"], tiny)
     services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)
 
@@ -124,6 +130,8 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log) -> dict:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
     pushed = images.push_all(cfg, log)
+    if vllm_cpu_releases:
+        pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
     state["images"] = pushed
     state["inventory"] = str(inventory.write(cfg, state, key))
     state["up_seconds"] = round(time.monotonic() - started, 1)

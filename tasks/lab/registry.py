@@ -74,6 +74,49 @@ def layer_from_dir(root: Path, cache_key: str) -> Layer:
     return Layer(info["digest"], info["diff_id"], blob, blob.stat().st_size)
 
 
+def layer_from_tree(root: Path, entries: list[str], prefix: str, cache_key: str) -> Layer:
+    """A layer of some top-level ``entries`` of ``root``, placed under ``prefix`` in the image, made
+    once per cache key. Reproducible (sorted names, mtime 0, root-owned, gzip without a timestamp):
+    the same files give the same digest, so the registry stores a shared layer once."""
+    blob = CACHE_DIR / "layers" / f"{cache_key}.tar.gz"
+    meta = blob.with_suffix(".json")
+    if not meta.exists():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        tar = subprocess.Popen(
+            ["tar", "-C", str(root), "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner",
+             f"--transform=s,^,{prefix.strip('/')}/,", "-cf", "-", "--", *entries], stdout=subprocess.PIPE)
+        raw_sha, gz_sha = hashlib.sha256(), hashlib.sha256()
+        tmp = blob.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            # Streamed: a torch layer is gigabytes and must not sit in memory.
+            gz = _HashingWriter(out, gz_sha)
+            with gzip.GzipFile(fileobj=gz, mode="wb", compresslevel=1, mtime=0) as zipped:
+                for chunk in iter(lambda: tar.stdout.read(1 << 20), b""):
+                    raw_sha.update(chunk)
+                    zipped.write(chunk)
+        if tar.wait() != 0:
+            raise RuntimeError(f"tar of {root} for layer {cache_key} failed")
+        tmp.replace(blob)
+        meta.write_text(json.dumps({"digest": "sha256:" + gz_sha.hexdigest(),
+                                    "diff_id": "sha256:" + raw_sha.hexdigest()}))
+    info = json.loads(meta.read_text())
+    return Layer(info["digest"], info["diff_id"], blob, blob.stat().st_size)
+
+
+class _HashingWriter(io.RawIOBase):
+    """A file wrapper hashing what goes through it (the gzip blob's digest, in one pass)."""
+
+    def __init__(self, out, digest) -> None:
+        self.out, self.digest = out, digest
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+
 def layer_from_files(files: dict[str, tuple[bytes, int]]) -> Layer:
     """A small deterministic layer of files (path -> (content, mode))."""
     buf = io.BytesIO()
@@ -126,9 +169,13 @@ class Pusher:
         if location.startswith("/"):
             location = self.base[: -len("/v2")] + location
         sep = "&" if "?" in location else "?"
-        body = data.read_bytes() if isinstance(data, Path) else data
-        put = self.http.put(f"{location}{sep}digest={digest}", data=body,
-                            headers={"Content-Type": "application/octet-stream"}, timeout=600)
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(data, Path):  # streamed from disk: a torch layer is gigabytes
+            with open(data, "rb") as body:
+                headers["Content-Length"] = str(data.stat().st_size)
+                put = self.http.put(f"{location}{sep}digest={digest}", data=body, headers=headers, timeout=600)
+        else:
+            put = self.http.put(f"{location}{sep}digest={digest}", data=data, headers=headers, timeout=600)
         put.raise_for_status()
 
     def push(self, repo: str, tag: str, layers: list[Layer], config: dict) -> str:

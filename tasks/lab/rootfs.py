@@ -7,7 +7,9 @@ extracted tree:
 - host: systemd as PID 1, sshd, python3, apt with the .debs of docker.io already in
   apt's own archive cache (apt still installs them for real; it just need not download
   them on every lab host again);
-- image: python3 + pip only, the base layer of the stand-in server images.
+- image: python3 + pip only, the base layer of the stand-in server images;
+- vllm-cpu: the image tree plus a C++ compiler, Python headers and libnuma, the base layer of the real vLLM CPU
+  images (tasks/lab/vllm_cpu.py): torch.compile's CPU backend compiles C++ (including Python.h) at server start.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ HOST_PACKAGES = (
     "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,ca-certificates,iproute2,curl,gnupg,procps"
 )
 IMAGE_PACKAGES = "python3,python3-pip,ca-certificates"
+VLLM_CPU_PACKAGES = IMAGE_PACKAGES + ",g++,python3-dev,libnuma1"
 # Pre-seeded into apt's archive cache of the host tree; the deploys install them.
 HOST_PRESEED = ("docker.io",)
 
@@ -46,7 +49,7 @@ def tarball(kind: str) -> Path:
 
 
 def ensure(kind: str, log=print) -> Path:
-    """Return the extracted tree of ``kind`` ("host" or "image"), building it if needed."""
+    """Return the extracted tree of ``kind`` ("host", "image" or "vllm-cpu"), building it if needed."""
     target = tree(kind)
     if (target / ".llmfleet-complete").exists():
         return target
@@ -67,7 +70,7 @@ def ensure(kind: str, log=print) -> Path:
 
 
 def _build(kind: str, target: Path) -> None:
-    include = HOST_PACKAGES if kind == "host" else IMAGE_PACKAGES
+    include = {"host": HOST_PACKAGES, "image": IMAGE_PACKAGES, "vllm-cpu": VLLM_CPU_PACKAGES}[kind]
     _run(
         ["debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(target), MIRROR],
         stdout=subprocess.DEVNULL,

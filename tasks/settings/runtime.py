@@ -9,7 +9,7 @@ from pydantic import Field
 
 from tasks.settings.base import Settings
 
-Accelerator = Literal["nvidia", "ascend", "none"]
+Accelerator = Literal["nvidia", "ascend", "cpu", "none"]
 ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 
 

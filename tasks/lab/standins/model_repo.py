@@ -99,13 +99,15 @@ def _stream(seed: int, label: str, n: int) -> bytes:
     return bytes(out[:n])
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], bytes]], metadata: dict[str, str]) -> None:
-    """Write a safetensors file by hand: u64 LE header length, JSON header (space-padded to 8), data."""
+def write_safetensors(path: Path, tensors: dict[str, tuple[list[int], bytes]], metadata: dict[str, str],
+                      dtype: str = "BF16") -> None:
+    """Write a safetensors file by hand: u64 LE header length, JSON header (space-padded to 8), data
+    (every tensor of ``dtype``: "BF16", "F32")."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for name in sorted(tensors):
         shape, data = tensors[name]
-        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
