@@ -83,14 +83,14 @@ def check_cpu(verdict: Any, facts: dict, req: Any, opts: dict) -> None:
         verdict.add("cpu isa", "fail", f"{model}: neither AVX-512 nor AVX2 in /proc/cpuinfo flags; vLLM's x86 "
                                        "CPU backend needs one of them")
     host = facts.get("host") or {}
-    cores, need_cores = host.get("cpus"), int(opts["preflight_cpu_min_cores"])
+    cores, need_cores = host.get("cpus"), int(opts.preflight_cpu_min_cores)
     if cores is None:
         verdict.add("cpu cores", "warn", "online core count not reported")
     elif cores < need_cores:
         verdict.add("cpu cores", "fail", f"{cores} online, {need_cores} required (preflight_cpu_min_cores)")
     else:
         verdict.add("cpu cores", "ok", f"{cores} online")
-    runtime = int(float(opts["preflight_cpu_runtime_gib"]) * GIB)
+    runtime = int(float(opts.preflight_cpu_runtime_gib) * GIB)
     need = req.weights_bytes + req.cpu_kvcache_bytes + runtime
     avail = host.get("mem_available_bytes")
     parts = (f"weights {req.weights_bytes / GIB:.2f} GiB + KV cache {req.cpu_kvcache_bytes / GIB:.0f} GiB "

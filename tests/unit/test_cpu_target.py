@@ -9,6 +9,7 @@ import pytest
 from tasks.cpu_target import ISA_FLAGS, CpuFlags
 from tasks.plan import GIB
 from tasks.preflight import DEFAULTS, evaluate
+from tasks.settings.preflight import PreflightSettings
 from tasks.requirement import requirement_from_spec
 from tasks.service import accelerator_options
 from tasks.spec import SpecError, load_spec, read_recipe
@@ -28,7 +29,7 @@ def cpu_spec(**fields):
 
 def verdict_for(facts, **data):
     req = requirement_from_spec(cpu_spec(), "/srv/models/cpu", {"preflight_weights_bytes": 2 * GIB, **data})
-    return evaluate({"host": HOST, **facts}, req, data)
+    return evaluate({"host": HOST, **facts}, req, PreflightSettings.of(data))
 
 
 def checks(verdict) -> dict[str, tuple[str, str]]:

@@ -130,7 +130,7 @@ def test_the_pull_wrapper_counts_layers_passes_the_exit_code_and_removes_its_fil
     proc = subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, str(state), "image vllm/vllm-openai:v1", "--",
                              "sh", "-c", fake_pull], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        seen = wait_for_json(state, lambda e: e["total"] == 3)
+        seen = wait_for_json(state, lambda e: e["total"] == 3 and e["done"] == 2)  # after the 6 lines
     finally:
         out, err = proc.communicate(timeout=30)
     assert seen["done"] == 2 and seen["unit"] == "layers" and seen["phase"] == "download", seen
