@@ -16,7 +16,7 @@ from pyinfra import host
 from pyinfra.api import FactBase, operation
 from tasks.settings.image import ImageSettings
 
-from tasks.progress_pull import pull_command
+from tasks.progress_docker import pull_command
 
 DEFAULTS = ImageSettings.defaults()
 
@@ -81,7 +81,7 @@ def pulled(image: str, mirrors: dict[str, str] | None = None, present: dict[str,
         return
     mirrors = ImageSettings.of(host).image_mirrors if mirrors is None else mirrors
     registry, path = split_registry(image)
-    # The pull keeps a progress state file the run and deploys/status.py show (tasks/progress_pull.py).
+    # The pull keeps a progress state file the run and deploys/status.py show (tasks/progress_docker.py).
     if registry and registry in mirrors:
         source = f"{mirrors[registry]}/{path}"
         yield (f"{{ {pull_command(source, f'image {image}')}; }} && docker tag {shlex.quote(source)} "

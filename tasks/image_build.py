@@ -34,6 +34,7 @@ from . import bundle
 from .image import DockerImages, pulled
 from .spec import ServingSpec
 from .vllm import versions as vv
+from tasks.progress_docker import build_command
 from tasks.settings.bundle import BundleSettings
 from tasks.settings.image_build import ImageBuildSettings
 
@@ -140,8 +141,9 @@ def built(image: str, base_image: str, dockerfile: str, build_args: dict[str, st
     yield from files.directory._inner(path=context, mode="755")
     yield from files.put._inner(src=StringIO(dockerfile), dest=f"{context}/Dockerfile", mode="644")
     arg_flags = " ".join(f"--build-arg {shlex.quote(f'{k}={v}')}" for k, v in sorted((build_args or {}).items()))
-    yield (f"docker build {arg_flags} --label org.llmfleet.built-by=llmfleet "
-           f"-t {shlex.quote(image)} {shlex.quote(context)}")
+    # The build keeps a progress state file (the step running) the run and deploys/status.py show.
+    yield build_command(f"{arg_flags} --label org.llmfleet.built-by=llmfleet -t {shlex.quote(image)} "
+                        f"{shlex.quote(context)}", image)
 
 
 @deploy("Container image", data_defaults=DEFAULTS)

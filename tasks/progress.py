@@ -2,10 +2,10 @@
 
 A long step on a host keeps a small JSON state file under ``/run/llmfleet/progress/`` while it
 works (tmpfs, so a reboot takes it with the work it described): the weights fetch
-(``tasks/weights/fetch_progress.py`` says the fields: bytes, rate, ETA), image pulls
-(``tasks/progress_pull.py``: layers) and a replica's start-up while its verification waits for
-/health (``tasks/probe/verify_endpoint.py``: the phase read from vLLM's log, seconds of the
-start-up budget). Two readers, one format:
+(``tasks/weights/fetch_progress.py`` says the fields: bytes, rate, ETA), image pulls and builds
+(``tasks/progress_docker.py``: layers, steps) and a replica's start-up while its verification
+waits for /health (``tasks/probe/verify_endpoint.py``: the phase read from vLLM's log, seconds of
+the start-up budget). Two readers, one format:
 
 - The pyinfra run: an operation still running on a host after ``status_progress_interval_s``
   seconds gets that host's live state files read at that interval until it ends (one read-only
@@ -96,8 +96,8 @@ def describe(entry: dict[str, Any]) -> str:
     """One entry as the text after ``progress:``: work, phase, bytes / total (percent), rate, ETA."""
     done, total = int(entry.get("done") or 0), int(entry.get("total") or 0)
     text = f"{entry.get('work', '?')}: {entry.get('phase', '?')}"
-    if entry.get("unit") == "layers":  # an image pull (tasks/progress_pull.py): layers, not bytes
-        return text + (f" {done} / {total} layers ({100 * done // total}%)" if total else "")
+    if entry.get("unit") in ("layers", "steps"):  # an image pull or build (tasks/progress_docker.py)
+        return text + (f" {done} / {total} {entry['unit']} ({100 * done // total}%)" if total else "")
     if entry.get("unit") == "s":  # a replica starting (the verify probe): seconds of its start-up budget
         return text + f", {duration(done)} of a {duration(total)} start-up budget"
     if total and (done or entry.get("phase") == "download"):

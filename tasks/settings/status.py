@@ -21,4 +21,4 @@ class StatusSettings(Settings):
         3, description="timeout of the /health and /version requests")
     status_progress_interval_s: float = Field(
         10.0, ge=0, description="seconds between the progress lines a run prints per host while a long operation "
-        "(weights fetch, image pull, a replica starting) runs; 0: none")
+        "(weights fetch, image pull or build, a replica starting) runs; 0: none")

@@ -120,14 +120,14 @@ def test_a_run_prints_progress_while_a_long_operation_runs_and_a_dry_run_reads_n
 
 
 def test_the_pull_wrapper_counts_layers_passes_the_exit_code_and_removes_its_file(tmp_path):
-    """PULL_SCRIPT around a stand-in for ``docker pull`` printing what Docker's CLI prints without a terminal."""
-    from tasks.progress_pull import PULL_SCRIPT
+    """DOCKER_SCRIPT (pull) around a stand-in for ``docker pull`` printing what Docker's CLI prints without a terminal."""
+    from tasks.progress_docker import DOCKER_SCRIPT
 
     state = tmp_path / "progress" / "image-x.json"
     lines = ["v1: Pulling from vllm/vllm-openai", "aaaaaaaaaaaa: Pulling fs layer", "bbbbbbbbbbbb: Pulling fs layer",
              "cccccccccccc: Already exists", "aaaaaaaaaaaa: Verifying Checksum", "aaaaaaaaaaaa: Download complete"]
     fake_pull = "; ".join(f"echo '{line}'" for line in lines) + "; sleep 3; echo 'bbbbbbbbbbbb: Pull complete'; exit 3"
-    proc = subprocess.Popen([sys.executable, "-c", PULL_SCRIPT, str(state), "image vllm/vllm-openai:v1", "--",
+    proc = subprocess.Popen([sys.executable, "-c", DOCKER_SCRIPT, "pull", str(state), "image vllm/vllm-openai:v1", "--",
                              "sh", "-c", fake_pull], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = wait_for_json(state, lambda e: e["total"] == 3 and e["done"] == 2)  # after the 6 lines
@@ -150,3 +150,36 @@ def wait_for_json(path: Path, ok, timeout: float = 20.0) -> dict:
             pass
         time.sleep(0.05)
     raise AssertionError(f"{path}: never as expected within {timeout}s")
+
+
+def test_the_build_wrapper_counts_steps_of_either_builder_and_says_a_failure(tmp_path):
+    """DOCKER_SCRIPT (build) around a stand-in for ``docker build`` printing the classic builder's steps,
+    then BuildKit's plain lines, then failing: the state counts the step running, never goes back,
+    and the failed build's last lines reach stderr."""
+    from tasks.progress_docker import DOCKER_SCRIPT
+
+    state = tmp_path / "progress" / "image-build.json"
+    lines = ["Sending build context to Docker daemon  2.048kB", "Step 1/4 : FROM vllm/vllm-openai:v0.18.0",
+             " ---> 0123456789ab", "Step 2/4 : ARG PIP_INDEX_URL", "#7 [3/4] RUN pip install vllm==0.18.0"]
+    fake_build = ("; ".join(f"echo '{line}'" for line in lines) + "; sleep 3; echo '#5 [1/4] FROM x'; "
+                  "echo 'ERROR: failed to solve: process did not complete successfully: exit code: 1'; exit 1")
+    proc = subprocess.Popen([sys.executable, "-c", DOCKER_SCRIPT, "build", str(state), "image llmfleet/glm5:0123",
+                             "--", "sh", "-c", fake_build], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = wait_for_json(state, lambda e: e["done"] == 3)
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert (seen["total"], seen["unit"], seen["phase"]) == (4, "steps", "build"), seen
+    assert progress.describe(seen) == "image llmfleet/glm5:0123: build 3 / 4 steps (75%)"
+    assert proc.returncode == 1 and out == ""
+    assert "failed to solve" in err and "Step 2/4" in err  # what Docker said, for the operator
+    assert not state.exists()
+
+
+def test_a_build_runs_through_the_wrapper_and_plainly_without_python3():
+    from tasks.progress_docker import build_command
+
+    cmd = build_command("--label a=b -t 'llmfleet/glm5:0123' /var/cache/b", "llmfleet/glm5:0123")
+    assert "python3 -c" in cmd and " build /var/cache/llmfleet" not in cmd
+    assert cmd.endswith("else docker build -q --label a=b -t 'llmfleet/glm5:0123' /var/cache/b; fi")
+    assert "/run/llmfleet/progress/image-build-llmfleet_glm5_0123.json" in cmd
