@@ -16,6 +16,7 @@ module takes it down at the end.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 
@@ -64,9 +65,15 @@ def api(rv, path: str, body: dict | None = None, key: bool = True) -> tuple[int,
 
 def test_cpu_recipe_converges_on_the_real_server_then_no_changes(rv):
     started = time.monotonic()
-    first = deploy(rv)
+    first = deploy(rv, status_progress_interval_s=5)
     TIMINGS["first deploy (pull + cold start + verify)"] = time.monotonic() - started
     changed = first.changed()
+    # the cold start (~75 s) shows its phase as the real server logs it (tasks/probe/verify_endpoint.py PHASES)
+    from tasks.probe.verify_endpoint import PHASES
+
+    starting = re.findall(rf"\[{re.escape(rv['name'])}\] progress: replica cpu: ([^,]+), \d+\w* of a", first.stderr)
+    assert len(starting) >= 2, first.stderr[-3000:]
+    assert {re.sub(r" \d+%$", "", p) for p in starting} & {phase for _, phase in PHASES}, starting
     assert changed["Model | Service | cpu: unit llmfleet-cpu.service"] == [rv["name"]]
     assert changed["Model | cpu: verify endpoint"] == [rv["name"]]
     unit = ssh(rv["ip"], "cat /etc/systemd/system/llmfleet-cpu.service").stdout

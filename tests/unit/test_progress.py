@@ -120,7 +120,7 @@ def test_a_run_prints_progress_while_a_long_operation_runs_and_a_dry_run_reads_n
 
 
 def test_the_pull_wrapper_counts_layers_passes_the_exit_code_and_removes_its_file(tmp_path):
-    """DOCKER_SCRIPT (pull) around a stand-in for ``docker pull`` printing what Docker's CLI prints without a terminal."""
+    """DOCKER_SCRIPT (pull) around a stand-in for ``docker pull`` printing what its CLI prints without a terminal."""
     from tasks.progress_docker import DOCKER_SCRIPT
 
     state = tmp_path / "progress" / "image-x.json"
