@@ -194,7 +194,9 @@ DTYPE_FP8_REFUSAL = (
     "on load with quantization: fp8; for an FP8 KV cache set kv_cache_dtype: fp8"
 )
 
-#: --kv-cache-dtype values llmfleet renders (present in every release 0.7.0+).
+#: --kv-cache-dtype values llmfleet renders (present in every release 0.7.0+); the memory planner
+#: prices exactly these. Later releases add more (bfloat16 from 0.11.0, float16 from 0.18.0, fp8_inc,
+#: ...: tasks/data/vllm-flags/*.json); accepting them needs the release they start in, not done yet.
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 #: --quantization methods llmfleet accepts: one list, shared with the memory planner
