@@ -67,8 +67,9 @@ def min_driver_for_cuda(cuda: str) -> str:
 
 def cuda_for_vllm(version: str) -> str | None:
     """CUDA of the vLLM release ``version`` ("0.8.5" -> "12.4"), or None when the table has no row for it."""
+    release = Version.parse(version).release  # a release candidate is built like its release
     for first, last, cuda in CUDA_FOR_VLLM:
-        if version_ge(version, first) and version_ge(last, version):
+        if Version.parse(first).release <= release <= Version.parse(last).release:
             return cuda
     return None
 

@@ -16,7 +16,8 @@ def test_min_driver_unknown_cuda_names_it():
 
 @pytest.mark.parametrize("vllm, expected", [
     ("0.8.5", "12.4"), ("v0.7.3", "12.4"), ("0.9.2", "12.6"), ("0.10.1", "12.8"), ("0.19.0", "12.8"),
-    ("0.22.0", "13.0"), ("0.33.0", "13.0"), ("0.7.0", None), ("0.20.0", "13.0"),
+    ("0.22.0", "13.0"), ("0.33.0", "13.0"), ("0.7.0", None), ("0.20.0", "13.0"), ("0.9.0rc1", "12.6"),
+    ("0.8.5.post1", "12.4"),
 ])
 def test_cuda_for_vllm(vllm, expected):
     assert cuda.cuda_for_vllm(vllm) == expected
