@@ -14,7 +14,7 @@ Two tables, both read by preflight and by anything else that must reason about i
 
 from __future__ import annotations
 
-import re
+from tasks.versions import Version, version_ge
 
 #: CUDA "major.minor" -> minimum Linux driver (GA release of that toolkit).
 MIN_DRIVER_FOR_CUDA: dict[str, str] = {
@@ -40,36 +40,16 @@ CUDA_FOR_VLLM: tuple[tuple[str, str, str], ...] = (
     ("0.20.0", "0.99.99", "13.0"),
 )
 
-_VERSION_RE = re.compile(r"^\s*v?(\d+(?:\.\d+)*)")
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    """Parse the leading dotted numbers of ``text``: "550.144.03" -> (550, 144, 3), "v0.8.5" -> (0, 8, 5).
-
-    Raises ValueError naming the text when it does not start with a number.
-    """
-    match = _VERSION_RE.match(str(text))
-    if not match:
-        raise ValueError(f"not a version: {text!r} (expected digits and dots, e.g. 550.144.03)")
-    return tuple(int(part) for part in match.group(1).split("."))
-
-
-def version_ge(left: str, right: str) -> bool:
-    """True when version ``left`` >= ``right`` (missing trailing parts count as 0)."""
-    a, b = parse_version(left), parse_version(right)
-    width = max(len(a), len(b))
-    return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
-
 
 def cuda_major_minor(cuda: str) -> str:
     """Normalise "12.4", "12.4.1" or "cu124" to "12.4"."""
     text = str(cuda).strip().lower()
     if text.startswith("cu") and text[2:].isdigit() and len(text) >= 5:
         return f"{int(text[2:-1])}.{int(text[-1])}"
-    parts = parse_version(text)
-    if len(parts) < 2:
+    version = Version.parse(text)
+    if version.parts < 2:
         raise ValueError(f"CUDA version {cuda!r} needs major.minor (e.g. 12.4)")
-    return f"{parts[0]}.{parts[1]}"
+    return f"{version.release[0]}.{version.release[1]}"
 
 
 def min_driver_for_cuda(cuda: str) -> str:
@@ -87,8 +67,9 @@ def min_driver_for_cuda(cuda: str) -> str:
 
 def cuda_for_vllm(version: str) -> str | None:
     """CUDA of the vLLM release ``version`` ("0.8.5" -> "12.4"), or None when the table has no row for it."""
+    release = Version.parse(version).release  # a release candidate is built like its release
     for first, last, cuda in CUDA_FOR_VLLM:
-        if version_ge(version, first) and version_ge(last, version):
+        if Version.parse(first).release <= release <= Version.parse(last).release:
             return cuda
     return None
 

@@ -47,8 +47,17 @@ from tasks.settings.model import ModelSettings
 
 DEFAULTS: dict[str, Any] = ModelSettings.defaults()
 
-def _opt(data: Any, key: str) -> Any:
-    return data.get(key, DEFAULTS[key])
+
+def _setting(data: Any, key: str) -> Any:
+    """Host data ``key`` read through the capability model that declares it; a bad value is a SpecError
+    naming the key (recipe choosers run inside ``validate_fleet``, which lists every host's problems)."""
+    from tasks.bad_input import BadInput
+    from tasks.settings.registry import model_of
+
+    try:
+        return model_of(key).value(data, key)
+    except BadInput as exc:
+        raise SpecError(key, "; ".join(p.message for p in exc.problems)) from None
 
 
 
@@ -83,7 +92,7 @@ def deploy_model(recipe: Recipe) -> None:
         model_dir = model_dest(spec, data)
 
         # A refused host is failed for the run: no install step; below it serves nothing.
-        go = not _opt(data, "model_preflight") or preflight(requirement_from_spec(spec, model_dir, data))
+        go = not ModelSettings.value(host, "model_preflight") or preflight(requirement_from_spec(spec, model_dir, data))
         if go:
             install_runtime(spec.accelerator)
             point_kept(plan, spec, model_dir)
@@ -110,7 +119,7 @@ def recipe_in(key: str, required: bool = True) -> Callable[[dict], str | None]:
     """
 
     def choose(data: dict) -> str | None:
-        name = data.get(key)
+        name = _setting(data, key)
         if not name and required:
             raise SpecError(key, f"not set; allowed: a recipe name ({', '.join(list_recipes())}) or the path of a "
                             f".yaml recipe file, e.g. --data {key}=qwen30b")
@@ -124,7 +133,7 @@ def variant_recipe(prefix: str, variants: tuple[str, ...], default: str) -> Call
     """A recipe chooser for multi-variant deploys: ``<prefix>_<model_variant>``."""
 
     def choose(data: dict) -> str:
-        variant = data.get("model_variant") or default
+        variant = _setting(data, "model_variant") or default
         if variant not in variants:
             raise SpecError("model_variant", f"{variant!r} is not a variant of {prefix}; allowed: "
                             f"{', '.join(variants)}")

@@ -60,14 +60,13 @@ from typing import Any
 from tasks import plan_allocator, plan_profile
 from tasks.vllm.quantization import QUANTIZATIONS as QUANT_METHODS
 from tasks.vllm.quantization import QuantizationError, WeightFormat, weight_format
-from tasks.vllm.versions import Version
+from tasks.vllm.versions import DTYPE_CHOICES as DTYPES
+from tasks.vllm.versions import KV_CACHE_DTYPES, Version
 
 GIB = 1 << 30
 
 DTYPE_BYTES = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4}
-DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 QUANTIZATIONS = (None, *QUANT_METHODS)
-KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16")
 
 VOCAB_PAD = 64
 #: The planner's measured error over the public start-up logs of tests/unit/fixtures/startup_logs/,

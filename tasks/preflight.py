@@ -68,6 +68,8 @@ from tasks.cpu_target import CpuFlags, check_cpu
 from tasks.plan import (GIB, MARGIN_SOURCE, PlanInputError, PlanParams, model_dtype_bytes, plan, quant_config,
                         text_config)
 from tasks.settings.preflight import PreflightSettings
+from tasks.versions import version_ge
+from tasks.vllm.versions import Version
 
 DEFAULTS: dict[str, Any] = PreflightSettings.defaults()
 
@@ -115,7 +117,7 @@ class Requirement:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not (isinstance(self.model_dir, str) and self.model_dir.startswith("/")):
             raise ValueError(f"model_dir must be an absolute path, got {self.model_dir!r}")
-        cudatab.parse_version(self.vllm_version)
+        Version.parse(self.vllm_version)
         self.plan_params(1.0).validate()
 
     @property
@@ -193,7 +195,7 @@ def _check_driver(verdict: Verdict, driver: str, req: Requirement, min_driver: s
     if not cuda:
         verdict.add("driver", "warn", f"driver {driver}; CUDA of vLLM {req.vllm_version} unknown "
                                       "(set the recipe's cuda_version): image requirement not checked")
-        if not cudatab.version_ge(driver, min_driver):
+        if not version_ge(driver, min_driver):
             verdict.add("driver minimum", "fail", f"host driver {driver} is older than {min_driver}")
         return
     try:
@@ -201,8 +203,8 @@ def _check_driver(verdict: Verdict, driver: str, req: Requirement, min_driver: s
     except ValueError as exc:
         verdict.add("driver", "warn", str(exc))
         return
-    floor = needed if cudatab.version_ge(needed, min_driver) else min_driver
-    if cudatab.version_ge(driver, floor):
+    floor = needed if version_ge(needed, min_driver) else min_driver
+    if version_ge(driver, floor):
         verdict.add("driver", "ok", f"{driver} >= {floor} (image CUDA {cuda} needs >= {needed})")
     else:
         verdict.add(

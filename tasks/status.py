@@ -31,6 +31,7 @@ from pyinfra.api import FactBase
 
 from tasks import progress
 from tasks.monitoring import live
+from tasks.pyinfra_ext import run_store
 from tasks.vllm.metrics import all_names
 from tasks.settings.gateway import GatewaySettings
 from tasks.settings.service import ServiceSettings
@@ -215,9 +216,6 @@ def previous_reads(report_dir: Path) -> dict[tuple, dict]:
     return {}
 
 
-_FLEET: dict[int, dict[str, Any]] = {}
-
-
 def status_host() -> list[dict]:
     """
     Plan-time, per host (``deploys/status.py``): read the host's status, and once every active
@@ -235,7 +233,7 @@ def status_host() -> list[dict]:
         text = r.pop("metrics", None)
         if text is not None and r.get("vllm_version"):
             r["live"] = live.sample("\n".join(text), str(r["vllm_version"]))
-    run = _FLEET.setdefault(id(real.state), {"started": time.time(), "hosts": {}})
+    run = run_store(real.state).setdefault("status", {"started": time.time(), "hosts": {}})
     run["hosts"][real.name] = records
     alive = {h.name for h in real.state.inventory.get_active_hosts()}
     active = [h.name for h in real.state.inventory if h.name in alive]

@@ -28,6 +28,7 @@ from pyinfra.api import FactBase, StringCommand, operation
 
 from tasks.pyinfra_ext import run_store
 from tasks.service import PROBE_PATH
+from tasks.settings.service import ServiceSettings
 from tasks.settings.verify import VerifySettings
 
 DEFAULTS: dict[str, Any] = VerifySettings.defaults()
@@ -120,16 +121,16 @@ def verify_fleet_host() -> list[dict]:
     from pyinfra.context import ctx_host
 
     real = ctx_host.get()
-    wait_s = int(real.data.get("verify_wait_s", DEFAULTS["verify_wait_s"]))
-    etc_dir = str(real.data.get("service_etc_dir", "/etc/llmfleet"))
-    results = real.get_fact(EndpointChecks, wait_s=wait_s, etc_dir=etc_dir)
+    settings = VerifySettings.of(real)
+    results = real.get_fact(EndpointChecks, wait_s=settings.verify_wait_s,
+                            etc_dir=ServiceSettings.of(real).service_etc_dir)
     for result in results:
         result["inventory_host"] = real.name
         if not result.get("ok"):
             tail = "\n".join(f"{real.print_prefix}  | {ln}" for ln in result.get("log_tail") or [])
             logger.error(f"{real.print_prefix}verify FAILED on {real.name}: {result.get('name')}: "
                          f"{result.get('error')}\n{real.print_prefix}last lines of the container log:\n{tail}")
-    report_dir = Path(str(real.data.get("verify_report_dir", DEFAULTS["verify_report_dir"])))
+    report_dir = Path(settings.verify_report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(ch if ch.isalnum() or ch in "-_.@" else "_" for ch in real.name)
     (report_dir / f"{safe}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -18,9 +18,10 @@ from tasks.gateway import is_gateway
 from tasks.pyinfra_ext import current_state, once_per_run
 from tasks.removal import ABSENT
 from tasks.requirement import check_context, model_config_for
-from tasks.runtime import ACCELERATORS
 from tasks.secrets import local_secret
 from tasks.service import secret_files
+from tasks.settings.runtime import RuntimeSettings
+from tasks.settings.weights import WeightsSettings
 from tasks.spec import ServingSpec, SpecError, load_spec
 
 Recipe = str | Callable[[dict], str | None]
@@ -101,7 +102,10 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
             log_traceback(exc)
             problems += spec_problems(h.name, exc, data)
             continue
-        token = data.get("weights_token_secret")
+        try:
+            token = WeightsSettings.value(data, "weights_token_secret", h.name)
+        except BadInput:
+            token = None  # settings_problems below names it
         if token:
             try:
                 local_secret(token, "weights_token_secret", data)
@@ -119,9 +123,10 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
 
 def _runtime_problems(host: str, data: dict) -> list[Problem]:
     """A host brought up without a recipe: its ``runtime_accelerator`` and that runtime's settings."""
-    accelerator = data.get("runtime_accelerator", "nvidia")
-    if accelerator not in ACCELERATORS:
-        return [Problem(host, "runtime_accelerator", f"allowed: {', '.join(ACCELERATORS)}", repr(accelerator))]
+    try:
+        accelerator = RuntimeSettings.value(data, "runtime_accelerator", host) or "nvidia"
+    except BadInput as exc:  # another accelerator's settings would be read: its problems alone
+        return exc.problems
     return settings_problems(host, data, accelerator)
 
 

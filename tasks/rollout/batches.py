@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from tasks.rollout import DEFAULTS
+from tasks.settings.rollout import RolloutSettings
 from tasks.spec import SpecError
 
 
@@ -43,12 +44,13 @@ def make_batches(hosts: list[str], batch_size: Any = 1, max_unavailable: Any = N
 
 
 def fleet_setting(datas: dict[str, Any], key: str) -> Any:
-    """A setting that must be equal on every replica; SpecError naming two hosts that differ."""
+    """A setting that must be equal on every replica (each read through ``RolloutSettings``);
+    SpecError naming two hosts that differ."""
     from tasks.settings import agreed
 
     if not datas:
         return DEFAULTS[key]
-    return agreed(key, {name: data.get(key, DEFAULTS[key]) for name, data in datas.items()},
+    return agreed(key, {name: RolloutSettings.value(data, key, name) for name, data in datas.items()},
                   "every replica of a rollout")
 
 

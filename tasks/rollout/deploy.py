@@ -12,11 +12,11 @@ from tasks import gateway as gw
 from tasks import removal
 from tasks.pyinfra_ext import change_known
 from tasks.removal import ABSENT
-from tasks.rollout import DEFAULTS
 from tasks.rollout.operations import barrier, finished, gate, rollback_point, rolled_back, weights_held
 from tasks.rollout.plan import Handles, Plan, desired_service, progress_of
 from tasks.rollout.service_version import Paths, point_unneeded
 from tasks.service import Layout, needs_restart, options as service_options, serve
+from tasks.settings.rollout import RolloutSettings
 from tasks.spec import ServingSpec
 
 
@@ -29,7 +29,7 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     logger.info(f"{host.print_prefix}rollout {spec.name}: {'; '.join(reasons)}")
     served = serve(spec, image_ref, model_dir, restart=needs_restart(reasons))
     logger.info(f"{host.print_prefix}{upgrade_summary(spec, image_ref, live, served.unit, f'{b + 1}/{n}')}")
-    wait = host.data.get("rollout_gate_wait_s", DEFAULTS["rollout_gate_wait_s"])
+    wait = RolloutSettings.value(host, "rollout_gate_wait_s")  # None: the recipe's start-up budget
     name = spec.name
     checked = gate(name=f"{name}: verify endpoint", paths=paths, wait_s=wait, _if=served.started,
                    _ignore_errors=True)

@@ -21,6 +21,8 @@ from tasks.rollout.batches import fleet_setting, make_batches
 from tasks.rollout.service_version import Paths, ServiceVersion, fact_args
 from tasks.service import Desired, desired
 from tasks.service import pending as service_pending
+from tasks.settings.gateway import GatewaySettings
+from tasks.settings.image_build import ImageBuildSettings
 from tasks.spec import ServingSpec, SpecError, load_spec
 
 
@@ -238,7 +240,7 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan
     port = None
     for h in state.inventory:
         if h.name in gateways:
-            port = h.data.get("gateway_port") or port
+            port = GatewaySettings.value(h, "gateway_port") or port
     model = gw.GatewayModel(name=str(served.name), served_model_name=str(served.served_model_name),
                             listen_port=int(port or served.port), replicas=tuple(replicas),
                             api_key_secret=served.api_key_secret)
@@ -262,6 +264,6 @@ def desired_service(spec: ServingSpec, data: Any) -> tuple[Desired, Paths]:
     from tasks.weights.deploy import model_dest
 
     model_dir = model_dest(spec, data)
-    want = desired(spec, image_ref(spec, data.get("image_pip_index_url")), model_dir, data)
+    want = desired(spec, image_ref(spec, ImageBuildSettings.value(data, "image_pip_index_url")), model_dir, data)
     return want, Paths.of(want.layout, model_dir)
 

@@ -48,6 +48,13 @@ def _number_as_text(value: Any) -> Any:
     return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+def _no_bool(value: Any) -> Any:
+    """YAML's yes/true is no count (pydantic would read True as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a boolean, not a number")
+    return value
+
+
 def _pinned(image: str) -> bool:
     from tasks.image import check_pinned  # late: tasks.image reads its settings from here
 
@@ -67,8 +74,8 @@ HttpUrl = checked(lambda v: v.startswith(("http://", "https://")), "an http(s) U
                   "strings, each an http(s) URL (http:// or https://)")
 AbsPath = checked(lambda v: v.startswith("/"), "an absolute path")
 Duration = checked(lambda v: bool(_DURATION.match(v)), "a Prometheus duration (30s, 5m, 1h30m, 15d)")
-Port = Annotated[int, at.Ge(1), at.Le(65535)]
-Positive = Annotated[int, at.Ge(1)]
+Port = Annotated[int, BeforeValidator(_no_bool), at.Ge(1), at.Le(65535)]
+Positive = Annotated[int, BeforeValidator(_no_bool), at.Ge(1)]
 Seconds = Annotated[float, at.Gt(0)]
 NonNegative = Annotated[float, at.Ge(0)]
 PinnedImage = checked(_pinned, "an image pinned to a tag or digest (NAME:TAG, not latest)")

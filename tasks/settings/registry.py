@@ -44,6 +44,14 @@ ACCELERATOR_ONLY: dict[type[Settings], str] = {NvidiaToolkitSettings: "nvidia", 
 
 
 @functools.cache
+def model_of(key: str) -> type[Settings]:
+    """The capability model that declares setting ``key``; KeyError naming it when none does."""
+    for model in CAPABILITIES:
+        if key in model.model_fields:
+            return model
+    raise KeyError(f"{key!r} is no llmfleet setting")
+
+
 def known_keys() -> frozenset[str]:
     """Every host-data key llmfleet reads: the capabilities' settings and ``serve_<field>``."""
     from tasks.spec import OVERRIDE_PREFIX, ServingSpec
@@ -97,4 +105,4 @@ def agreed(key: str, values: dict[str, object], scope: str) -> object:
     return first
 
 
-__all__ = ["ACCELERATOR_ONLY", "CAPABILITIES", "agreed", "known_keys", "unknown_keys"]
+__all__ = ["ACCELERATOR_ONLY", "CAPABILITIES", "agreed", "known_keys", "model_of", "unknown_keys"]

@@ -20,67 +20,26 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from tasks import versions
 from tasks.vllm import quantization as _quantization
 from tasks.vllm.harvested import Harvest, load_harvests
 
 FLAG_TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "vllm-flags-by-version.tsv"
 
-_VERSION_RE = re.compile(
-    r"^v?(?P<release>\d+(?:\.\d+){1,3})"
-    r"(?:(?:\.|-)?rc(?P<rc>\d+))?"
-    r"(?:\.post(?P<post>\d+))?$"
-)
 # A version at the start of an image tag: "v0.17.1-cu130", "v0.8.5.post1", "0.11.0rc3-a3".
 _TAG_VERSION_RE = re.compile(r"^v?(\d+(?:\.\d+){1,3}(?:rc\d+)?(?:\.post\d+)?)(?:$|[-_+])")
 
 
-@dataclass(frozen=True, order=True)
-class Version:
-    """A comparable vLLM version: ``rcN`` < release < ``.postN``; four release parts at most.
+class Version(versions.Version):
+    """A comparable vLLM version: ``rcN`` < release < ``.postN``; two to four release parts.
 
     >>> Version.parse("v0.8.5.post1") > Version.parse("0.8.5") > Version.parse("0.8.5rc1")
     True
     """
 
-    release: tuple[int, int, int, int]
-    stage: int = 1  # 0 release candidate, 1 final
-    rc: int = 0
-    post: int = 0
-    text: str = field(default="", compare=False)
-
-    @classmethod
-    def parse(cls, value: "str | Version") -> "Version":
-        """Parse "v0.8.5.post1", "0.10.1.1", "v0.11.0rc3"; ValueError on anything else."""
-        if isinstance(value, Version):
-            return value
-        m = _VERSION_RE.match(str(value).strip())
-        if not m:
-            raise ValueError(
-                f"not a vLLM version: {value!r} (expected e.g. 0.10.1, v0.8.5.post1, 0.11.0rc3)"
-            )
-        parts = [int(p) for p in m["release"].split(".")]
-        release = tuple(parts + [0] * (4 - len(parts)))
-        rc = m["rc"]
-        return cls(
-            release=release,  # type: ignore[arg-type]
-            stage=0 if rc is not None else 1,
-            rc=int(rc or 0),
-            post=int(m["post"] or 0),
-            text=str(value).strip().lstrip("v"),
-        )
-
-    def __str__(self) -> str:
-        if self.text:
-            return self.text
-        rel = list(self.release)
-        while len(rel) > 3 and rel[-1] == 0:
-            rel.pop()
-        s = ".".join(map(str, rel))
-        if self.stage == 0:
-            s += f"rc{self.rc}"
-        if self.post:
-            s += f".post{self.post}"
-        return s
+    least = 2
+    noun = "vLLM version"
+    example = "0.10.1, v0.8.5.post1, 0.11.0rc3"
 
 
 def V(value: str) -> Version:
@@ -235,7 +194,9 @@ DTYPE_FP8_REFUSAL = (
     "on load with quantization: fp8; for an FP8 KV cache set kv_cache_dtype: fp8"
 )
 
-#: --kv-cache-dtype values llmfleet renders (present in every release 0.7.0+).
+#: --kv-cache-dtype values llmfleet renders (present in every release 0.7.0+); the memory planner
+#: prices exactly these. Later releases add more (bfloat16 from 0.11.0, float16 from 0.18.0, fp8_inc,
+#: ...: tasks/data/vllm-flags/*.json); accepting them needs the release they start in, not done yet.
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 #: --quantization methods llmfleet accepts: one list, shared with the memory planner

@@ -88,55 +88,21 @@ SCRIPTS = fetch_script.HOST_FILES
 HERE = Path(__file__).resolve().parent
 
 
-def validate(data: Any) -> None:
-    """ValueError ``"<key>: ..."`` for a weights setting that cannot work; ``tasks.bad_input`` runs it
-    for every host before any is touched.
-
-    + data: host data over DEFAULTS, read as attributes
-    """
-    keep = data.weights_prune_keep
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"weights_prune_keep: {keep!r}; allowed: an integer >= 1 (the current revision "
-                         "counts) or None (never prune)")
-    width = data.weights_fanout_width
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"weights_fanout_width: {width!r}; allowed: an integer >= 1")
-
-
-def _request_for(spec: Any, data: Any) -> FetchRequest:
+def _request_for(spec: Any, data: WeightsSettings) -> FetchRequest:
+    """One host's fetch from its validated settings (``validate_fleet`` checked every host's first)."""
     m = spec.model
     endpoint = data.weights_hf_endpoint if m.hub == "huggingface" else data.weights_modelscope_endpoint
     token_file = None
     if data.weights_token_secret:
         local_secret(data.weights_token_secret, "weights_token_secret")  # fails early, names the field
         token_file = f"{str(data.weights_secrets_dir).rstrip('/')}/{data.weights_token_secret}"
-    validate(data)
-    keep = data.weights_prune_keep
     return FetchRequest(
         hub=m.hub, repo=m.repo_id, revision=m.revision, dest=model_dest(spec, data),
         allow=tuple(m.allow_patterns or ()), ignore=tuple(m.ignore_patterns or ()),
         endpoint=endpoint or None, token_file=token_file, deep_verify=bool(data.weights_deep_verify),
-        prune_keep=keep, max_workers=int(data.weights_max_workers),
+        prune_keep=data.weights_prune_keep, max_workers=data.weights_max_workers,  # None: never prune
         venv=data.weights_venv, scripts_dir=data.weights_scripts_dir,
     )
-
-
-class _DataWithDefaults:
-    """Another host's data with this capability's defaults under it (``@deploy`` data_defaults apply
-    to the host being planned only)."""
-
-    def __init__(self, h: Any) -> None:
-        self._h = h
-
-    def __getattr__(self, key: str) -> Any:
-        value = self._h.data.get(key)
-        return DEFAULTS.get(key) if value is None else value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = getattr(self, key)
-        return default if value is None else value
-
-
 
 
 def fleet_hosts() -> list[Any]:
@@ -161,21 +127,21 @@ def fleet_plan(spec: Any, hosts: list[Any] | None = None) -> WeightsPlan:
 
 
 def _fleet_plan(spec: Any, hosts: list[Any]) -> WeightsPlan:
-    data = {h.name: _DataWithDefaults(h) for h in hosts}
+    data = {h.name: WeightsSettings.of(h) for h in hosts}
     requests = {h.name: _request_for(spec, data[h.name]) for h in hosts}
     states = read_fleet(hosts, WeightsState,
                         lambda h: {"dest": requests[h.name].dest, "deep": requests[h.name].deep_verify})
-    fleet = fleet_settings(data)  # validate_fleet checked them before any host was touched
+    fleet = fleet_settings({h.name: h.data for h in hosts})  # validate_fleet checked them before any host was touched
     fanout = bool(fleet["weights_fanout"])
     urls = {}
     if fanout:
         for h in hosts:
             addr = peer_address(h, data[h.name])
             addr = f"[{addr}]" if ":" in addr else addr
-            urls[h.name] = f"http://{addr}:{int(data[h.name].weights_peer_port)}"
+            urls[h.name] = f"http://{addr}:{data[h.name].weights_peer_port}"
     plan = plan_fleet(
         [h.name for h in hosts], states, requests, fanout=fanout,
-        width=int(fleet["weights_fanout_width"]), groups={h.name: data[h.name].weights_fanout_group for h in hosts},
+        width=fleet["weights_fanout_width"], groups={h.name: data[h.name].weights_fanout_group for h in hosts},
         cache_host=fleet["weights_cache_host"], peer_urls=urls,
     )
     return plan
@@ -207,7 +173,7 @@ def fetch_weights(spec: Any, plan: WeightsPlan | None = None) -> Any:
         spec = load_spec("qwen30b", host.data.dict())
         fetch_weights(spec)
     """
-    data = host.data
+    data = WeightsSettings.of(host)
     req = _request_for(spec, data)
     plan = fleet_plan(spec) if plan is None else plan
     role = plan.roles[host.name]
@@ -226,7 +192,7 @@ def fetch_weights(spec: Any, plan: WeightsPlan | None = None) -> Any:
                     dest=req.token_file)
 
     fallback = bool(data.weights_fanout_fallback_hub)
-    port, max_s = int(data.weights_peer_port), int(data.weights_peer_max_s)
+    port, max_s = data.weights_peer_port, data.weights_peer_max_s
     hub_role = role if role.kind in ("hub", "skip") else Role("skip", f"copies from a peer in wave {role.wave}")
     ops = [model_fetched(name="Fetch from hub", req=req, role=hub_role, fallback_hub=False)]
     in_fanout = role.serve_from is not None or role.kind == "peer"
@@ -264,4 +230,4 @@ class WeightsResult:
 __all__ = ["DEFAULTS", "FLEET_KEYS", "FetchRequest", "PythonPackages", "Role", "WeightsPlan", "WeightsResult",
            "WeightsState", "client_venv", "fetch_command", "fetch_weights", "fleet_hosts", "fleet_plan",
            "fleet_settings", "model_dest", "model_dirname", "model_fetched", "normalise", "peer_address",
-           "peer_server_down", "peer_server_up", "plan_fleet", "validate"]
+           "peer_server_down", "peer_server_up", "plan_fleet"]

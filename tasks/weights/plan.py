@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from tasks.settings.weights import WeightsSettings
 from tasks.weights.fanout import plan_waves
 from tasks.weights.request import FetchRequest
 
@@ -118,14 +119,13 @@ def plan_fleet(
 
 
 def fleet_settings(datas: dict[str, Any]) -> dict[str, Any]:
-    """``FLEET_KEYS`` of every weights host (host name -> data with ``.get``), checked to agree.
+    """``FLEET_KEYS`` of every weights host (host name -> its host data), each read through
+    ``WeightsSettings``, checked to agree.
 
     Raises SpecError naming two hosts and their values where they differ.
     """
     from tasks.settings import agreed
-    from tasks.weights.deploy import DEFAULTS  # the capability's settings (deploy imports this module)
-
-    return {key: agreed(key, {name: d.get(key, DEFAULTS[key]) for name, d in datas.items()},
+    return {key: agreed(key, {name: WeightsSettings.value(d, key, name) for name, d in datas.items()},
                         "every host of a weights fan-out") for key in FLEET_KEYS}
 
 

@@ -9,16 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.settings.weights import WeightsSettings
 from tasks.weights import fetch as fetch_script
 
 PEER_TOKEN_DIR = "/run/llmfleet"
 _UNIT_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def _default(key: str) -> Any:
-    from tasks.weights.deploy import DEFAULTS  # the capability's settings (deploy imports this module)
-
-    return DEFAULTS[key]
 
 
 def model_dirname(repo_id: str) -> str:
@@ -29,7 +24,10 @@ def model_dirname(repo_id: str) -> str:
 def model_dest(spec: Any, data: Any = None) -> str:
     """The model directory for ``spec`` on a host (``<weights_root>/<owner>--<name>``); a service
     mounts ``<dest>`` and reads ``<dest>/current`` (or the resolved ``revisions/<rev>``)."""
-    root = (data.get("weights_root") if data is not None else None) or _default("weights_root")
+    if isinstance(data, WeightsSettings):
+        root = data.weights_root
+    else:  # host data (a Host, its HostData or a mapping), or None: the default root
+        root = WeightsSettings.value({} if data is None else data, "weights_root")
     return f"{str(root).rstrip('/')}/{model_dirname(spec.model.repo_id)}"
 
 
@@ -48,8 +46,8 @@ class FetchRequest:
     deep_verify: bool = False
     prune_keep: int | None = 2
     max_workers: int = 8
-    venv: str = field(default_factory=lambda: _default("weights_venv"))
-    scripts_dir: str = field(default_factory=lambda: _default("weights_scripts_dir"))
+    venv: str = WeightsSettings.model_fields["weights_venv"].default
+    scripts_dir: str = WeightsSettings.model_fields["weights_scripts_dir"].default
 
     @property
     def unit(self) -> str:

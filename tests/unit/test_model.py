@@ -91,3 +91,17 @@ def test_missing_image_builder_is_named(weights_module, monkeypatch):
     connect_all(state)
     with pytest.raises(BadInput, match="tasks.image_build cannot be imported"):
         add_deploy(state, deploy_model, "glm5")
+
+
+def test_recipe_choosers_read_the_typed_settings():
+    from tasks.model import recipe_in, variant_recipe
+    from tasks.spec import SpecError
+
+    choose = variant_recipe("qwen235b", ("awq", "gptq"), "awq")
+    assert choose({}) == "qwen235b_awq" and choose({"model_variant": "gptq"}) == "qwen235b_gptq"
+    with pytest.raises(SpecError, match="model_variant"):
+        choose({"model_variant": 5})
+    assert recipe_in("preflight_recipe", required=False)({"preflight_recipe": None}) is None
+    assert recipe_in("preflight_recipe")({"preflight_recipe": "qwen30b"}) == "qwen30b"
+    with pytest.raises(SpecError, match="preflight_recipe"):
+        recipe_in("preflight_recipe")({})

@@ -418,3 +418,19 @@ def test_run_token_only_with_waves_and_never_in_the_plans_repr():
     assert plan.waves == 1 and len(plan.token) >= 40 and plan.token not in repr(plan)
     assert plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True).token != plan.token  # per run
     assert plan_fleet(names, dict.fromkeys(names, held()), dict.fromkeys(names, REQ), fanout=True).token == ""
+
+
+def test_fetch_request_reads_the_typed_settings():
+    """Every host's request comes from WeightsSettings: None keeps meaning never prune (also for the other hosts
+    of a fan-out plan), text from --data is read as the number it says, a boolean is no count."""
+    from tasks.settings.weights import WeightsSettings
+    from tasks.spec import load_spec
+    from tasks.weights.deploy import _request_for
+
+    spec = load_spec("qwen30b", {})
+    assert _request_for(spec, WeightsSettings.of({"weights_prune_keep": None})).prune_keep is None
+    req = _request_for(spec, WeightsSettings.of({"weights_root": "/data", "weights_max_workers": "4"}))
+    assert (req.prune_keep, req.max_workers, req.dest) == (2, 4, "/data/Qwen--Qwen3-30B-A3B")
+    found = WeightsSettings.problems({"weights_prune_keep": True, "weights_fanout_width": True}, "h")
+    assert [(p.field, "boolean" in p.message) for p in found] == [("weights_fanout_width", True),
+                                                                  ("weights_prune_keep", True)]
