@@ -118,12 +118,13 @@ def progress_lines(stdout_lines: Iterable[str]) -> list[str]:
 
 def interval_of(host: Any) -> float:
     """``status_progress_interval_s`` of the host (0: no progress lines)."""
-    from tasks.status import DEFAULTS
+    from tasks.bad_input import BadInput
+    from tasks.settings.status import StatusSettings
 
     try:
-        return float(host.data.get("status_progress_interval_s", DEFAULTS["status_progress_interval_s"]) or 0)
-    except (TypeError, ValueError):
-        return 0.0  # not a number: no progress lines rather than a failed run
+        return float(StatusSettings.value(host, "status_progress_interval_s") or 0)
+    except BadInput:
+        return 0.0  # refused before any host is touched; inside a running operation: no lines, no failure
 
 
 def show_in_current_run() -> None:
