@@ -173,8 +173,7 @@ def accelerator_options(spec: ServingSpec) -> list[list[str]]:
             # docker's --gpus parser reads CSV: the inner quotes keep "device=0,1" one field.
             return [["--gpus", '"device=' + ",".join(map(str, spec.devices)) + '"']]
         return [["--gpus", "all"]]
-    count = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
-    devices = spec.devices if spec.devices else list(range(count))
+    devices = spec.devices if spec.devices else list(range(spec.gpus_per_node))
     out = [["--device", f"/dev/davinci{i}"] for i in devices]
     out += [["--device", d] for d in ASCEND_SHARED_DEVICES]
     out += [["-v", f"{m}:{m}:ro"] for m in ASCEND_DRIVER_MOUNTS]
