@@ -13,7 +13,7 @@ is pyinfra's own results (``OperationMeta``), read through ``tasks.rollout.plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -47,7 +47,7 @@ class FleetPlan:
     #: ``model_key(spec)`` -> its weights hosts, inventory order
     weights_hosts: Mapping[str, tuple[str, ...]]
     #: multi-node replica name -> its members by rank (``tasks.fleet.replicas``); one-host replicas are in none
-    replicas: Mapping[str, Any] = MappingProxyType({})
+    replicas: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def replica_of(self, host: str) -> Any:
         """The multi-node replica ``host`` is a member of (``tasks.fleet.replicas.Replica``), or None."""
