@@ -77,23 +77,27 @@ def fleet_plan(recipe: Recipe) -> FleetPlan:
 
 
 def _build(state: Any, recipe: Recipe, specs: Mapping[str, ServingSpec]) -> FleetPlan:
-    from tasks.fleet.replicas import gather
+    from tasks.bad_input import BadInput
+    from tasks.fleet.replicas import gather, roles
     from tasks.rollout import BATCH_KEYS, fleet_setting
     from tasks.rollout.plan import make_plan
     from tasks.weights.deploy import fleet_plan as weights_plan
     from tasks.weights.deploy import fleet_settings
 
     active = set(state.inventory.get_active_hosts())
-    rollout = make_plan(state, recipe, specs)
     serving = [h for h in state.inventory if h.name in specs and specs[h.name].state != ABSENT]
     datas = {h.name: h.data for h in serving}
+    replicas = gather(datas, {h.name: specs[h.name] for h in serving})[0]  # validate_fleet refused problems
+    member_roles, problems = roles([h for h in serving if h in active], replicas)
+    if problems:
+        raise BadInput(problems)
+    rollout = make_plan(state, recipe, specs, MappingProxyType(member_roles))
     settings = {k: fleet_setting(datas, k) for k in BATCH_KEYS}
     if datas:
         settings.update(fleet_settings(datas))
     by_model: dict[str, list[Any]] = {}
     for h in serving:
         by_model.setdefault(model_key(specs[h.name]), []).append(h)
-    replicas = gather(datas, {h.name: specs[h.name] for h in serving})[0]  # validate_fleet refused problems
     weights = {key: weights_plan(specs[hosts[0].name], hosts) for key, hosts in by_model.items()}
     return FleetPlan(recipe=recipe_key(recipe), specs=specs,
                      gateways=tuple(h.name for h in state.inventory if is_gateway(h) and h in active),

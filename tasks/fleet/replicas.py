@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from tasks.bad_input import BadInput, Problem
 from tasks.settings.replica import ReplicaSettings
 from tasks.spec import ServingSpec
+from tasks.vllm.multinode import Role
 
 #: Fields a member may set on its own: they say where on its host it runs, not what it serves.
 PER_MEMBER_FIELDS = frozenset({"devices"})
@@ -64,6 +65,38 @@ class Replica:
     def peer_of(self, host: str) -> str:
         """The address whose route picks ``host``'s interface: the head's for a worker, rank 1's for the head."""
         return self.members[1].address if host == self.head.host else self.head.address
+
+
+def roles(hosts: list[Any], replicas: Mapping[str, Replica]) -> tuple[dict[str, Role], list[Problem]]:
+    """Every member's :class:`~tasks.vllm.multinode.Role`, its network read from the hosts in one
+    parallel pass (``RouteTo``: the interface the route to its peer leaves by, or its
+    ``replica_interface``, and that interface's address); ``(host -> Role, problems)``.
+
+    + hosts: pyinfra ``Host`` objects of the run (members among them)
+    + replicas: :func:`gather`'s replicas
+    """
+    from tasks.facts.network import RouteTo
+    from tasks.fleet.reads import read_fleet
+
+    replica_of = {m.host: r for r in replicas.values() for m in r.members}
+    members = [h for h in hosts if h.name in replica_of]
+    links = read_fleet(members, RouteTo, lambda h: {"peer": replica_of[h.name].peer_of(h.name),
+                                                    "interface": replica_of[h.name].interfaces[h.name]})
+    found, problems = {}, []
+    for h in members:
+        replica, link = replica_of[h.name], links[h.name]
+        member, chosen = replica.member(h.name), replica.interfaces[h.name]
+        if not link or link["interface"] == "lo":
+            why = (f"interface {chosen} has no IPv4 address" if chosen else
+                   f"no route to {replica.peer_of(h.name)} (or it is this host itself)")
+            problems.append(Problem(h.name, "replica_interface", f"{why}: the members of replica {replica.name} "
+                                    "cannot reach each other; allowed: an interface of this host with an IPv4 "
+                                    "address on the replica's private network", repr(chosen)))
+            continue
+        found[h.name] = Role(replica=replica.name, nnodes=replica.nnodes, rank=member.rank,
+                             master_addr=replica.head.address, master_port=replica.master_port,
+                             host_ip=link["address"], interface=link["interface"])
+    return found, problems
 
 
 def member_address(data: Any, name: str) -> str:
@@ -165,4 +198,4 @@ def _replica_problems(name: str, members: list[tuple[str, ReplicaSettings]], dat
     return found
 
 
-__all__ = ["Member", "PER_MEMBER_FIELDS", "Replica", "gather", "member_address"]
+__all__ = ["Member", "PER_MEMBER_FIELDS", "Replica", "gather", "member_address", "roles"]

@@ -116,7 +116,10 @@ def ray_launch(spec: ServingSpec, role: Role, serve_args: list[str]) -> tuple[st
 
 
 def check_role(spec: ServingSpec, role: Role | None) -> None:
-    """SpecError when a multi-node spec has no role or a one-host spec has one (a bug upstream)."""
+    """SpecError when a multi-node spec has no role or a one-host spec has one (a bug upstream); a
+    member being removed (``state: absent``) needs none: only its unit's name and paths are read."""
+    if spec.state == "absent" and role is None:
+        return
     if (role is None) != (spec.nodes == 1):
         raise SpecError("nodes", f"{spec.name} spans {spec.nodes} host(s) but this host is "
                         f"{'no member' if role is None else 'a member'} of a multi-node replica")
