@@ -96,7 +96,9 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
     limit = context_limit(spec, config)
     weights = settings.preflight_weights_bytes
     weights = weights if weights is not None else estimate_weights_bytes(spec, config)
-    gpus = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
+    # A member of a multi-node replica needs its share of the GPUs; the planner's per-GPU figures
+    # already split the layers over the pipeline stages (tasks/plan.py: layers / pp per GPU).
+    gpus = spec.gpus_per_node
     # With --ipc=host the container uses the host's /dev/shm; --shm-size gives it its own.
     shm = int(settings.preflight_ipc_host_shm_gib * GIB) if spec.ipc_host and gpus > 1 else 0
     serving = PlanParams(

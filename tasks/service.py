@@ -61,7 +61,7 @@ from tasks.converge import UnitStates, files_synced, owned_by, units_running
 from tasks.facts.planned import declaring, read
 from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
-from tasks.vllm import cmdline
+from tasks.vllm import cmdline, multinode
 from tasks.vllm.cmdline import Rendered
 from tasks.settings.service import ServiceSettings
 
@@ -173,8 +173,7 @@ def accelerator_options(spec: ServingSpec) -> list[list[str]]:
             # docker's --gpus parser reads CSV: the inner quotes keep "device=0,1" one field.
             return [["--gpus", '"device=' + ",".join(map(str, spec.devices)) + '"']]
         return [["--gpus", "all"]]
-    count = spec.tensor_parallel_size * spec.pipeline_parallel_size * spec.data_parallel_size
-    devices = spec.devices if spec.devices else list(range(count))
+    devices = spec.devices if spec.devices else list(range(spec.gpus_per_node))
     out = [["--device", f"/dev/davinci{i}"] for i in devices]
     out += [["--device", d] for d in ASCEND_SHARED_DEVICES]
     out += [["-v", f"{m}:{m}:ro"] for m in ASCEND_DRIVER_MOUNTS]
@@ -182,7 +181,8 @@ def accelerator_options(spec: ServingSpec) -> list[list[str]]:
 
 
 def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered: Rendered,
-                    layout: Layout, opts: ServiceSettings, with_env_file: bool) -> list[list[str]]:
+                    layout: Layout, opts: ServiceSettings, with_env_file: bool,
+                    role: multinode.Role | None = None) -> list[list[str]]:
     """The unit's ``docker run`` command line, one group of words per line.
 
     + spec: the validated spec
@@ -192,6 +192,8 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     + layout: host paths of the service
     + opts: ``service_*`` settings
     + with_env_file: whether the service has secrets (adds ``--env-file``)
+    + role: the host's place in a multi-node replica (``tasks.vllm.multinode``): the host's network
+      instead of a published port, and on the Ray path Ray's launch around vLLM
     """
     lines: list[list[str]] = [["/usr/bin/docker", "run", "--rm", "--name", layout.unit, "--pull=never"],
                               ["--label", f"org.llmfleet.service={layout.name}"],
@@ -205,7 +207,10 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
     else:
         lines.append(["--shm-size", spec.shm_size or opts.service_shm_size])
     lines.append([w for k, v in sorted(opts.service_ulimits.items()) for w in ("--ulimit", f"{k}={v}")])
-    lines.append(["-p", f"{spec.port}:{spec.port}"])
+    if role is None:
+        lines.append(["-p", f"{spec.port}:{spec.port}"])
+    else:
+        lines += multinode.container_options(spec)
     lines.append(["-v", f"{model_dir.rstrip('/')}/current:{cmdline.MODEL_DIR}:ro"])
     for container_path in sorted(rendered.files):
         base = container_path.rsplit("/", 1)[-1]
@@ -217,6 +222,9 @@ def docker_run_argv(spec: ServingSpec, image_ref: str, model_dir: str, rendered:
         lines.append(["-e", f"{key}={value}"])
     if with_env_file:
         lines.append(["--env-file", layout.env_file])
+    if role is not None and not multinode.native(spec):
+        entrypoint, args = multinode.ray_launch(spec, role, rendered.args)
+        return lines + [["--entrypoint", entrypoint], [image_ref], args]
     lines.append([image_ref])
     lines += _group_args(rendered.args)
     return lines
@@ -298,26 +306,29 @@ class Desired:
         return out
 
 
-def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any) -> Desired:
+def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any,
+            role: multinode.Role | None = None) -> Desired:
     """The files and unit of ``spec``'s service on a host with host data ``data``.
 
     + spec: the validated spec
     + image_ref: the image the unit runs
     + model_dir: the weights directory on the host
     + data: the host's data (``.get``): ``service_*`` settings, the secrets directory
+    + role: the host's place in a multi-node replica (``FleetPlan.roles``); None: a one-host replica
     """
     from jinja2 import Environment, StrictUndefined
 
     opts = options(data)
     layout = Layout.of(spec, opts)
-    rendered = cmdline.render(spec)
+    multinode.check_role(spec, role)
+    rendered = cmdline.render(spec, role=role)
     secrets = secret_files(spec, data)
     verify = json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"
     templates = {}
     for container_path, local in sorted(rendered.files.items()):
         src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
         templates[f"{layout.template_dir}/{container_path.rsplit('/', 1)[-1]}"] = src.read_bytes()
-    lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets))
+    lines = docker_run_argv(spec, image_ref, model_dir, rendered, layout, opts, bool(secrets), role)
     grace = opts.service_stop_grace_s
     # Rendered as pyinfra's files.template renders (StrictUndefined, trailing newline kept).
     env = Environment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -423,7 +434,8 @@ def within_deploy(condition: Callable[[], bool]) -> Callable[[], bool]:
 
 
 @deploy("Service", data_defaults=DEFAULTS)
-def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = False) -> Served:
+def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = False,
+          role: multinode.Role | None = None) -> Served:
     """
     Install and run ``llmfleet-<spec.name>.service`` for a validated spec.
 
@@ -435,6 +447,7 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = Fal
     + image_ref: the pinned image to run (already present on the host)
     + model_dir: the weights directory (``<model_dir>/current`` -> ``revisions/<rev>``)
     + restart: restart even when no file changes (see :func:`needs_restart`)
+    + role: the host's place in a multi-node replica (``FleetPlan.roles``); None: a one-host replica
 
     Example:
 
@@ -442,7 +455,7 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = Fal
 
         served = serve(spec, "vllm/vllm-openai:v0.8.5", "/srv/models/Qwen--Qwen3-30B-A3B")
     """
-    want = desired(spec, image_ref, model_dir, host.data)
+    want = desired(spec, image_ref, model_dir, host.data, role)
     layout, tag = want.layout, want.layout.name
 
     files_synced(name=f"{tag}: config and cache directories, verification config",

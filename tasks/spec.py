@@ -58,6 +58,10 @@ FIELD_FLAGS: dict[str, str] = {
     "--swap-space": "swap_space", "--attention-backend": "attention_backend",
     "--enable-log-requests": "log_requests", "--disable-log-requests": "log_requests",
     "--revision": "model.revision", "--download-dir": "model",
+    # Multi-node: rendered from the recipe's nodes and the inventory's replica (tasks.vllm.multinode).
+    "--nnodes": "nodes", "--node-rank": "replica_rank", "--master-addr": "replica",
+    "--master-port": "replica_master_port", "--headless": "replica_rank",
+    "--distributed-executor-backend": "nodes",
 }
 #: Removed flags kept in extra_args for fidelity to a seed; cmdline drops them where removed.
 LEGACY_EXTRA_ARGS = ("--tokenizer-pool-size", "--tokenizer-pool-type", "--max-seq-len-to-capture",
@@ -81,6 +85,13 @@ class ServingSpec(_Strict):
     pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
     data_parallel_size: int = Field(default=1, ge=1, le=64)
     enable_expert_parallel: bool = False
+    #: Hosts one replica spans: tensor x pipeline x data parallel is split evenly over them (vLLM's
+    #: recommended layout: tensor parallel = GPUs per host, pipeline parallel = hosts). The inventory
+    #: gives a replica of nodes > 1 that many hosts (host data ``replica``/``replica_rank``).
+    nodes: int = Field(default=1, ge=1, le=64)
+    #: InfiniBand HCAs NCCL uses between the hosts of a multi-node replica (``NCCL_IB_HCA``; the
+    #: container gets /dev/infiniband and IPC_LOCK); None: TCP sockets on the replica's interface.
+    ib_hcas: list[str] | None = None
 
     dtype: str = "auto"
     quantization: str | None = None
@@ -181,6 +192,20 @@ class ServingSpec(_Strict):
             raise ValueError("devices must be distinct accelerator indices >= 0 (e.g. [0, 1, 2, 3])")
         return v
 
+    @field_validator("ib_hcas")
+    @classmethod
+    def _hcas(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or ():
+            if not re.match(r"^[A-Za-z0-9_]+(:[0-9]+)?$", name):
+                raise ValueError(f"{name!r} is not an HCA name; allowed: names as /sys/class/infiniband lists "
+                                 "them, optionally with a port (mlx5_0, mlx5_1:1)")
+        return v
+
+    @property
+    def gpus_per_node(self) -> int:
+        """Accelerators one host of a replica gives it (all of them on a one-host replica)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size // self.nodes
+
     @field_validator("shm_size")
     @classmethod
     def _shm(cls, v: str | None) -> str | None:
@@ -229,11 +254,21 @@ class ServingSpec(_Strict):
         if self.shm_size and self.ipc_host:
             raise ValueError("shm_size/ipc_host: set one; with --ipc=host the container uses the "
                              "host's /dev/shm and --shm-size is ignored")
+        total = self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+        if total % self.nodes:
+            raise ValueError(f"nodes: tensor x pipeline x data parallel = {total} does not split evenly over "
+                             f"{self.nodes} hosts; allowed: a divisor of {total} (vLLM gives every host the same "
+                             "number of ranks)")
+        if self.nodes > 1 and self.accelerator == "cpu":
+            raise ValueError("nodes: the vLLM CPU backend serves on one host; allowed: 1")
+        if self.ib_hcas is not None and (self.nodes == 1 or not self.ib_hcas):
+            raise ValueError("ib_hcas: InfiniBand HCAs are for a multi-node replica (nodes > 1), and at least one")
         if self.devices is not None:
-            need = self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+            need = total // self.nodes
             if len(self.devices) != need:
+                where = f" / {self.nodes} hosts" if self.nodes > 1 else ""
                 raise ValueError(f"devices: {len(self.devices)} given but tensor x pipeline x data "
-                                 f"parallel = {need}; list exactly {need} indices")
+                                 f"parallel{where} = {need}; list exactly {need} indices")
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("enable_auto_tool_choice: needs tool_call_parser (vLLM exits with "
                              "'--enable-auto-tool-choice requires --tool-call-parser'); allowed "

@@ -3,6 +3,7 @@
 
 It holds what needs more than one host to decide: every host's spec (a host being removed
 included), the gateways, the fleet-wide settings agreed across the hosts they concern, the
+multi-node replicas (members by rank, the head first), the
 rollout (batches of the replicas whose service is not converged, from one parallel read of every
 replica's service) and, per model, the weights plan (seed, peers, cache host; gateways are no
 weights host) from one parallel read of every weights host's state. Frozen dataclasses over
@@ -12,7 +13,7 @@ is pyinfra's own results (``OperationMeta``), read through ``tasks.rollout.plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -45,6 +46,12 @@ class FleetPlan:
     weights: Mapping[str, Any]
     #: ``model_key(spec)`` -> its weights hosts, inventory order
     weights_hosts: Mapping[str, tuple[str, ...]]
+    #: multi-node replica name -> its members by rank (``tasks.fleet.replicas``); one-host replicas are in none
+    replicas: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def replica_of(self, host: str) -> Any:
+        """The multi-node replica ``host`` is a member of (``tasks.fleet.replicas.Replica``), or None."""
+        return next((r for r in self.replicas.values() if host in r.hosts), None)
 
     def weights_for(self, spec: ServingSpec) -> Any:
         """The weights plan for ``spec``'s model."""
@@ -70,15 +77,21 @@ def fleet_plan(recipe: Recipe) -> FleetPlan:
 
 
 def _build(state: Any, recipe: Recipe, specs: Mapping[str, ServingSpec]) -> FleetPlan:
+    from tasks.bad_input import BadInput
+    from tasks.fleet.replicas import gather, roles
     from tasks.rollout import BATCH_KEYS, fleet_setting
     from tasks.rollout.plan import make_plan
     from tasks.weights.deploy import fleet_plan as weights_plan
     from tasks.weights.deploy import fleet_settings
 
     active = set(state.inventory.get_active_hosts())
-    rollout = make_plan(state, recipe, specs)
     serving = [h for h in state.inventory if h.name in specs and specs[h.name].state != ABSENT]
     datas = {h.name: h.data for h in serving}
+    replicas = gather(datas, {h.name: specs[h.name] for h in serving})[0]  # validate_fleet refused problems
+    member_roles, problems = roles([h for h in serving if h in active], replicas)
+    if problems:
+        raise BadInput(problems)
+    rollout = make_plan(state, recipe, specs, MappingProxyType(member_roles))
     settings = {k: fleet_setting(datas, k) for k in BATCH_KEYS}
     if datas:
         settings.update(fleet_settings(datas))
@@ -89,7 +102,8 @@ def _build(state: Any, recipe: Recipe, specs: Mapping[str, ServingSpec]) -> Flee
     return FleetPlan(recipe=recipe_key(recipe), specs=specs,
                      gateways=tuple(h.name for h in state.inventory if is_gateway(h) and h in active),
                      settings=MappingProxyType(settings), rollout=rollout, weights=MappingProxyType(weights),
-                     weights_hosts=MappingProxyType({k: tuple(h.name for h in v) for k, v in by_model.items()}))
+                     weights_hosts=MappingProxyType({k: tuple(h.name for h in v) for k, v in by_model.items()}),
+                     replicas=MappingProxyType(replicas))
 
 
 __all__ = ["FleetPlan", "fleet_plan", "model_key"]

@@ -1,7 +1,7 @@
 """The fleet's specs, validated before any host is touched: the recipe of every active host outside
 the gateway group loaded with its host data, secrets checked on the control machine, the tasks the
-specs need importable, replicas of one machine on their own ports and devices, and the fleet-wide
-settings (rollout batches, weights fan-out) equal on every host they concern.
+specs need importable, replicas of one machine on their own ports and devices, multi-node replicas
+whole and consistent (``tasks.fleet.replicas``), and the fleet-wide settings (rollout batches, weights fan-out) equal on every host they concern.
 
 Pure control-machine work (no fact, no operation). One bad host stops the whole run with one
 ``BadInput`` (pyinfra prints it as one block) listing every problem as ``host: field (given ...):
@@ -115,6 +115,10 @@ def _fleet_specs(recipe: Recipe, hosts: list[Any]) -> tuple[dict[str, ServingSpe
         specs[h.name] = spec
     serving = {name: spec for name, spec in specs.items() if spec.state != ABSENT}
     problems += _shared_machine_problems(hosts, serving)
+    if not problems:
+        from tasks.fleet.replicas import gather
+
+        problems += gather({h.name: h.data for h in hosts if h.name in serving}, serving)[1]
     if not problems and serving:
         problems += [Problem("", field, message)
                      for field, message in _disagreements({h.name: h.data for h in hosts if h.name in serving})]

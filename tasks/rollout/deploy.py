@@ -27,7 +27,7 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     live = plan.observed.get(host.name) or {}  # read at plan time (make_plan)
     reasons = plan.pending.get(host.name) or []
     logger.info(f"{host.print_prefix}rollout {spec.name}: {'; '.join(reasons)}")
-    served = serve(spec, image_ref, model_dir, restart=needs_restart(reasons))
+    served = serve(spec, image_ref, model_dir, restart=needs_restart(reasons), role=plan.roles.get(host.name))
     logger.info(f"{host.print_prefix}{upgrade_summary(spec, image_ref, live, served.unit, f'{b + 1}/{n}')}")
     wait = RolloutSettings.value(host, "rollout_gate_wait_s")  # None: the recipe's start-up budget
     name = spec.name
@@ -110,7 +110,7 @@ def rolling(plan: Plan, spec: ServingSpec | None, image_ref: str | None, model_d
             barrier(name=f"{plan.name}: removed replicas drained", label=f"{plan.name}: removed replicas drained")
     if spec is not None and spec.state == ABSENT:
         if me in plan.leaving:
-            paths = desired_service(spec, host.data)[1]
+            paths = desired_service(spec, host.data, plan.roles.get(me))[1]
             removal.remove_service(spec.name, paths.unit_name, paths.unit_file, plan.leaving[me])
         else:
             logger.info(f"{host.print_prefix}{spec.name}: absent, nothing of it left on this host")

@@ -44,6 +44,8 @@ class Plan:
     leaving: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: the gateways' replicas while the leaving ones drain (``model.replicas`` and the leaving)
     draining_replicas: tuple = ()
+    #: member of a multi-node replica -> its ``tasks.vllm.multinode.Role`` (``tasks.fleet.replicas.roles``)
+    roles: Mapping[str, Any] = field(default_factory=dict)
 
     def images_present(self, name: str, image_ref: str) -> dict[str, str] | None:
         """``{image_ref: "running"}`` when the plan's read found replica ``name``'s service active on
@@ -172,7 +174,8 @@ def progress_of(plan: Plan) -> Progress:
     return once_per_run(("rollout.progress", plan.name), lambda: Progress(plan, state), state)
 
 
-def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan:
+def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec],
+              roles: Mapping[str, Any] = MappingProxyType({})) -> Plan:
     """The run's rollout plan for ``recipe``: every active replica's service read in one parallel
     pass, batches of the replicas whose service is not converged, the active gateways, and the
     model's upstream from every replica in the inventory. ``tasks.fleet`` builds it, once per run.
@@ -185,6 +188,7 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan
     + state: the pyinfra ``State`` of the run
     + recipe: what ``deploy_model`` got
     + specs: ``validate_fleet(recipe)``: active replica -> spec
+    + roles: member of a multi-node replica -> its role (``tasks.fleet.replicas.roles``)
     """
     from tasks.fleet.specs import recipe_of
 
@@ -227,7 +231,7 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan
 
     # Every replica's service, read in parallel: what it runs, its rollback point, its files; for a
     # leaving replica, which of its service's paths are still there.
-    wants = {h.name: desired_service(specs[h.name], h.data) for h in everyone}
+    wants = {h.name: desired_service(specs[h.name], h.data, roles.get(h.name)) for h in everyone}
     observed = read_fleet(everyone, ServiceVersion, lambda h: {
         "paths": (wants[h.name][0].paths() if specs[h.name].state != ABSENT
                   else removal.leaving_paths(*wants[h.name])), **fact_args(wants[h.name][1])})
@@ -248,7 +252,8 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan
                 model=model, observed=MappingProxyType(observed),
                 pending=MappingProxyType({n: tuple(r) for n, r in pending.items()}),
                 leaving=MappingProxyType({n: tuple(r) for n, r in leaving.items()}),
-                draining_replicas=(*replicas, *(r for r in leaving_replicas if r.host in leaving)))
+                draining_replicas=(*replicas, *(r for r in leaving_replicas if r.host in leaving)),
+                roles=roles)
     converged = [n for n in ordered if not pending[n]]
     text = "; ".join(f"{i + 1}: {', '.join(b)}" for i, b in enumerate(batches)) or "none"
     logger.info(f"rollout {plan.name}: {len(batches)} batch(es) [{text}]"
@@ -258,12 +263,14 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec]) -> Plan
     return plan
 
 
-def desired_service(spec: ServingSpec, data: Any) -> tuple[Desired, Paths]:
-    """A replica's desired service and its rollout paths, from its spec and host data alone."""
+def desired_service(spec: ServingSpec, data: Any, role: Any = None) -> tuple[Desired, Paths]:
+    """A replica's desired service and its rollout paths, from its spec, host data and (a member of a
+    multi-node replica) its role."""
     from tasks.image_build import image_ref
     from tasks.weights.deploy import model_dest
 
     model_dir = model_dest(spec, data)
-    want = desired(spec, image_ref(spec, ImageBuildSettings.value(data, "image_pip_index_url")), model_dir, data)
+    want = desired(spec, image_ref(spec, ImageBuildSettings.value(data, "image_pip_index_url")), model_dir, data,
+                   role)
     return want, Paths.of(want.layout, model_dir)
 

@@ -23,6 +23,7 @@ from tasks.settings.model import ModelSettings
 from tasks.settings.monitoring import MonitoringSettings
 from tasks.settings.nvidia_toolkit import NvidiaToolkitSettings
 from tasks.settings.preflight import PreflightSettings
+from tasks.settings.replica import ReplicaSettings
 from tasks.settings.rollout import RolloutSettings
 from tasks.settings.runtime import RuntimeSettings
 from tasks.settings.secrets import SecretsSettings
@@ -37,7 +38,7 @@ CAPABILITIES: tuple[type[Settings], ...] = (
     PreflightSettings, RuntimeSettings, DockerSettings, NvidiaToolkitSettings, AscendSettings, SecretsSettings,
     WeightsSettings,
     ImageSettings, ImageBuildSettings, BundleSettings, ModelSettings, ServiceSettings, VerifySettings,
-    BenchSettings, SmokeSettings, RolloutSettings, GatewaySettings, StatusSettings, MonitoringSettings,
+    BenchSettings, SmokeSettings, ReplicaSettings, RolloutSettings, GatewaySettings, StatusSettings, MonitoringSettings,
 )
 #: Read only on hosts of that accelerator: another accelerator's settings are not checked there.
 ACCELERATOR_ONLY: dict[type[Settings], str] = {NvidiaToolkitSettings: "nvidia", AscendSettings: "ascend"}

@@ -16,7 +16,9 @@ import json
 from dataclasses import dataclass, field
 
 from tasks.spec import ServingSpec, SpecError
+from tasks.vllm import multinode
 from tasks.vllm import versions as vv
+from tasks.vllm.multinode import Role
 
 #: Where the service mounts the model directory inside the container.
 MODEL_DIR = "/model"
@@ -99,11 +101,12 @@ class _Builder:
         self.warnings.append(text)
 
 
-def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR) -> Rendered:
+def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR, role: "Role | None" = None) -> Rendered:
     """Render ``spec`` for its vLLM version.
 
     + spec: a validated serving spec
     + model_dir: the model's path inside the container
+    + role: the host's place in a multi-node replica (``tasks.vllm.multinode``); None: one host
 
     Raises SpecError for a field the version cannot express. Example::
 
@@ -126,11 +129,17 @@ def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR) -> Rendered:
     b.add("port", "--port", s.port)
 
     _parallelism(b, s)
+    if role is not None:
+        for flag, values in multinode.role_flags(role, multinode.native(s)):
+            b.add("nodes", flag, *values)
     _engine(b, s)
     _reasoning_and_tools(b, s)
     _thinking(b, s)
     _rope(b, s)
     _environment(b, s)
+    if role is not None:  # the recipe's extra_env wins (an operator's HCCL_BUFFSIZE)
+        for key, value in multinode.network_env(s, role).items():
+            b.env.setdefault(key, value)
     _extra_args(b, s)
 
     unknown = [f for f in (a.split("=", 1)[0] for a in b.args if a.startswith("-")) if f not in b.flags]
