@@ -284,5 +284,78 @@ def infiniband_refusals(host: str, hcas: Sequence[str], fact: Mapping[str, Any])
     return out
 
 
+# --- the deploy's check: once per run and replica, before anything is installed on its members ------------
+
+
+def replica_refusals(fleet: Any, replica: Any) -> list[str]:
+    """Every refusal of ``replica``, from facts read on its members in parallel (reads only): each worker's
+    reach of the head's ports over its interface (``fleet.rollout.roles``), the members' drivers and, when
+    the recipe names ``ib_hcas``, their InfiniBand devices.
+
+    + fleet: the run's ``tasks.fleet.FleetPlan``
+    + replica: one of its ``replicas`` (``tasks.fleet.replicas.Replica``)
+    """
+    from tasks.facts.ascend import AscendNpus
+    from tasks.facts.nvidia import NvidiaGpus
+    from tasks.fleet.reads import read_fleet
+    from tasks.pyinfra_ext import current_state
+    from tasks.vllm.multinode import native
+
+    spec = fleet.specs[replica.head.host]
+    roles = fleet.rollout.roles
+    members = [h for h in current_state().inventory if h.name in replica.hosts]
+    workers = [h for h in members if h.name != replica.head.host and h.name in roles]
+    reached: dict[str, dict[int, dict]] = {h.name: {} for h in workers}
+    for port in replica_ports(replica.master_port, ray=not native(spec)):
+        found = read_fleet(workers, TcpReach, lambda h, port=port: {
+            "address": roles[h.name].master_addr, "port": port, "interface": roles[h.name].interface})
+        for name, value in found.items():
+            reached[name][port] = value
+    refusals = [r for h in workers for r in reach_refusals(h.name, roles[h.name].master_addr,
+                                                            roles[h.name].interface, reached[h.name])]
+    if spec.accelerator in ("nvidia", "ascend"):
+        fact = NvidiaGpus if spec.accelerator == "nvidia" else AscendNpus
+        refusals += driver_refusals(replica.name, read_fleet(members, fact, lambda h: {}), spec.accelerator)
+    if spec.ib_hcas:
+        ib = read_fleet(members, InfinibandDevices, lambda h: {})
+        refusals += [r for h in members for r in infiniband_refusals(h.name, spec.ib_hcas, ib[h.name])]
+    return refusals
+
+
+def preflight_replica(fleet: Any, host_name: str) -> bool:
+    """Whether ``host_name`` may go on as a member of its multi-node replica: the replica's checks run once
+    per run (:func:`replica_refusals`); a refused replica fails every member for the run, each logging the
+    refusals, so that nothing is installed on any of them. One-host replicas pass.
+
+    + fleet: the run's ``tasks.fleet.FleetPlan``
+    + host_name: the current host's name
+
+    Example:
+
+    .. code:: python
+
+        go = go and preflight_replica(fleet, host.name)
+    """
+    from pyinfra import logger
+    from pyinfra.context import ctx_host
+
+    from tasks.pyinfra_ext import once_per_run
+    from tasks.refuse import refuse_host
+
+    replica = fleet.replica_of(host_name)
+    if replica is None:
+        return True
+    refusals = once_per_run(("preflight.replica", fleet.recipe, replica.name),
+                            lambda: replica_refusals(fleet, replica))
+    if refusals:
+        refuse_host(f"preflight of replica {replica.name} ({', '.join(replica.hosts)}) refused it, nothing is "
+                    "installed on its members: " + "; ".join(refusals))
+        return False
+    logger.info(f"{ctx_host.get().print_prefix}preflight of replica {replica.name}: every worker reaches "
+                f"{replica.head.address}:{replica.master_port}, drivers agree")
+    return True
+
+
 __all__ = ["InfinibandDevices", "PATH_WORKS", "REACH_TIMEOUT_S", "TcpReach", "driver_branch", "driver_refusals",
-           "infiniband_refusals", "member_driver", "reach_refusals", "replica_ports"]
+           "infiniband_refusals", "member_driver", "preflight_replica", "reach_refusals", "replica_ports",
+           "replica_refusals"]

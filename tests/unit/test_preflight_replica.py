@@ -161,3 +161,65 @@ def test_infiniband_refusals():
     assert "no uverbs device" in no_verbs
     # ibv_devices alone (sysfs not readable) is enough to find an HCA.
     assert infiniband_refusals("gpu-12", ["mlx5_0"], {"sysfs": [], "dev": ["uverbs0"], "ibv_devices": ["mlx5_0"]}) == []
+
+
+# --- the deploy's check on @fake members: once per replica, a refusal fails every member -----------------
+
+PROBE = "import errno, socket, sys"  # in TcpReach's command: the key of its fake response
+GPUS = ["{i}, NVIDIA H100 80GB HBM3, {drv}, 81559, 0, 81080, 00000000:0{i}:00.0, 5, 5, 16, 16, 9.0, Enabled, "
+        "Disabled".format(i=i, drv="{drv}") for i in range(8)]
+
+
+def _members(reach_lines: list[str], worker_driver: str = "580.95.05", **worker_data) -> dict:
+    from tests.unit.test_multinode import ROUTE, _member
+
+    head, worker = _member(0), _member(1, **worker_data)
+    for (_, data), driver in ((head, "580.95.05"), (worker, worker_driver)):
+        data["fake_responses"].update({PROBE: reach_lines, "nvidia-smi --query-gpu":
+                                       [g.format(drv=driver) for g in GPUS] + ["LLMFLEET_RC=0"]})
+    assert ROUTE in head[1]["fake_responses"]
+    # The gateway stays in the run when both members are refused (pyinfra stops a run with no host left).
+    return {"gateway": [("@fake/gw", {})], "bf16": [head, worker]}
+
+
+def _preflight_in_parallel(groups: dict) -> tuple[object, dict[str, bool]]:
+    import gevent
+    from pyinfra.context import ctx_config, ctx_host, ctx_state
+
+    from tasks.fleet import fleet_plan
+    from tasks.preflight_replica import preflight_replica
+    from tests.unit.test_fleet_plan import _state
+
+    state, went = _state(groups), {}
+
+    def run(h):
+        with ctx_config.use(state.config.copy()), ctx_host.use(h):
+            went[h.name] = preflight_replica(fleet_plan("qwen235b_bf16"), h.name)
+
+    with ctx_state.use(state):
+        gevent.joinall([gevent.spawn(run, h) for h in state.inventory], raise_error=True)
+    return state, went
+
+
+def test_a_worker_that_cannot_reach_the_head_fails_the_whole_replica(caplog):
+    state, went = _preflight_in_parallel(_members(["reach=timeout", "via=device"]))
+    assert went == {"@fake/gw": True, "@fake/m0": False, "@fake/m1": False}
+    assert {h.name for h in state.failed_hosts} == {"@fake/m0", "@fake/m1"}
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and all("@fake/m1 cannot reach the head 10.0.0.1 on TCP port 29501 over interface "
+                                      "eth1: no answer within 3 s" in r for r in refusals)
+    # Read once per run: one probe, from the worker only, out of its interface.
+    probes = {h.name: [str(c) for c in h.connector.executed_commands if PROBE in str(c)] for h in state.inventory}
+    assert probes["@fake/m0"] == probes["@fake/gw"] == [] and len(probes["@fake/m1"]) == 1
+    assert "10.0.0.1 29501 eth1 3" in probes["@fake/m1"][0]
+
+
+def test_a_replica_whose_worker_reaches_the_head_goes_on():
+    state, went = _preflight_in_parallel(_members(["reach=refused", "via=device"]))
+    assert went == {"@fake/gw": True, "@fake/m0": True, "@fake/m1": True} and not state.failed_hosts
+
+
+def test_driver_branches_differing_fail_the_replica(caplog):
+    state, went = _preflight_in_parallel(_members(["reach=open", "via=device"], worker_driver="570.133.20"))
+    assert not went["@fake/m0"] and not went["@fake/m1"]
+    assert any("@fake/m0 580.95.05, @fake/m1 570.133.20" in r.getMessage() for r in caplog.records)
