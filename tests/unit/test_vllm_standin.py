@@ -71,6 +71,18 @@ def run_once(version: str, args: list[str], **env: str) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=20)
 
 
+def terminate(proc: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL after 5 s; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
+
+
 class Running:
     """A started stand-in; stopped on exit."""
 
@@ -93,13 +105,7 @@ class Running:
         raise AssertionError("stand-in did not listen in time")
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         return self.proc.stdout.read()
 
     def request(self, method: str, path: str, body=None, key: str | None = None):

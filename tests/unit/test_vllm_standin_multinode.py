@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_vllm_standin import SERVER, env_for, free_port, model_dir  # noqa: F401 - fixture
+from tests.unit.test_vllm_standin import SERVER, env_for, free_port, model_dir, terminate  # noqa: F401 - fixture
 
 VERSION = "0.32.0"  # harvested: its own parser has --nnodes, --node-rank, --master-addr, --master-port
 WAIT_S = 20.0
@@ -80,14 +80,7 @@ class Node:
             raise AssertionError(f"still running after {within}s: {self.output()}") from None
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return self.proc.returncode
+        return terminate(self.proc)
 
 
 @pytest.fixture()
