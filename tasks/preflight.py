@@ -122,7 +122,9 @@ class Requirement:
 
     @property
     def devices_needed(self) -> int:
-        return max(self.gpus_needed, self.serving.tp * self.serving.pp)
+        """Accelerators this host must have: ``gpus_needed`` when given (a multi-node member's share,
+        tensor x pipeline x data parallel / nodes), else tensor x pipeline parallel."""
+        return self.gpus_needed or self.serving.tp * self.serving.pp
 
     def plan_params(self, gpu_mem_gib: float, cudagraph_gib: float = 0.0, gpu_name: str = "",
                     compute_capability: float = 0.0) -> PlanParams:

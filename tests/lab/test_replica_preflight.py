@@ -45,8 +45,8 @@ def dropped(host: dict, port: int):
     from tasks.lab.config import LabConfig
 
     ns = LabConfig(lab_name("rp")).netns(host["index"])
-    rules = (f"table inet llmfleet_rp_drop {{ chain input {{ type filter hook input priority 0; policy accept; "
-             f"tcp dport {port} drop; }} }}")
+    rules = (f"table inet llmfleet_rp_drop {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n"
+             f"    tcp dport {port} drop\n  }}\n}}\n")
     subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True, timeout=30)
     try:
         yield
