@@ -6,7 +6,8 @@ overrides and validated, secrets are checked on the control machine, and the tas
 need must be importable; one bad host stops the whole run with a message naming the host and
 the field. Then, per host, in order:
 
-1. preflight (``tasks.preflight``, from :func:`requirement_from_spec`): no-go hosts drop out;
+1. preflight (``tasks.preflight``, from :func:`requirement_from_spec`): no-go hosts drop out; members
+   of a multi-node replica also pass ``tasks.preflight_replica`` together (a refusal drops them all);
 2. runtime (``tasks.runtime.install_runtime(spec.accelerator)``);
 3. weights (``tasks.weights.deploy.fetch_weights(spec)``) into ``model_dest(spec)`` =
    ``<weights_root>/<owner>--<name>`` with ``current -> revisions/<rev>``;
@@ -38,6 +39,7 @@ from pyinfra.api import deploy
 from tasks import image as image_task
 from tasks.fleet import Recipe, fleet_plan, recipe_of, validate_fleet
 from tasks.preflight import preflight
+from tasks.preflight_replica import preflight_replica
 from tasks.removal import ABSENT
 from tasks.requirement import requirement_from_spec
 from tasks.runtime import install_runtime
@@ -92,7 +94,10 @@ def deploy_model(recipe: Recipe) -> None:
         model_dir = model_dest(spec, data)
 
         # A refused host is failed for the run: no install step; below it serves nothing.
-        go = not ModelSettings.value(host, "model_preflight") or preflight(requirement_from_spec(spec, model_dir, data))
+        checked = ModelSettings.value(host, "model_preflight")
+        go = not checked or preflight(requirement_from_spec(spec, model_dir, data))
+        # Across a multi-node replica (reach of the head's port, drivers, InfiniBand): a refusal fails every member.
+        go = go and (not checked or preflight_replica(fleet, host.name))
         if go:
             install_runtime(spec.accelerator)
             point_kept(plan, spec, model_dir)

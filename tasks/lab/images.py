@@ -64,6 +64,7 @@ def standin_layer() -> Layer:
     files = {"/opt/vllm-standin/vllm_server.py": (server.read_bytes(), 0o755),
              "/opt/vllm-standin/vllm_bench.py": ((STANDINS / "vllm_bench.py").read_bytes(), 0o644),
              "/opt/vllm-standin/vllm_metrics.py": ((STANDINS / "vllm_metrics.py").read_bytes(), 0o644),
+             "/opt/vllm-standin/vllm_rendezvous.py": ((STANDINS / "vllm_rendezvous.py").read_bytes(), 0o644),
              "/usr/local/bin/vllm": (launcher, 0o755),
              "/opt/vllm-standin/vllm-flags-by-version.tsv": (FLAGS_TSV.read_bytes(), 0o644),
              "/opt/vllm-standin/README": (b"llmfleet lab stand-in for the vLLM server. Not vLLM.\n", 0o644)}

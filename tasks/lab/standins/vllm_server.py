@@ -23,6 +23,11 @@ depends on it:
   launcher passes it): the stand-in benchmark client in vllm_bench.py.
 * GLM-5 (config.json ``model_type: glm_moe_dsa``): refused unless the image's transformers is
   >= 5.2 (``importlib.metadata``), with transformers' "does not recognize this architecture".
+* multi-node (``--nnodes`` > 1, where the release's parser has it): the rendezvous of
+  vllm_rendezvous.py on ``--master-addr``/``--master-port`` over real TCP. The head (node rank 0)
+  answers nothing before every node joined; a ``--headless`` worker serves no HTTP, retries the
+  head until the distributed timeout, fails on a model/tp/pp/nnodes/version differing from the
+  head's, and stays up when the head dies (vLLM #32136).
 * serving: ``/health``, ``/version``, ``/v1/models``, ``/v1/chat/completions`` (stream and not),
   ``/v1/completions``, ``/metrics`` (the names of the version, vllm_metrics.py); ``--api-key`` or
   ``VLLM_API_KEY`` guard ``/v1`` with vLLM's 401 body. Replies are tiny and deterministic;
@@ -39,6 +44,8 @@ Environment:
   LLMFLEET_STANDIN_ASCEND       "1": behave as a vllm-ascend image (no vLLM entrypoint: argv
                                 must start with "vllm serve" or "python3 -m vllm.entrypoints...")
   VLLM_STANDIN_STARTUP_DELAY_S  seconds to wait before listening (simulated load time; default 0)
+  VLLM_STANDIN_DIST_TIMEOUT_S   multi-node rendezvous timeout in seconds (default: the release's
+                                --distributed-timeout-seconds, else torch's NCCL default, 600)
 
 Every response carries ``X-LLMFleet-Standin: vllm-standin/<version>``; /v1/models says
 ``owned_by: vllm-standin``. Standard library only (python3.11); imports nothing from llmfleet.
@@ -62,6 +69,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vllm_metrics  # noqa: E402 - the stand-in's /metrics, shipped next to this file
+import vllm_rendezvous  # noqa: E402 - multi-node rendezvous (--nnodes), shipped next to this file
 
 STANDIN = "vllm-standin"
 HERE = Path(__file__).resolve().parent
@@ -720,6 +728,39 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
 
+def prepare_model(args: argparse.Namespace) -> dict:
+    """Load and check the model as vLLM's start-up does; exit as vLLM on a bad one. Returns its config."""
+    try:
+        config = load_model(args.model, getattr(args, "load_format", None))
+    except ModelError as exc:
+        fail("RuntimeError", str(exc))
+    check_transformers(config)
+    derived = derived_max_len(config, args)
+    mml = getattr(args, "max_model_len", None)
+    if mml and derived and mml > derived and os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") != "1":
+        fail("ValueError", f"User-specified max_model_len ({mml}) is greater than the derived "
+             f"max_model_len (max_position_embeddings={config.get('max_position_embeddings')} or "
+             "model_max_length=None in model's config.json). To allow overriding this maximum, "
+             "set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+    return config
+
+
+def run_headless_worker(args: argparse.Namespace, topo: vllm_rendezvous.Topology) -> int:
+    """Node rank > 0 (``--headless``): join the head's world, load the weights, serve no HTTP and
+    stay up, even once the head is gone, until signalled."""
+    if not getattr(args, "headless", False):
+        fail("ValueError", f"llmfleet stand-in: node rank {topo.node_rank} of {topo.nnodes} without --headless "
+             "(real vLLM starts an API server and an engine core there, which fail at the first collective)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        vllm_rendezvous.run_worker(topo, vllm_rendezvous.timeout_s(args), log, lambda: prepare_model(args), stop)
+    except vllm_rendezvous.RendezvousError as exc:
+        fail(exc.kind, str(exc))
+    return 0
+
+
 def flags_path() -> Path:
     env = os.environ.get("VLLM_STANDIN_FLAGS")
     if env:
@@ -752,17 +793,18 @@ def main(argv: list[str] | None = None) -> int:
              if v not in (None, False) and k != "serve_mode"}
     log("INFO", where, f"non-default args: {given}")
     try:
-        config = load_model(args.model, getattr(args, "load_format", None))
-    except ModelError as exc:
-        fail("RuntimeError", str(exc))
-    check_transformers(config)
-    derived = derived_max_len(config, args)
-    mml = getattr(args, "max_model_len", None)
-    if mml and derived and mml > derived and os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") != "1":
-        fail("ValueError", f"User-specified max_model_len ({mml}) is greater than the derived "
-             f"max_model_len (max_position_embeddings={config.get('max_position_embeddings')} or "
-             "model_max_length=None in model's config.json). To allow overriding this maximum, "
-             "set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1")
+        topo = vllm_rendezvous.topology(args, st.version)
+    except vllm_rendezvous.RendezvousError as exc:
+        fail(exc.kind, str(exc))
+    if topo is not None and topo.node_rank > 0:
+        return run_headless_worker(args, topo)
+    store = None
+    if topo is not None:
+        try:
+            store = vllm_rendezvous.join_as_head(topo, vllm_rendezvous.timeout_s(args), log)
+        except vllm_rendezvous.RendezvousError as exc:
+            fail(exc.kind, str(exc))
+    config = prepare_model(args)
     delay = float(os.environ.get("VLLM_STANDIN_STARTUP_DELAY_S") or 0)
     if delay > 0:
         time.sleep(min(delay, 3600))
@@ -777,6 +819,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    exit_code = {"rc": 0}
+    if store is not None:
+        def worker_lost(rank: int, peer: str) -> None:
+            log("ERROR", "core.py:1034", f"EngineCore encountered a fatal error: node rank {rank} ({peer}) left "
+                "the torch.distributed world (llmfleet stand-in: real vLLM fails at its next collective)")
+            exit_code["rc"] = 1
+            stop()
+
+        store.watch_workers(worker_lost)
     if st.at_least("0.11.0"):
         log("INFO", "api_server.py:1971", f"Starting vLLM API server 0 on http://{host}:{port}")
     else:
@@ -789,8 +840,10 @@ def main(argv: list[str] | None = None) -> int:
         httpd.serve_forever(poll_interval=0.2)
     finally:
         httpd.server_close()
+        if store is not None:
+            store.close()
         print("INFO:     Shutting down", flush=True)
-    return 0
+    return exit_code["rc"]
 
 
 if __name__ == "__main__":
