@@ -270,8 +270,10 @@ def verify_config(spec: ServingSpec, layout: Layout, with_env_file: bool,
     """What the endpoint probe checks (``tasks/probe/verify_endpoint.py --config``); no secrets.
     A headless worker's probe asks the head (``head``): a worker is healthy when its unit runs and
     the head answers /health, which vLLM's head does only once every member joined."""
-    head = {"head": role.master_addr} if role is not None and not role.is_head else {}
-    return {**head,
+    member = {} if role is None else {"replica": role.replica, "rank": role.rank, "nnodes": role.nnodes}
+    if role is not None and not role.is_head:
+        member["head"] = role.master_addr
+    return {**member,
         "name": layout.name, "unit": f"{layout.unit}.service", "container": layout.unit,
         "port": spec.port, "served_model_name": spec.served_model_name,
         "env_file": layout.env_file if with_env_file else None,

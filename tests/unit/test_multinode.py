@@ -351,3 +351,38 @@ def test_head_watch_restarts_the_worker_only_after_the_head_was_healthy_and_went
     assert head_watch.watch(url, "w.service", 0.5, 3, rounds=8) == 1  # up, up, 3 misses -> restart; disarmed
     assert calls == [["systemctl", "try-restart", "w.service"]]
     server.shutdown()
+
+
+def test_status_shows_a_worker_by_replica_rank_and_its_heads_view(tmp_path):
+    """The host script against a worker's verify config whose head (a real HTTP server on 127.0.0.2)
+    answers /health: the worker's row is its head's health; the row names replica, rank and joined."""
+    import http.server
+    import json
+    import threading
+
+    from tasks import status
+
+    class Head(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.2", 0), Head)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = {"name": "q", "unit": "llmfleet-q.service", "container": "llmfleet-q", "port": server.server_port,
+              "served_model_name": "big", "replica": "r1", "rank": 1, "nnodes": 2, "head": "127.0.0.2"}
+    (etc / "q.verify.json").write_text(json.dumps(config))
+    fact = status.FleetStatus()
+    lines, rc = run_sh(fact.command(str(etc), str(tmp_path / "none"), 2))
+    server.shutdown()
+    (rec,) = [r for r in fact.process(lines) if r["kind"] == "service"]
+    assert rc == 0 and rec["health"] == 200 and rec["replica"] == {"replica": "r1", "rank": 1, "nnodes": 2,
+                                                                  "head": "127.0.0.2"}
+    row = status.row("w1", {**rec, "unit_state": "active"}, now=0)
+    assert row["model"] == "big [replica r1 rank 1/2 worker of 127.0.0.2, joined]"
+    assert "not joined" in status.row("w1", {**rec, "unit_state": "failed"}, now=0)["model"]
