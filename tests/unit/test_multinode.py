@@ -235,7 +235,7 @@ def test_each_member_needs_its_share_of_gpus_and_plans_memory_for_its_pipeline_s
 
     spec = load_spec("qwen235b_bf16")
     req = requirement_from_spec(spec, "/srv/models/x")
-    assert req.gpus_needed == 8 and req.serving.tp == 8 and req.serving.pp == 2
+    assert req.gpus_needed == req.devices_needed == 8 and req.serving.tp == 8 and req.serving.pp == 2
     h100 = dataclasses.replace(req.serving, gpu_mem_gib=79.2)
     split, one_stage = plan(req.model_config, h100), plan(req.model_config, dataclasses.replace(h100, pp=1))
     # ~470 GB over 16 GPUs: each GPU holds half the layers of what tp 8 alone would give it
