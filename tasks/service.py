@@ -35,6 +35,13 @@ Container options, and why:
 - ``-p <port>:<port>``; ``--pull=never``: the image task pulled the pinned image; a unit never
   fetches an image by itself.
 
+- A member of a multi-node replica (``role``, ``tasks.vllm.multinode``): ``--network host`` instead of
+  ``-p`` (vLLM's ranks connect on ports picked at run time), the network env from the member's route,
+  the rendezvous flags; a headless worker also gets ``<unit>-headwatch.service``
+  (``tasks/probe/head_watch.py``), which restarts it when its head goes away. A restart of a member
+  first stops every member (one operation on all of them), then starts them: no new member meets an
+  old head.
+
 Restart policy: ``Restart=on-failure``, ``RestartSec``, and at most ``StartLimitBurst`` starts per
 ``StartLimitIntervalSec`` (systemd 252 has no RestartSteps). The start-up budget of a cold start
 (``spec.startup_budget_s``) is waited for by the verification, not by systemd (``Type=exec``).
