@@ -135,7 +135,7 @@ def test_a_worker_flag_its_vllm_refuses_rolls_the_whole_replica_back(mr):
     run = deploy(mr, NEW, inventory=mr["broken"], check=False)
     assert run.returncode != 0
     text = run.stdout + run.stderr
-    assert f"rollout of {NAME} stopped at" in text and "not upgraded (still on the old version): mr-h3" in text
+    assert f"rollout of {NAME} stopped at" in text  # mr-h3's service is converged: in no batch
     assert "rolled back to" in text and "verified again" in text
     assert "--api-server-count" not in unit(mr, "mr-h2")  # the worker's previous unit is back
     for host in ("mr-h1", "mr-h2"):
