@@ -32,4 +32,15 @@ qwen3_ascend = (
     {"serve_devices": [0, 1, 2, 3]},
 )
 
+# One replica across two 8x H100 hosts (deploys/qwen235b_bf16.py): rank 0 is the head (serves HTTP,
+# hosts the rendezvous on replica_master_port 29501), rank 1 a headless worker. The interface is the one
+# each host's route to the head leaves by unless replica_interface says; keep it on a private network.
+qwen235b_bf16 = (
+    [
+        ("gpu-11.internal", {**_common, "replica": "bf16-a", "replica_rank": 0}),
+        ("gpu-12.internal", {**_common, "replica": "bf16-a", "replica_rank": 1}),
+    ],
+    {"serve_api_key_secret": "qwen235b_api_key"},
+)
+
 gateway = [("gw-01.internal", {**_common})]

@@ -562,5 +562,28 @@ def units_running(units: Sequence[str], enabled: bool = True, restarted: bool = 
     yield " && ".join(steps)
 
 
+@declaring(lambda units, **_: [(UnitStates, {"units": [_unit_name(u) for u in units]})])
+@operation()
+def units_stopped(units: Sequence[str]):
+    """
+    Units stopped (those not active are left alone); one round trip when none runs.
+
+    + units: unit names
+
+    Example:
+
+    .. code:: python
+
+        units_stopped(name="Stop before any member starts", units=["llmfleet-x.service"], _if=changed)
+    """
+    names = [_unit_name(u) for u in units]
+    have = read(UnitStates, units=names)
+    stop = [u for u in names if have.get(u, {}).get("ActiveState") in ("active", "activating", "reloading")]
+    if not stop:
+        host.noop(", ".join(names) + " not running")
+        return
+    yield f"systemctl stop {_q(stop)}"
+
+
 __all__ = ["DebPackages", "FileDigests", "UnitStates", "apt_source", "deb_packages", "files_synced", "owned_by",
-           "parse_pins", "units_running"]
+           "parse_pins", "units_running", "units_stopped"]

@@ -101,6 +101,8 @@ class Requirement:
     context_limit: int = 0
     #: ``accelerator: cpu``: host RAM the KV cache takes (VLLM_CPU_KVCACHE_SPACE).
     cpu_kvcache_bytes: int = 0
+    #: hosts the replica spans: this host holds tp x pp / nodes of its ranks (a multi-node replica)
+    nodes: int = 1
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -122,9 +124,7 @@ class Requirement:
 
     @property
     def devices_needed(self) -> int:
-        """Accelerators this host must have: ``gpus_needed`` when given (a multi-node member's share,
-        tensor x pipeline x data parallel / nodes), else tensor x pipeline parallel."""
-        return self.gpus_needed or self.serving.tp * self.serving.pp
+        return max(self.gpus_needed, self.serving.tp * self.serving.pp // max(1, self.nodes))
 
     def plan_params(self, gpu_mem_gib: float, cudagraph_gib: float = 0.0, gpu_name: str = "",
                     compute_capability: float = 0.0) -> PlanParams:
@@ -243,7 +243,8 @@ def _check_nvidia(verdict: Verdict, facts: dict, req: Requirement, opts: Preflig
     need = req.devices_needed
     if len(gpus) < need:
         tp, pp = req.serving.tp, req.serving.pp
-        verdict.add("gpu count", "fail", f"{len(gpus)} GPU(s), tp {tp} x pp {pp} needs {need}")
+        over = f" over {req.nodes} hosts" if req.nodes > 1 else ""
+        verdict.add("gpu count", "fail", f"{len(gpus)} GPU(s), tp {tp} x pp {pp}{over} needs {need}")
     else:
         verdict.add("gpu count", "ok", f"{len(gpus)} GPU(s), need {need}")
     used = _devices_used(verdict, "GPU", gpus, req)
@@ -365,7 +366,8 @@ def _check_ascend(verdict: Verdict, facts: dict, req: Requirement) -> float | No
     need = req.devices_needed
     if len(npus) < need:
         tp, pp = req.serving.tp, req.serving.pp
-        verdict.add("npu count", "fail", f"{len(npus)} NPU(s), tp {tp} x pp {pp} needs {need}")
+        over = f" over {req.nodes} hosts" if req.nodes > 1 else ""
+        verdict.add("npu count", "fail", f"{len(npus)} NPU(s), tp {tp} x pp {pp}{over} needs {need}")
     else:
         verdict.add("npu count", "ok", f"{len(npus)} NPU(s), need {need}")
     used = _devices_used(verdict, "NPU", npus, req)

@@ -113,4 +113,5 @@ def requirement_from_spec(spec: ServingSpec, model_dir: str, data: Any | None = 
         port=spec.port, devices=tuple(spec.devices or (range(gpus) if spec.accelerator == "ascend" else ())),
         served_model_name=str(spec.served_model_name or ""), context_limit=limit[0] if limit else 0,
         cpu_kvcache_bytes=int(spec.cpu.kvcache_space_gib * GIB) if spec.accelerator == "cpu" else 0,
+        nodes=spec.nodes,
     )

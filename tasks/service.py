@@ -35,6 +35,13 @@ Container options, and why:
 - ``-p <port>:<port>``; ``--pull=never``: the image task pulled the pinned image; a unit never
   fetches an image by itself.
 
+- A member of a multi-node replica (``role``, ``tasks.vllm.multinode``): ``--network host`` instead of
+  ``-p`` (vLLM's ranks connect on ports picked at run time), the network env from the member's route,
+  the rendezvous flags; a headless worker also gets ``<unit>-headwatch.service``
+  (``tasks/probe/head_watch.py``), which restarts it when its head goes away. A restart of a member
+  first stops every member (one operation on all of them), then starts them: no new member meets an
+  old head.
+
 Restart policy: ``Restart=on-failure``, ``RestartSec``, and at most ``StartLimitBurst`` starts per
 ``StartLimitIntervalSec`` (systemd 252 has no RestartSteps). The start-up budget of a cold start
 (``spec.startup_budget_s``) is waited for by the verification, not by systemd (``Type=exec``).
@@ -57,7 +64,7 @@ from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.converge import UnitStates, files_synced, owned_by, units_running
+from tasks.converge import UnitStates, files_synced, owned_by, units_running, units_stopped
 from tasks.facts.planned import declaring, read
 from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
@@ -70,6 +77,8 @@ TEMPLATES = REPO_ROOT / "templates"
 PROBE_SRC = Path(__file__).resolve().parent / "probe" / "verify_endpoint.py"
 PROBE_DIR = "/usr/local/lib/llmfleet"
 PROBE_PATH = f"{PROBE_DIR}/verify_endpoint.py"
+HEAD_WATCH_SRC = Path(__file__).resolve().parent / "probe" / "head_watch.py"
+HEAD_WATCH_PATH = f"{PROBE_DIR}/head_watch.py"
 CONTAINER_CACHE = "/llmfleet-cache"
 #: The container label that names the image a service's docker run started it from.
 IMAGE_LABEL = "org.llmfleet.image"
@@ -263,9 +272,15 @@ def exec_start(lines: list[list[str]]) -> str:
     return " \\\n    ".join(" ".join(systemd_quote(w) for w in group) for group in lines)
 
 
-def verify_config(spec: ServingSpec, layout: Layout, with_env_file: bool) -> dict[str, Any]:
-    """What the endpoint probe checks (``tasks/probe/verify_endpoint.py --config``); no secrets."""
-    return {
+def verify_config(spec: ServingSpec, layout: Layout, with_env_file: bool,
+                  role: multinode.Role | None = None) -> dict[str, Any]:
+    """What the endpoint probe checks (``tasks/probe/verify_endpoint.py --config``); no secrets.
+    A headless worker's probe asks the head (``head``): a worker is healthy when its unit runs and
+    the head answers /health, which vLLM's head does only once every member joined."""
+    member = {} if role is None else {"replica": role.replica, "rank": role.rank, "nnodes": role.nnodes}
+    if role is not None and not role.is_head:
+        member["head"] = role.master_addr
+    return {**member,
         "name": layout.name, "unit": f"{layout.unit}.service", "container": layout.unit,
         "port": spec.port, "served_model_name": spec.served_model_name,
         "env_file": layout.env_file if with_env_file else None,
@@ -291,16 +306,28 @@ class Desired:
     templates: dict[str, bytes]
     #: env name -> control-machine secret file ({}: the service has no env file)
     secrets: dict[str, str]
+    #: a headless worker's head watch unit (``tasks/probe/head_watch.py``); b"": none
+    watch_text: bytes = b""
 
     @property
     def unit(self) -> str:
         return f"{self.layout.unit}.service"
+
+    @property
+    def watch_unit(self) -> str:
+        return f"{self.layout.unit}-headwatch.service"
+
+    @property
+    def watch_file(self) -> str:
+        return f"/etc/systemd/system/{self.watch_unit}"
 
     def paths(self) -> list[str]:
         """Host paths whose digests :func:`pending` compares (one ``FileDigests`` read)."""
         lay = self.layout
         out = [lay.etc_dir, lay.cache_dir, lay.verify_config, PROBE_DIR, PROBE_PATH,
                lay.env_file, self.unit_file]
+        if self.watch_text:
+            out += [HEAD_WATCH_PATH, self.watch_file]
         if self.templates:
             out += [lay.template_dir, *sorted(self.templates)]
         return out
@@ -323,7 +350,7 @@ def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any,
     multinode.check_role(spec, role)
     rendered = cmdline.render(spec, role=role)
     secrets = secret_files(spec, data)
-    verify = json.dumps(verify_config(spec, layout, bool(secrets)), indent=2, sort_keys=True) + "\n"
+    verify = json.dumps(verify_config(spec, layout, bool(secrets), role), indent=2, sort_keys=True) + "\n"
     templates = {}
     for container_path, local in sorted(rendered.files.items()):
         src = Path(local) if Path(local).is_absolute() else REPO_ROOT / local
@@ -342,12 +369,20 @@ def desired(spec: ServingSpec, image_ref: str, model_dir: str, data: Any,
         start_limit_interval_s=opts.service_start_limit_interval_s,
         startup_budget_s=spec.startup_budget_s, timeout_start_s=300, timeout_stop_s=grace + 30,
     )
+    watch = b""
+    if role is not None and not role.is_head:
+        watch = env.from_string((TEMPLATES / "vllm-headwatch.service.j2").read_text()).render(
+            replica=role.replica, rank=role.rank, unit=f"{layout.unit}.service", head=role.master_addr,
+            port=spec.port, script=HEAD_WATCH_PATH).encode()
     return Desired(layout=layout, image_ref=image_ref, unit_file=f"/etc/systemd/system/{layout.unit}.service",
-                   unit_text=unit.encode(), verify_text=verify.encode(), templates=templates, secrets=secrets)
+                   unit_text=unit.encode(), verify_text=verify.encode(), templates=templates, secrets=secrets,
+                   watch_text=watch)
 
 
 ENABLED_STATES = ("enabled", "static", "enabled-runtime", "alias")  # what units_running leaves alone
 STALE = ("the container runs", "systemd has not loaded the unit file")  # reasons only a restart mends
+#: A member of a multi-node replica whose own files match restarts with the others (tasks.rollout.plan).
+TOGETHER = "restarts with replica"
 
 
 def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
@@ -387,6 +422,9 @@ def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
     elif lay.env_file in files:
         reasons.append(f"{lay.env_file} should not exist (no API key)")
     same(want.unit_file, want.unit_text, "644")
+    if want.watch_text:
+        same(HEAD_WATCH_PATH, HEAD_WATCH_SRC.read_bytes(), "755")
+        same(want.watch_file, want.watch_text, "644")
     unit = observed.get("unit") or {}
     if unit.get("ActiveState") != "active":
         reasons.append(f"{want.unit} is {unit.get('ActiveState') or 'unknown'}")
@@ -403,7 +441,7 @@ def needs_restart(reasons: list[str]) -> bool:
     """Whether :func:`pending`'s reasons call for a restart that no file change would trigger:
     systemd still runs an older load of the unit, or the container runs another image (a run
     that stopped between writing the unit and restarting it)."""
-    return any(r.startswith(STALE) for r in reasons)
+    return any(r.startswith((*STALE, TOGETHER)) for r in reasons)
 
 
 # --- the deploy ----------------------------------------------------------------------------------
@@ -471,11 +509,23 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = Fal
     else:
         env = files.file(name=f"{tag}: no secret env file", path=layout.env_file, present=False)
     unit = files_synced(name=f"{tag}: unit {want.unit}", files={want.unit_file: want.unit_text})
+    units, watch = [want.unit], []
+    if want.watch_text:
+        files_synced(name=f"{tag}: head watch script", files={HEAD_WATCH_PATH: HEAD_WATCH_SRC}, mode="755")
+        watch.append(files_synced(name=f"{tag}: unit {want.watch_unit}", files={want.watch_file: want.watch_text}))
+        units.append(want.watch_unit)
 
-    changed = any_changed(unit, env, *templates)
-    systemd.daemon_reload(name=f"{tag}: reload units", _if=within_deploy(lambda: restart or unit.did_change()))
+    changed = any_changed(unit, env, *templates, *watch)
+    unit_files_changed = any_changed(unit, *watch)
+    if role is not None:
+        # A member of a multi-node replica: every member stops (this operation runs on all of them
+        # before the next starts any), so no new member meets an old head (tasks/vllm/multinode.py).
+        units_stopped(name=f"{tag}: stop every member of replica {role.replica} before any starts",
+                      units=units[::-1], _if=within_deploy(lambda: restart or changed()))
+    systemd.daemon_reload(name=f"{tag}: reload units",
+                          _if=within_deploy(lambda: restart or unit_files_changed()))
     reset_failed(name=f"{tag}: clear failed state", unit=want.unit)
     restarted = units_running(name=f"{tag}: restart (unit, env or template changed)", units=[want.unit],
                               restarted=True, _if=within_deploy(lambda: restart or changed()))
-    running = units_running(name=f"{tag}: running", units=[want.unit])
+    running = units_running(name=f"{tag}: running", units=units)
     return Served(unit=unit, restart=restarted, running=running, layout=layout, changes=(unit, env, *templates))

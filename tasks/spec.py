@@ -61,7 +61,6 @@ FIELD_FLAGS: dict[str, str] = {
     # Multi-node: rendered from the recipe's nodes and the inventory's replica (tasks.vllm.multinode).
     "--nnodes": "nodes", "--node-rank": "replica_rank", "--master-addr": "replica",
     "--master-port": "replica_master_port", "--headless": "replica_rank",
-    "--distributed-executor-backend": "nodes",
 }
 #: Removed flags kept in extra_args for fidelity to a seed; cmdline drops them where removed.
 LEGACY_EXTRA_ARGS = ("--tokenizer-pool-size", "--tokenizer-pool-type", "--max-seq-len-to-capture",

@@ -2,7 +2,8 @@
 round trip per host, printed as a table and written as JSON. Changes nothing.
 
 Per service (``/etc/llmfleet/*.verify.json`` on the host, written by ``tasks.service``):
-host, model (served name), image the container runs, vLLM version (``GET /version`` on the
+host, model (served name; a member of a multi-node replica adds its replica, rank and whether it
+joined: a headless worker's health and version are its head's), image the container runs, vLLM version (``GET /version`` on the
 endpoint), unit state (``ActiveState``), health (``GET /health``), last verification (the gate's
 ``<name>.last-verify.json``: ok/FAIL and when), weights (the unit's ``org.llmfleet.weights``
 label and the ``current`` link's target), last rollout (``<name>.rollout.json``: upgraded,
@@ -56,9 +57,9 @@ def load(path):
             return json.load(fh)
     except Exception:
         return None
-def get(port, path, limit=2000):
+def get(port, path, limit=2000, address="127.0.0.1"):
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=timeout) as r:
             return r.status, r.read(limit).decode("utf-8", "replace")
     except urllib.error.HTTPError as e:
         return e.code, ""
@@ -82,9 +83,12 @@ for cfg_path in sorted(glob.glob(os.path.join(etc, "*.verify.json"))):
     row["weights"] = m.group(1) if m else None
     m = re.search(r"-v (\S+)/current:", unit_text)
     row["weights_current"] = os.readlink(m.group(1) + "/current") if m and os.path.islink(m.group(1) + "/current") else None
-    status, _ = get(port, "/health")
+    row["replica"] = {k: cfg[k] for k in ("replica", "rank", "nnodes", "head") if k in cfg} or None
+    # A headless worker serves no HTTP: it is as healthy as its head, which answers only once all joined.
+    where = cfg.get("head") or "127.0.0.1"
+    status, _ = get(port, "/health", address=where)
     row["health"] = status
-    status, body = get(port, "/version")
+    status, body = get(port, "/version", address=where)
     try:
         row["vllm_version"] = json.loads(body).get("version") if status == 200 else None
     except ValueError:
@@ -181,7 +185,13 @@ def row(host: str, r: dict, now: float | None = None, before: dict | None = None
         weights += f" -> {r['weights_current']}"
     cols = live.columns(r.get("live"), float(r.get("metrics_at") or now), (before or {}).get("live"),
                         (before or {}).get("metrics_at"))
-    return {**cols, "host": host, "model": str(r.get("model") or r.get("name")),
+    model = str(r.get("model") or r.get("name"))
+    member = r.get("replica") or {}
+    if member:  # a member of a multi-node replica: which, its rank, and whether it joined (the head's view)
+        role = "head" if member.get("rank") == 0 else f"worker of {member.get('head')}"
+        joined = "joined" if r.get("health") == 200 and r.get("unit_state") == "active" else "not joined"
+        model += f" [replica {member.get('replica')} rank {member.get('rank')}/{member.get('nnodes')} {role}, {joined}]"
+    return {**cols, "host": host, "model": model,
             "image": str(r.get("image") or "(not running)"),
             "vllm": str(r.get("vllm_version") or "?"), "unit": str(r.get("unit_state") or "?"),
             "health": str(r.get("health") or "down"), "verified": verified, "weights": weights, "rollout": rollout}

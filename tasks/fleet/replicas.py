@@ -18,8 +18,9 @@ from tasks.settings.replica import ReplicaSettings
 from tasks.spec import ServingSpec
 from tasks.vllm.multinode import Role
 
-#: Fields a member may set on its own: they say where on its host it runs, not what it serves.
-PER_MEMBER_FIELDS = frozenset({"devices"})
+#: Fields a member may set on its own: where on its host it runs and host-local tuning (an NCCL variable
+#: for its NIC, a flag of its own), not what the replica serves: vLLM's members must agree on the rest.
+PER_MEMBER_FIELDS = frozenset({"devices", "extra_env", "extra_args", "gpu_memory_utilization", "shm_size"})
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def _replica_problems(name: str, members: list[tuple[str, ReplicaSettings]], dat
         if differ:
             found.append(Problem(host, "serve_" + differ[0], f"differs from {first_host}'s in replica {name} "
                                  f"({', '.join(differ)}): vLLM's workers refuse a head of another configuration; "
-                                 "allowed: the same serving fields on every member (devices excepted)",
+                                 f"allowed: the same serving fields on every member (except {', '.join(sorted(PER_MEMBER_FIELDS))})",
                                  repr(getattr(other, differ[0]))))
         if opts.replica_master_port != first.replica_master_port:
             found.append(Problem(host, "replica_master_port", f"{first_host} has {first.replica_master_port}; "

@@ -88,8 +88,8 @@ def read_key(env_file: str | None) -> str | None:
 
 
 class Client:
-    def __init__(self, port: int, key: str | None) -> None:
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, port: int, key: str | None, address: str = "127.0.0.1") -> None:
+        self.base = f"http://{address}:{port}"
         self.key = key
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 30.0):
@@ -294,13 +294,20 @@ def run(config: dict, wait: float | None) -> dict:
     key = None
     try:
         key = read_key(config.get("env_file"))
-        client = Client(int(config["port"]), key)
+        # A headless worker of a multi-node replica serves no HTTP: its health is its own unit
+        # running and the head healthy, which the head is only once every member joined.
+        head = config.get("head")
+        client = Client(int(config["port"]), key, head or "127.0.0.1")
         progress = StartProgress(config["name"], config["unit"], budget, config.get("progress_dir", PROGRESS_DIR))
         try:
             result["checks"]["health_s"] = wait_health(client, config["unit"], started + budget, progress,
                                                        config.get("container", ""))
         finally:
             progress.close()
+        if head:
+            result["checks"]["joined_head"] = head
+            result["ok"] = True
+            return _done(result, started)
         result["checks"]["models"] = check_models(client, config["served_model_name"])
         result["checks"]["chat"] = check_chat(client, config["served_model_name"], bool(config.get("non_thinking")))
         if config.get("tool_calls"):
@@ -310,6 +317,10 @@ def run(config: dict, wait: float | None) -> dict:
         text = str(exc)
         result["error"] = text.replace(key, "***") if key else text
         result["log_tail"] = log_tail(config.get("container", ""), config["unit"], key)
+    return _done(result, started)
+
+
+def _done(result: dict, started: float) -> dict:
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 

@@ -13,7 +13,7 @@ from tasks import removal
 from tasks.pyinfra_ext import change_known
 from tasks.removal import ABSENT
 from tasks.rollout.operations import barrier, finished, gate, rollback_point, rolled_back, weights_held
-from tasks.rollout.plan import Handles, Plan, desired_service, progress_of
+from tasks.rollout.plan import Handles, Plan, ReplicaGate, desired_service, progress_of
 from tasks.rollout.service_version import Paths, point_unneeded
 from tasks.service import Layout, needs_restart, options as service_options, serve
 from tasks.settings.rollout import RolloutSettings
@@ -33,6 +33,10 @@ def _replica_ops(plan: Plan, b: int, spec: ServingSpec, image_ref: str, model_di
     name = spec.name
     checked = gate(name=f"{name}: verify endpoint", paths=paths, wait_s=wait, _if=served.started,
                    _ignore_errors=True)
+    role = plan.roles.get(host.name)
+    if role is not None:  # a multi-node replica rolls back whole: any member's failed gate fails them all
+        others = tuple(m for m, r in plan.roles.items() if r.replica == role.replica and m != host.name)
+        checked = ReplicaGate(checked, progress_of(plan), others)
     rolled_back(name=f"{name}: roll back to the previous version", paths=paths, _if=checked.did_error)
     again = gate(name=f"{name}: verify the previous version", paths=paths, wait_s=wait, _if=checked.did_error,
                  _ignore_errors=True)

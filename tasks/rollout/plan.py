@@ -5,6 +5,7 @@ pyinfra's own results give while the run executes (failed hosts, the gates' outc
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -19,7 +20,7 @@ from tasks.removal import ABSENT
 from tasks.rollout import BATCH_KEYS, ROLLED_BACK, UPGRADED
 from tasks.rollout.batches import fleet_setting, make_batches
 from tasks.rollout.service_version import Paths, ServiceVersion, fact_args
-from tasks.service import Desired, desired
+from tasks.service import TOGETHER, Desired, desired
 from tasks.service import pending as service_pending
 from tasks.settings.gateway import GatewaySettings
 from tasks.settings.image_build import ImageBuildSettings
@@ -75,6 +76,59 @@ class Handles:
     restart: tuple
     checked: Any
     again: Any
+
+
+class ReplicaGate:
+    """The gate of one member of a multi-node replica as the rollout reads it: failed when its own
+    gate or another member's failed, so that every member rolls back together (one replica, one
+    outcome). Reads like the gate's ``OperationMeta`` (what ``outcome_of``, ``probe_error`` and the
+    operations' ``_if`` use).
+
+    + own: this member's gate (``OperationMeta``)
+    + progress: the run's :class:`Progress` (the other members' gates are registered there)
+    + others: the other members' host names
+    """
+
+    def __init__(self, own: Any, progress: "Progress", others: tuple[str, ...]) -> None:
+        self.own, self.progress, self.others = own, progress, others
+
+    def _failed_others(self) -> list[str]:
+        found = []
+        for name in self.others:
+            handles = self.progress.handles.get(name)
+            meta = getattr(handles.checked, "own", handles.checked) if handles else None
+            if meta is not None and meta.is_complete() and meta.executed and meta.did_error():
+                found.append(name)
+        return found
+
+    def is_complete(self) -> bool:
+        return self.own.is_complete()
+
+    @property
+    def executed(self) -> bool:
+        return self.own.executed
+
+    def did_error(self) -> bool:
+        return self.own.did_error() or bool(self._failed_others())
+
+    def did_succeed(self) -> bool:
+        return self.own.did_succeed() and not self._failed_others()
+
+    def _lines(self, which: str) -> list[str]:
+        lines = list(getattr(self.own, which))
+        failed = self._failed_others()
+        if which == "stdout_lines" and failed and self.own.did_succeed():
+            error = f"member {', '.join(failed)} of this multi-node replica failed its verification"
+            lines.append(json.dumps({"error": error}))
+        return lines
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        return self._lines("stdout_lines")
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return self._lines("stderr_lines")
 
 
 class Progress:
@@ -205,6 +259,8 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec],
             except SpecError as exc:
                 logger.warning(f"rollout: {h.name} left out of the gateway upstream: {exc}")
                 continue
+        if h.name in roles and not roles[h.name].is_head:
+            continue  # a headless worker serves no HTTP: the gateway routes to its replica's head
         replica = gw.Replica(h.name, gw.replica_address(h.data, h.name), int(spec.port))
         if spec.state == ABSENT:
             leaving_replicas.append(replica)
@@ -237,10 +293,13 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec],
                   else removal.leaving_paths(*wants[h.name])), **fact_args(wants[h.name][1])})
     leaving = {h.name: left for h in everyone if specs[h.name].state == ABSENT
                for left in [removal.leftovers(observed[h.name], removal.leaving_paths(*wants[h.name]))] if left}
-    pending = {name: service_pending(wants[name][0], observed[name]) for name in ordered}
-    to_roll = [name for name in ordered if pending[name]]
-    batches = make_batches(to_roll, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],
-                           bool(batch_opts["rollout_enabled"]), total=len(ordered))
+    pending = together({name: service_pending(wants[name][0], observed[name]) for name in ordered}, roles)
+    # A multi-node replica is one unit of the rollout: its members share a batch, counted as one.
+    unit_of = {name: roles[name].replica if name in roles else name for name in ordered}
+    to_roll = list(dict.fromkeys(unit_of[name] for name in ordered if pending[name]))
+    unit_batches = make_batches(to_roll, batch_opts["rollout_batch_size"], batch_opts["rollout_max_unavailable"],
+                                bool(batch_opts["rollout_enabled"]), total=len(set(unit_of.values())))
+    batches = [[name for u in batch for name in ordered if unit_of[name] == u] for batch in unit_batches]
     port = None
     for h in state.inventory:
         if h.name in gateways:
@@ -261,6 +320,23 @@ def make_plan(state: Any, recipe: Any, specs: Mapping[str, ServingSpec],
                 + (f"; removing: {', '.join(leaving)}" if leaving else "")
                 + (f"; gateways {', '.join(gateways)}" if gateways else "; no gateway"))
     return plan
+
+
+def together(pending: Mapping[str, list[str]], roles: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``pending`` where a member of a multi-node replica whose own service matches gets a reason to
+    restart when another member's does not: vLLM's members restart together (a survivor cannot join a
+    new head, tasks/vllm/multinode.py).
+
+    + pending: host -> why its service is not converged (``tasks.service.pending``)
+    + roles: member -> its role
+    """
+    out = {name: list(reasons) for name, reasons in pending.items()}
+    for name, role in roles.items():
+        if name in out and not out[name]:
+            moving = [m for m, r in roles.items() if r.replica == role.replica and pending.get(m)]
+            if moving:
+                out[name] = [f"{TOGETHER} {role.replica}: {', '.join(moving)} restart(s)"]
+    return out
 
 
 def desired_service(spec: ServingSpec, data: Any, role: Any = None) -> tuple[Desired, Paths]:

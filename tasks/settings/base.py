@@ -76,6 +76,7 @@ AbsPath = checked(lambda v: v.startswith("/"), "an absolute path")
 Duration = checked(lambda v: bool(_DURATION.match(v)), "a Prometheus duration (30s, 5m, 1h30m, 15d)")
 Port = Annotated[int, BeforeValidator(_no_bool), at.Ge(1), at.Le(65535)]
 Positive = Annotated[int, BeforeValidator(_no_bool), at.Ge(1)]
+Index = Annotated[int, BeforeValidator(_no_bool), at.Ge(0)]
 Seconds = Annotated[float, at.Gt(0)]
 NonNegative = Annotated[float, at.Ge(0)]
 PinnedImage = checked(_pinned, "an image pinned to a tag or digest (NAME:TAG, not latest)")

@@ -13,27 +13,19 @@ member count is the recipe's ``nodes``. Example (inventories/prod.py)::
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-from annotated_types import Ge
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
-from tasks.settings.base import Port, Settings, checked
+from tasks.settings.base import Index, Port, Settings, checked
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
 
 
-def _no_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is a boolean, not a rank")
-    return value
-
-
 ReplicaName = checked(lambda v: bool(_NAME.match(v)), "a name of letters, digits, '.', '_', '-' (at most 64)")
 InterfaceName = checked(lambda v: bool(_IFNAME.match(v)), "a network interface name (at most 15 characters, "
                         "as `ip link` shows it)")
-Rank = Annotated[int, BeforeValidator(_no_bool), Ge(0)]
 
 
 class ReplicaSettings(Settings):
@@ -46,7 +38,7 @@ class ReplicaSettings(Settings):
     replica: ReplicaName | None = Field(
         None, description="name of the multi-node replica this host is a member of (same name on every member, "
                           "one recipe); None: a one-host replica")
-    replica_rank: Rank | None = Field(
+    replica_rank: Index | None = Field(
         None, description="this member's node rank: 0 for the head (serves HTTP, hosts the rendezvous), 1..N-1 "
                           "for the headless workers; each rank once per replica")
     replica_master_port: Port = Field(

@@ -130,6 +130,9 @@ def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR, role: "Role | None"
 
     _parallelism(b, s)
     if role is not None:
+        if any(t.split("=", 1)[0] == "--distributed-executor-backend" for t in s.extra_args):
+            raise SpecError("extra_args", "--distributed-executor-backend is rendered for a multi-node replica "
+                            "(mp where the image's vLLM has --nnodes, else ray); leave it out")
         for flag, values in multinode.role_flags(role, multinode.native(s)):
             b.add("nodes", flag, *values)
     _engine(b, s)

@@ -20,7 +20,8 @@ from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
 from tasks.converge import (DPKG_REPAIR_SH, DebPackages, DpkgInterrupted, FileDigests, UnitStates, apt_source,
-                            deb_packages, dpkg_repaired, files_synced, parse_pins, units_running)
+                            deb_packages, dpkg_repaired, files_synced, parse_pins, units_running,
+                            units_stopped)
 from tests.unit.conftest import digest_lines, run_sh
 
 SCRIPT = b"print('hello')\n"
@@ -329,6 +330,15 @@ def test_units_running_no_op_start_enable_restart():
     assert changed and commands[-1] == "systemctl enable docker.service && systemctl start docker.service"
     commands, changed = run_op(units_running, ok, units=["docker"], restarted=True)
     assert changed and commands[-1] == "systemctl restart docker.service"
+
+
+def test_units_stopped_stops_only_what_runs():
+    both = {"systemctl": unit_lines(**{"a-headwatch": ("active", "enabled"), "a": ("inactive", "enabled")})}
+    commands, changed = run_op(units_stopped, both, units=["a-headwatch.service", "a.service"])
+    assert changed and commands[-1] == "systemctl stop a-headwatch.service"
+    idle = {"systemctl": unit_lines(**{"a": ("inactive", "enabled")})}
+    commands, changed = run_op(units_stopped, idle, units=["a.service"])
+    assert len(commands) == 1 and not changed
 
 
 # --- round trips of the runtime on a converged host ------------------------------------------------

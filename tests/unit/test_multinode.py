@@ -235,9 +235,154 @@ def test_each_member_needs_its_share_of_gpus_and_plans_memory_for_its_pipeline_s
 
     spec = load_spec("qwen235b_bf16")
     req = requirement_from_spec(spec, "/srv/models/x")
-    assert req.gpus_needed == 8 and req.serving.tp == 8 and req.serving.pp == 2
+    assert req.gpus_needed == req.devices_needed == 8 and req.serving.tp == 8 and req.serving.pp == 2
     h100 = dataclasses.replace(req.serving, gpu_mem_gib=79.2)
     split, one_stage = plan(req.model_config, h100), plan(req.model_config, dataclasses.replace(h100, pp=1))
     # ~470 GB over 16 GPUs: each GPU holds half the layers of what tp 8 alone would give it
     assert 26 < split.weights_gib_per_gpu < 30 and split.weights_gib_per_gpu < 0.55 * one_stage.weights_gib_per_gpu
     assert split.kv_cache_gib_per_gpu > 30  # fits, with room for KV cache
+
+
+# --- restart, verify and roll back together -------------------------------------------------------------
+
+
+def test_a_worker_unit_comes_with_a_head_watch_and_verifies_through_the_head():
+    spec = load_spec("qwen235b_bf16", {"serve_api_key_secret": None})
+    worker = desired(spec, spec.image.ref, "/srv/models/x", {}, _role(1))
+    head = desired(spec, spec.image.ref, "/srv/models/x", {}, _role(0))
+    assert head.watch_text == b"" and b'"head"' not in head.verify_text
+    assert b'"head": "10.0.0.1"' in worker.verify_text
+    text = worker.watch_text.decode()
+    assert "--head 10.0.0.1 --port 8000 --unit llmfleet-qwen235b_bf16.service" in text
+    assert worker.watch_file in worker.paths() and "/usr/local/lib/llmfleet/head_watch.py" in worker.paths()
+
+
+def test_the_plan_batches_a_replica_as_one_unit_and_restarts_every_member_together():
+    from tasks.rollout.plan import together
+
+    roles = {"m0": _role(0), "m1": _role(1)}
+    pending = together({"m0": [], "m1": ["/etc/systemd/system/x differs"], "solo": []}, roles)
+    assert pending["m0"] == ["restarts with replica bf16-a: m1 restart(s)"] and pending["solo"] == []
+    from tasks.service import needs_restart
+
+    assert needs_restart(pending["m0"]) and not needs_restart(["/etc/x differs"])
+
+
+def test_a_fresh_two_node_replica_is_one_batch_and_the_gateway_routes_to_its_head():
+    state = _state({"gateway": [("@fake/gw", {})], "bf16": [_member(0), _member(1)],
+                    "solo": [("@fake/s0", {"ssh_hostname": "10.0.0.9", "serve_nodes": 1,
+                                           "serve_pipeline_parallel_size": 1})]})
+    plan = _plan_in_parallel(state, "qwen235b_bf16")["@fake/gw"]
+    batches = plan.rollout.batches
+    assert sorted(batches) == [("@fake/m0", "@fake/m1"), ("@fake/s0",)]  # batch size 1 = one replica
+    assert [r.host for r in plan.rollout.model.replicas] == ["@fake/m0", "@fake/s0"]
+
+
+class _Meta:
+    def __init__(self, ok: bool | None, lines=()):
+        self.ok, self.stdout_lines, self.stderr_lines, self.executed = ok, list(lines), [], ok is not None
+
+    def is_complete(self):
+        return self.ok is not None
+
+    def did_error(self):
+        return self.ok is False
+
+    def did_succeed(self):
+        return self.ok is True
+
+
+def test_one_members_failed_gate_fails_every_members_gate():
+    from tasks.rollout.operations import outcome_of, probe_error
+    from tasks.rollout.plan import Handles, ReplicaGate
+
+    class Progress:
+        handles: dict = {}
+
+    progress = Progress()
+    head_gate = ReplicaGate(_Meta(True, ['{"ok": true}']), progress, ("w",))
+    worker_gate = ReplicaGate(_Meta(False, ['{"error": "/health: the container exited"}']), progress, ("h",))
+    progress.handles = {"h": Handles(restart=(), checked=head_gate, again=None),
+                        "w": Handles(restart=(), checked=worker_gate, again=None)}
+    assert head_gate.did_error() and not head_gate.did_succeed() and worker_gate.did_error()
+    assert probe_error(head_gate) == "member w of this multi-node replica failed its verification"
+    assert outcome_of(head_gate, _Meta(True)) == "rolled_back"
+    progress.handles["w"] = Handles(restart=(), checked=ReplicaGate(_Meta(True), progress, ("h",)), again=None)
+    assert head_gate.did_succeed() and not head_gate.did_error()
+
+
+def test_head_watch_restarts_the_worker_only_after_the_head_was_healthy_and_went_away(monkeypatch):
+    """A real HTTP head on loopback: up, then gone; the watch restarts the worker once, and not while
+    the head had never answered."""
+    import http.server
+    import threading
+
+    from tasks.probe import head_watch
+
+    calls = []
+    monkeypatch.setattr(head_watch.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr(head_watch.time, "sleep", lambda s: None)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    url = f"http://127.0.0.1:{server.server_port}/health"
+    assert head_watch.watch(url, "w.service", 0.5, 3, rounds=4) == 0  # never healthy: not armed, no restart
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    real_healthy = head_watch.healthy
+    polls = iter([True, True] + [False] * 3 + [False] * 3)
+
+    def scripted(u, timeout):
+        up = next(polls)
+        if up:
+            assert real_healthy(u, timeout)  # the real head answered
+        else:
+            assert not real_healthy(u.replace(str(server.server_port), "1"), timeout)  # refused: gone
+        return up
+
+    monkeypatch.setattr(head_watch, "healthy", scripted)
+    assert head_watch.watch(url, "w.service", 0.5, 3, rounds=8) == 1  # up, up, 3 misses -> restart; disarmed
+    assert calls == [["systemctl", "try-restart", "w.service"]]
+    server.shutdown()
+
+
+def test_status_shows_a_worker_by_replica_rank_and_its_heads_view(tmp_path):
+    """The host script against a worker's verify config whose head (a real HTTP server on 127.0.0.2)
+    answers /health: the worker's row is its head's health; the row names replica, rank and joined."""
+    import http.server
+    import json
+    import threading
+
+    from tasks import status
+
+    class Head(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.2", 0), Head)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    config = {"name": "q", "unit": "llmfleet-q.service", "container": "llmfleet-q", "port": server.server_port,
+              "served_model_name": "big", "replica": "r1", "rank": 1, "nnodes": 2, "head": "127.0.0.2"}
+    (etc / "q.verify.json").write_text(json.dumps(config))
+    fact = status.FleetStatus()
+    lines, rc = run_sh(fact.command(str(etc), str(tmp_path / "none"), 2))
+    server.shutdown()
+    (rec,) = [r for r in fact.process(lines) if r["kind"] == "service"]
+    assert rc == 0 and rec["health"] == 200 and rec["replica"] == {"replica": "r1", "rank": 1, "nnodes": 2,
+                                                                  "head": "127.0.0.2"}
+    row = status.row("w1", {**rec, "unit_state": "active"}, now=0)
+    assert row["model"] == "big [replica r1 rank 1/2 worker of 127.0.0.2, joined]"
+    assert "not joined" in status.row("w1", {**rec, "unit_state": "failed"}, now=0)["model"]

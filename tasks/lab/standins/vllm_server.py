@@ -751,6 +751,10 @@ def run_headless_worker(args: argparse.Namespace, topo: vllm_rendezvous.Topology
     if not getattr(args, "headless", False):
         fail("ValueError", f"llmfleet stand-in: node rank {topo.node_rank} of {topo.nnodes} without --headless "
              "(real vLLM starts an API server and an engine core there, which fail at the first collective)")
+    count = getattr(args, "api_server_count", None)
+    if count is not None and count > 0:  # vLLM 0.32.0 entrypoints/cli/serve.py, before anything starts
+        fail("ValueError", f"--api-server-count={count} cannot be used with --headless (no API servers are "
+             "started in headless mode).")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
