@@ -2,6 +2,10 @@
 qwen235b_bf16 (tp 8 x pp 2, head mr-h1, headless worker mr-h2); mr-h3 h100x8 a one-host replica of the
 same model (tp 8, nodes 1); mr-h4 the nginx gateway). One lab for every proof, in order:
 
+- on the bare lab, a worker that cannot reach the head's master port (an nft rule in mr-h1's network
+  namespace drops TCP 29501) is refused at preflight: both members refused, naming the worker, the port
+  and the worker's interface, nothing installed on either (the next test's run, the rule gone, passes the
+  same preflight and converges);
 - the two-host replica converges through the stand-in vLLM's real-TCP rendezvous, verifies through its
   head (the worker: its unit running and the head healthy), and a second run changes nothing;
 - a rolling image upgrade (v0.18.0 -> v0.32.0) under a bounded client loop through the gateway fails no
@@ -16,8 +20,10 @@ Lab limitations as in test_serving.py (memlock at the lab's hard limit; stand-in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import subprocess
 import time
 import urllib.request
 
@@ -25,7 +31,7 @@ import pytest
 
 from bench.client_loop import ClientLoop
 
-from .helpers import Run, own_lab, pyinfra, secrets_env, ssh, wait_until
+from .helpers import Run, lab_name, own_lab, pyinfra, secrets_env, ssh, wait_until
 
 PROFILES = ["h100x8", "h100x8", "h100x8", "cpu"]
 SECRET = "mr_api_key"
@@ -48,7 +54,8 @@ bf16[1][1]["serve_extra_args"] = ["--api-server-count", "1"]
 
 
 @pytest.fixture(scope="module")
-def mr(tmp_path_factory):
+def mr_lab(tmp_path_factory):
+    """The bare lab and its inventories (nothing deployed yet)."""
     work = tmp_path_factory.mktemp("mr")
     key = "sk-mr-" + secrets.token_hex(16)
     with own_lab("mr", PROFILES) as state, secrets_env(work / "secrets", **{SECRET: key}):
@@ -57,10 +64,16 @@ def mr(tmp_path_factory):
         broken = work / "broken.py"
         broken.write_text(inv.read_text() + BROKEN_WORKER)
         ips = {h["name"]: h["ip"] for h in state["hosts"]}
-        started = time.monotonic()
-        first = deploy({"inventory": inv}, OLD)
-        yield {"inventory": inv, "broken": broken, "ips": ips, "key": key, "first": first,
-               "first_s": time.monotonic() - started}
+        yield {"inventory": inv, "broken": broken, "ips": ips, "key": key,
+               "index": {h["name"]: h["index"] for h in state["hosts"]}}
+
+
+@pytest.fixture(scope="module")
+def mr(mr_lab):
+    """The lab after the first deploy of the fleet (the two-host replica, the one-host one, the gateway)."""
+    started = time.monotonic()
+    first = deploy(mr_lab, OLD)
+    return {**mr_lab, "first": first, "first_s": time.monotonic() - started}
 
 
 def deploy(mr, image: str, *args: str, inventory=None, check: bool = True) -> Run:
@@ -92,7 +105,44 @@ def loop(mr, **kw) -> ClientLoop:
     return ClientLoop(f"http://{mr['ips']['mr-h4']}:8000", mr["key"], MODEL, **kw)
 
 
+@contextlib.contextmanager
+def dropped(mr_lab, host: str, port: int):
+    """An nft rule in ``host``'s network namespace dropping TCP ``port`` in, for as long as the block runs."""
+    from tasks.lab.config import LabConfig
+
+    ns = LabConfig(lab_name("mr")).netns(mr_lab["index"][host])
+    rules = (f"table inet llmfleet_mr_drop {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n"
+             f"    tcp dport {port} drop\n  }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "llmfleet_mr_drop"],
+                       check=False, timeout=30)
+
+
+def test_a_worker_that_cannot_reach_the_heads_port_is_refused_at_preflight_nothing_installed(mr_lab):
+    head_ip = mr_lab["ips"]["mr-h1"]
+    words = on(mr_lab, "mr-h2", f"ip -o -4 route get {head_ip}").split()
+    interface = words[words.index("dev") + 1]  # the worker's own kernel says which interface leads to the head
+    with dropped(mr_lab, "mr-h1", 29501):
+        run = deploy(mr_lab, OLD, "--limit", "bf16", check=False)
+    assert run.returncode != 0
+    said = run.stdout + run.stderr
+    refusal = f"mr-h2 cannot reach the head {head_ip} on TCP port 29501 over interface {interface}: no answer within 3 s"
+    for member in ("mr-h1", "mr-h2"):  # every member says why its replica was refused
+        assert f"[{member}] refused: preflight of replica mr-a" in said, said[-4000:]
+    assert said.count(refusal) >= 2, said[-4000:]
+    assert not run.changed()
+    for member in ("mr-h1", "mr-h2"):
+        left = ssh(mr_lab["ips"][member], "command -v docker; ls /etc/systemd/system | grep llmfleet; ls /srv/models",
+                   check=False).stdout
+        assert left.strip() == "", f"{member} was touched: {left}"
+
+
 def test_two_host_replica_converges_verifies_through_its_head_then_no_changes(mr):
+    first = mr["first"].stdout + mr["first"].stderr  # the drop rule gone, the replica's preflight passes
+    assert f"preflight of replica mr-a: every worker reaches {mr['ips']['mr-h1']}:29501" in first
     head, worker = unit(mr, "mr-h1"), unit(mr, "mr-h2")
     for text, rank in ((head, 0), (worker, 1)):
         assert "--network host" in text and "-p 8000:8000" not in text

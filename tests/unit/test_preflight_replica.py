@@ -224,12 +224,3 @@ def test_driver_branches_differing_fail_the_replica(caplog):
     assert not went["@fake/m0"] and not went["@fake/m1"]
     assert any("@fake/m0 580.95.05, @fake/m1 570.133.20" in r.getMessage() for r in caplog.records)
 
-
-def test_a_member_needs_its_share_of_the_replicas_gpus_one_host_all():
-    from tasks.requirement import requirement_from_spec
-    from tasks.spec import load_spec
-
-    member = requirement_from_spec(load_spec("qwen235b_bf16", {"serve_api_key_secret": None}), "/srv/models/x")
-    assert (member.serving.tp, member.serving.pp, member.devices_needed) == (8, 2, 8)
-    one_host = requirement_from_spec(load_spec("qwen30b"), "/srv/models/x")
-    assert one_host.devices_needed == one_host.serving.tp * one_host.serving.pp
