@@ -86,7 +86,9 @@ def on(mr, host: str, command: str) -> str:
 
 
 def started_at(mr, host: str) -> str:
-    return on(mr, host, f"docker inspect -f '{{{{.State.StartedAt}}}}' {CONTAINER}")
+    """When the container started; "" while there is none (killed, before systemd starts it again)."""
+    return ssh(mr["ips"][host], f"docker inspect -f '{{{{.State.StartedAt}}}}' {CONTAINER}",
+               check=False).stdout.strip()
 
 
 def unit(mr, host: str) -> str:
