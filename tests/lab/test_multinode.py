@@ -78,7 +78,7 @@ def mr(mr_lab):
 
 def deploy(mr, image: str, *args: str, inventory=None, check: bool = True) -> Run:
     return pyinfra(inventory or mr["inventory"], f"deploys/{NAME}.py", *args, data={**COMMON, "serve_image": image},
-                   check=check, timeout=600)
+                   check=check, timeout=1200)
 
 
 def on(mr, host: str, command: str) -> str:

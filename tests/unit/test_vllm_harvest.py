@@ -27,6 +27,7 @@ REFUSED = {
     ("glm5", "0.8.5"): "vllm_version", ("glm5", "0.10.1.1"): "vllm_version",
     ("glm5", "0.11.0"): "vllm_version",
     ("cpu", "0.8.5"): "reasoning_parser",  # vLLM's qwen3 reasoning parser came with 0.9.0
+    ("qwen235b_bf16", "0.8.5"): "reasoning_parser",
 }
 
 
