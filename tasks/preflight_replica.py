@@ -341,6 +341,7 @@ def preflight_replica(fleet: Any, host_name: str) -> bool:
 
     from tasks.pyinfra_ext import once_per_run
     from tasks.refuse import refuse_host
+    from tasks.vllm.multinode import native
 
     replica = fleet.replica_of(host_name)
     if replica is None:
@@ -351,8 +352,9 @@ def preflight_replica(fleet: Any, host_name: str) -> bool:
         refuse_host(f"preflight of replica {replica.name} ({', '.join(replica.hosts)}) refused it, nothing is "
                     "installed on its members: " + "; ".join(refusals))
         return False
+    ports = replica_ports(replica.master_port, ray=not native(fleet.specs[replica.head.host]))
     logger.info(f"{ctx_host.get().print_prefix}preflight of replica {replica.name}: every worker reaches "
-                f"{replica.head.address}:{replica.master_port}, drivers agree")
+                + ", ".join(f"{replica.head.address}:{p}" for p in ports) + ", drivers agree")
     return True
 
 

@@ -4,6 +4,7 @@ refusals built from them."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -170,10 +171,10 @@ GPUS = ["{i}, NVIDIA H100 80GB HBM3, {drv}, 81559, 0, 81080, 00000000:0{i}:00.0,
         "Disabled".format(i=i, drv="{drv}") for i in range(8)]
 
 
-def _members(reach_lines: list[str], worker_driver: str = "580.95.05", **worker_data) -> dict:
+def _members(reach_lines: list[str], worker_driver: str = "580.95.05", **data) -> dict:
     from tests.unit.test_multinode import ROUTE, _member
 
-    head, worker = _member(0), _member(1, **worker_data)
+    head, worker = _member(0, **data), _member(1, **data)
     for (_, data), driver in ((head, "580.95.05"), (worker, worker_driver)):
         data["fake_responses"].update({PROBE: reach_lines, "nvidia-smi --query-gpu":
                                        [g.format(drv=driver) for g in GPUS] + ["LLMFLEET_RC=0"]})
@@ -214,9 +215,20 @@ def test_a_worker_that_cannot_reach_the_head_fails_the_whole_replica(caplog):
     assert "10.0.0.1 29501 eth1 3" in probes["@fake/m1"][0]
 
 
-def test_a_replica_whose_worker_reaches_the_head_goes_on():
+def test_a_replica_whose_worker_reaches_the_head_goes_on(caplog):
+    caplog.set_level(logging.INFO, logger="pyinfra")
     state, went = _preflight_in_parallel(_members(["reach=refused", "via=device"]))
     assert went == {"@fake/gw": True, "@fake/m0": True, "@fake/m1": True} and not state.failed_hosts
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("preflight of replica bf16-a: every worker reaches 10.0.0.1:29501, drivers agree" in m
+               for m in said) == 2
+
+
+def test_on_the_ray_path_the_worker_must_reach_rays_port_too():
+    state, _ = _preflight_in_parallel(_members(["reach=open", "via=device"], serve_image="vllm/vllm-openai:v0.10.1.1"))
+    worker = state.inventory.get_host("@fake/m1")
+    probes = [str(c) for c in worker.connector.executed_commands if PROBE in str(c)]
+    assert sorted(p.split("10.0.0.1 ", 1)[1].split()[0] for p in probes) == ["29501", "6379"]
 
 
 def test_driver_branches_differing_fail_the_replica(caplog):
