@@ -30,11 +30,14 @@ class ClientLoop:
     + base_url: ``http://<gateway>:<port>``
     + key: API key (Bearer)
     + model: served model name
+    + headers: further request headers (``{"x-session-id": "conv-1"}``: one conversation)
     """
 
     def __init__(self, base_url: str, key: str | None, model: str, threads: int = 4, max_requests: int = 5000,
-                 max_seconds: float = 600, timeout_s: float = 15, pause_s: float = 0.02) -> None:
+                 max_seconds: float = 600, timeout_s: float = 15, pause_s: float = 0.02,
+                 headers: dict[str, str] | None = None) -> None:
         self.base_url, self.key, self.model = base_url.rstrip("/"), key, model
+        self.headers = dict(headers or {})
         self.threads, self.max_requests, self.max_seconds = threads, max_requests, max_seconds
         self.timeout_s, self.pause_s = timeout_s, pause_s
         self.result = LoopResult()
@@ -51,6 +54,8 @@ class ClientLoop:
         req.add_header("Content-Type", "application/json")
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
+        for name, value in self.headers.items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 payload = json.loads(resp.read() or b"{}")

@@ -13,6 +13,16 @@ Choices, and why:
   name, and the replica's ``spec.port``. The upstream lives in its own file,
   ``/etc/nginx/llmfleet/<name>.upstream.conf``; each server line ends with ``# <inventory host>``,
   which is how a drain finds it again.
+- Balancing (``gateway_routing``): ``session`` (default) sends a request carrying the session
+  header (``gateway_session_header``, ``x-session-id``) to the replica its value hashes to on a
+  consistent ring, so each turn of a conversation finds the previous turns in that replica's prefix
+  cache; requests without it go to the replica with the fewest requests in flight (``least_conn``).
+  A header, not the OpenAI ``user`` body field: stock nginx has no JSON parser (no njs in Debian
+  12) and its ``$request_body`` is empty once a long conversation outgrows the body buffer. ``least_conn`` and
+  ``round_robin`` are the alternatives ``bench/gateway_routing.py`` measured; nginx rather than the
+  Rust ``vllm-router``: its ``consistent_hash`` does what nginx's hash does, its ``cache_aware``
+  policy did no prefix matching against plain vLLM workers, it took ~158 s to mark a killed worker
+  unhealthy, and it checks no client keys (issue 18's measurements; README "Gateway routing").
 - Health: nginx OSS has no active checks. Passive checks (``max_fails``/``fail_timeout``,
   ``proxy_next_upstream error timeout http_502 http_503 http_504``) take a dead replica out for
   ``fail_timeout`` and retry the request on the next one (a refused connection is retried for
@@ -63,6 +73,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "templates" / "nginx.conf.j2"
 
 DEFAULTS: dict[str, Any] = GatewaySettings.defaults()
+#: Where each model's per-request upstream log goes (Debian's nginx rotates /var/log/nginx/*.log).
+UPSTREAM_LOG_DIR = "/var/log/nginx"
 
 #: What a key may contain to sit in an nginx map between double quotes, unescaped.
 _KEY = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")
@@ -107,24 +119,42 @@ def replica_address(data: Any, name: str) -> str:
 # --- rendering (pure) ----------------------------------------------------------------------------
 
 
+def session_var(header: str) -> str:
+    """nginx's variable of a request header (``x-session-id`` -> ``$http_x_session_id``)."""
+    return "$http_" + header.lower().replace("-", "_")
+
+
 def upstream_conf(name: str, replicas: Iterable[Replica], down: Iterable[str], opts: GatewaySettings) -> str:
-    """The upstream file of a model; replicas whose host is in ``down`` are marked ``down``."""
+    """The upstream file of a model; replicas whose host is in ``down`` are marked ``down``.
+
+    ``llmfleet_<name>`` balances by ``gateway_routing`` (least_conn for ``session``); with ``session``
+    a second group, ``llmfleet_<name>_session``, of the same servers hashes the session header onto a
+    consistent ring. Each group has a shared-memory zone, so every nginx worker sees the same requests
+    in flight (least_conn) and the same failed replicas (passive health), and a drain marks both.
+    """
     down = set(down)
-    lines = [f"# Managed by llmfleet (tasks/gateway.py): replicas of {name}; 'down' = drained.",
-             f"upstream llmfleet_{nginx_var(name)} {{"]
+    servers = []
     for r in replicas:
         if not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]+", r.address):
             raise SpecError("gateway_upstream_address", f"{r.host}: {r.address!r} is not a host name or address")
         mark = " down" if r.host in down else ""
-        lines.append(f"    server {r.address}:{int(r.port)} max_fails={opts.gateway_max_fails} "
-                     f"fail_timeout={opts.gateway_fail_timeout_s}s{mark};  # {r.host}")
+        servers.append(f"    server {r.address}:{int(r.port)} max_fails={opts.gateway_max_fails} "
+                       f"fail_timeout={opts.gateway_fail_timeout_s}s{mark};  # {r.host}")
     # Idle upstream connections close before the replica's own keep-alive timeout (uvicorn: 5 s),
     # so nginx does not reuse a connection the replica is closing.
-    if opts.gateway_keepalive > 0:
-        lines += [f"    keepalive {opts.gateway_keepalive};",
-                  f"    keepalive_timeout {opts.gateway_keepalive_timeout_s}s;"]
-    lines += ["}", ""]
-    return "\n".join(lines)
+    keepalive = ([f"    keepalive {opts.gateway_keepalive};", f"    keepalive_timeout {opts.gateway_keepalive_timeout_s}s;"]
+                 if opts.gateway_keepalive > 0 else [])
+    var = nginx_var(name)
+    groups = [(f"llmfleet_{var}", {"session": "least_conn;", "least_conn": "least_conn;", "round_robin": None}[
+        opts.gateway_routing])]
+    if opts.gateway_routing == "session":
+        groups.append((f"llmfleet_{var}_session", f"hash {session_var(opts.gateway_session_header)} consistent;"))
+    lines = [f"# Managed by llmfleet (tasks/gateway.py): replicas of {name}; 'down' = drained; "
+             f"routing: {opts.gateway_routing}."]
+    for group, method in groups:
+        lines += [f"upstream {group} {{", *([f"    {method}"] if method else []), f"    zone {group} 256k;",
+                  *servers, *keepalive, "}"]
+    return "\n".join(lines + [""])
 
 
 def parse_upstream(text: str) -> dict[str, bool]:
@@ -205,8 +235,8 @@ def secret_content(kind: str, source: str) -> bytes:
 
 class UpstreamFile(FactBase):
     """
-    Inventory host -> drained for every server of an upstream file written by llmfleet; None when
-    the file is absent.
+    The text of an upstream file written by llmfleet (:func:`parse_upstream` reads its drain
+    marks); None when the file is absent.
     """
 
     default = type(None)
@@ -218,7 +248,7 @@ class UpstreamFile(FactBase):
     def process(self, output):
         if not output or output[0].strip() != "present":
             return None
-        return parse_upstream("\n".join(output[1:]))
+        return "\n".join(output[1:]) + "\n"
 
 
 def _reload_script(path: str, temp: str, drain_timeout_s: int) -> str:
@@ -269,13 +299,13 @@ def upstream(service: str, path: str, replicas: list[Replica], opts: GatewaySett
                  drain=lambda: ["h1"])
     """
     current = host.get_fact(UpstreamFile, path=path)
-    down = {h for h, d in (current or {}).items() if d}
+    down = {h for h, d in parse_upstream(current or "").items() if d}
     known = {r.host for r in replicas}
     to_drain = set(drain() if drain else []) & known
     to_restore = set(restore() if restore else [])
     wanted = (down | to_drain) - to_restore
     content = upstream_conf(service, replicas, wanted, opts)
-    if current is not None and current == {r.host: r.host in wanted for r in replicas}:
+    if current == content:
         host.noop(f"upstream of {service}: " + (f"down: {', '.join(sorted(wanted & known))}" if wanted & known
                                               else "every replica in"))
         return
@@ -334,7 +364,8 @@ def options(data: Any) -> GatewaySettings:
 def paths(name: str, opts: GatewaySettings) -> dict[str, str]:
     base = opts.gateway_conf_dir.rstrip("/")
     return {"upstream": f"{base}/{name}.upstream.conf", "keys": f"{base}/{name}.keys",
-            "backend": f"{base}/{name}.backend", "conf": f"/etc/nginx/conf.d/llmfleet-{name}.conf"}
+            "backend": f"{base}/{name}.backend", "conf": f"/etc/nginx/conf.d/llmfleet-{name}.conf",
+            "log": f"{UPSTREAM_LOG_DIR}/llmfleet-{name}.upstreams.log"}
 
 
 @deploy("Gateway", data_defaults=DEFAULTS)
@@ -383,7 +414,8 @@ def gateway(model: GatewayModel) -> None:
         client_max_body_size=opts.gateway_client_max_body_size,
         next_upstream_tries=opts.gateway_next_upstream_tries,
         connect_timeout_s=opts.gateway_connect_timeout_s, read_timeout_s=opts.gateway_read_timeout_s,
-        keepalive=opts.gateway_keepalive > 0,
+        keepalive=opts.gateway_keepalive > 0, upstream_log=p["log"],
+        session_var=session_var(opts.gateway_session_header) if opts.gateway_routing == "session" else "",
     )
     systemd.service(name="nginx running", service="nginx.service", running=True, enabled=True)
     reloaded(name=f"{model.name}: reload nginx", _if=any_changed(conf, *changed))
@@ -391,4 +423,4 @@ def gateway(model: GatewayModel) -> None:
 
 __all__ = ["DEFAULTS", "GatewayModel", "Replica", "UpstreamFile", "backend_conf", "check_keys", "gateway",
            "is_gateway", "keys_conf", "nginx_var", "options", "parse_upstream", "paths", "read_keys",
-           "reloaded", "replica_address", "secret_conf", "upstream", "upstream_conf"]
+           "reloaded", "replica_address", "secret_conf", "session_var", "upstream", "upstream_conf"]

@@ -46,6 +46,12 @@ def panels(fleet: Fleet) -> list[tuple[str, str, str, str]]:
     if fleet.gateways:
         out.append(("Gateway requests/s", "reqps", 'sum by (host) (rate(nginx_http_requests_total{job="gateway"}[5m]))',
                     "{{host}}"))
+        # per replica, from the upstream logs (mtail, templates/monitoring/gateway.mtail.j2)
+        rate = 'sum by ({by}) (rate(llmfleet_gateway_upstream_{what}_total{{job="gateway_upstreams"}}[5m]))'
+        out += [("Gateway requests/s per replica", "reqps", rate.format(by="replica, status", what="requests"),
+                 "{{replica}} {{status}}"),
+                ("Gateway errors/s per replica", "reqps", rate.format(by="replica", what="errors"), "{{replica}}"),
+                ("Gateway retries/s per replica", "reqps", rate.format(by="replica", what="retries"), "{{replica}}")]
     if fleet.with_accelerator("nvidia"):
         out += [("GPU utilisation", "percent", 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}', "{{host}} GPU {{gpu}}"),
                 ("GPU memory used", "decmbytes", 'DCGM_FI_DEV_FB_USED{job="dcgm"}', "{{host}} GPU {{gpu}}"),

@@ -17,7 +17,11 @@ Choices, and why:
   (``monitoring_dcgm_profiling: False`` drops it too). Docker must be there (the model deploy or
   ``deploys/bringup.py`` installs it).
 - Gateway hosts (``gateway_group``, after the model deploy put nginx there): nginx's
-  ``stub_status`` on 127.0.0.1:8079 only, read by Debian's prometheus-nginx-exporter on :9113.
+  ``stub_status`` on 127.0.0.1:8079 only, read by Debian's prometheus-nginx-exporter on :9113
+  (the gateway's totals); per replica, Debian's mtail on :3903 counts requests, errors and retries
+  from each model's upstream log (``templates/monitoring/gateway.mtail.j2``). mtail rather than
+  prometheus-nginxlog-exporter: that one is not in Debian 12; nginx's own per-upstream counters
+  are nginx Plus only.
 - NVSwitch hosts (``NvidiaFabric``) let node exporter report ``nvidia-fabricmanager.service``
   (systemd collector, that unit only): the fabric-manager alert reads it.
 - Alertmanager receivers are data: ``monitoring_receivers: [{"name": "oncall", "webhook_secret":
@@ -46,15 +50,17 @@ from tasks import gateway as gw
 from tasks import image as image_task
 from tasks.facts.nvidia import NvidiaFabric
 from tasks.monitoring import dashboard, render
-from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
-                                    NPU_EXPORTER_PORT, Fleet, build, from_state)
+from tasks.monitoring.fleet import (DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, GATEWAY_UPSTREAMS_PORT,
+                                    NODE_EXPORTER_PORT, NPU_EXPORTER_PORT, Fleet, build, from_state)
 from tasks.secrets import local_secret, read_secret, secret_file
 from tasks.service import reset_failed
 from tasks.spec import SpecError
+from tasks.settings.gateway import GatewaySettings
 from tasks.settings.monitoring import MonitoringSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_TEMPLATE = REPO_ROOT / "templates" / "monitoring" / "container.service.j2"
+MTAIL_TEMPLATE = REPO_ROOT / "templates" / "monitoring" / "gateway.mtail.j2"
 GRAFANA_DIR = "/etc/llmfleet/grafana"
 #: nginx's stub_status for the exporter, on loopback only.
 STUB_STATUS = "127.0.0.1:8079"
@@ -220,7 +226,8 @@ def npu_exporter() -> None:
 @deploy("Gateway exporter", data_defaults=DEFAULTS)
 def gateway_exporter() -> None:
     """
-    nginx's ``stub_status`` on loopback and Debian's prometheus-nginx-exporter on :9113 (gateway hosts).
+    nginx's ``stub_status`` on loopback and Debian's prometheus-nginx-exporter on :9113 (gateway hosts),
+    and Debian's mtail on :3903 counting requests, errors and retries per replica from the upstream logs.
 
     Example:
 
@@ -237,6 +244,20 @@ def gateway_exporter() -> None:
     _debian_service("nginx exporter", "prometheus-nginx-exporter",
                     [f"-nginx.scrape-uri=http://{STUB_STATUS}/stub_status",
                      f"-web.listen-address=:{GATEWAY_EXPORTER_PORT}"])
+    # Debian's mtail unit reads LOGS/PORT from /etc/default/mtail and every program in /etc/mtail;
+    # it runs as user mtail, in group adm, which reads /var/log/nginx.
+    logs = files.put(name="mtail: the gateway's upstream logs", src=io.StringIO(
+        "# Managed by llmfleet (tasks/monitoring): changes are overwritten.\n"
+        f"LOGS={gw.UPSTREAM_LOG_DIR}/llmfleet-*.upstreams.log\nPORT={GATEWAY_UPSTREAMS_PORT}\n"),
+        dest="/etc/default/mtail", user="root", group="root", mode="644")
+    prog = files.template(name="mtail: per-replica counts program", src=str(MTAIL_TEMPLATE),
+                          dest="/etc/mtail/llmfleet-gateway.mtail", user="root", group="root", mode="644",
+                          tries=GatewaySettings.of(host).gateway_next_upstream_tries)
+    pkg = apt.packages(name="mtail package", packages=["mtail"], no_recommends=True, update=True, cache_time=86400)
+    reset_failed(name="mtail: clear a failed state", unit="mtail.service")
+    systemd.service(name="mtail restart", service="mtail.service", running=True, restarted=True,
+                    _if=any_changed(logs, prog, pkg))
+    systemd.service(name="mtail running", service="mtail.service", running=True, enabled=True)
 
 
 @deploy("Prometheus", data_defaults=DEFAULTS)

@@ -29,6 +29,8 @@ NODE_EXPORTER_PORT = 9100
 DCGM_EXPORTER_PORT = 9400
 NPU_EXPORTER_PORT = 8082
 GATEWAY_EXPORTER_PORT = 9113
+#: mtail (Debian's default port) on gateways: per-replica counts from the upstream logs.
+GATEWAY_UPSTREAMS_PORT = 3903
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 _ADDRESS = re.compile(r"^[A-Za-z0-9_.:\[\]-]+$")
@@ -151,6 +153,5 @@ def from_state(state: Any) -> Fleet:
     return build((h.name, h.data.dict(), list(h.groups or [])) for h in state.inventory)
 
 
-__all__ = ["ALERTMANAGER_PORT", "DCGM_EXPORTER_PORT", "Fleet", "GATEWAY_EXPORTER_PORT", "Head", "Member",
-           "NODE_EXPORTER_PORT",
-           "NPU_EXPORTER_PORT", "PROMETHEUS_PORT", "address_of", "build", "from_state"]
+__all__ = ["ALERTMANAGER_PORT", "DCGM_EXPORTER_PORT", "Fleet", "GATEWAY_EXPORTER_PORT", "GATEWAY_UPSTREAMS_PORT",
+           "Head", "Member", "NODE_EXPORTER_PORT", "NPU_EXPORTER_PORT", "PROMETHEUS_PORT", "address_of", "build", "from_state"]

@@ -14,8 +14,8 @@ from typing import Any, Callable
 
 import yaml
 
-from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, NODE_EXPORTER_PORT,
-                                    NPU_EXPORTER_PORT, PROMETHEUS_PORT, Fleet, Head)
+from tasks.monitoring.fleet import (ALERTMANAGER_PORT, DCGM_EXPORTER_PORT, GATEWAY_EXPORTER_PORT, GATEWAY_UPSTREAMS_PORT,
+                                    NODE_EXPORTER_PORT, NPU_EXPORTER_PORT, PROMETHEUS_PORT, Fleet, Head)
 from tasks.settings.monitoring import MonitoringSettings
 from tasks.vllm.metrics import MetricNames
 from tasks.vllm.versions import Version
@@ -63,6 +63,7 @@ def prometheus_config(fleet: Fleet, opts: MonitoringSettings) -> str:
             ("dcgm", static(fleet.with_accelerator("nvidia"), DCGM_EXPORTER_PORT)),
             ("npu", static(fleet.with_accelerator("ascend"), NPU_EXPORTER_PORT)),
             ("gateway", static(fleet.gateways, GATEWAY_EXPORTER_PORT)),
+            ("gateway_upstreams", static(fleet.gateways, GATEWAY_UPSTREAMS_PORT)),
             ("vllm", heads)]
     config = {
         "global": {"scrape_interval": opts.monitoring_scrape_interval,

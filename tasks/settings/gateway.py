@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+import re
+from typing import Annotated, ClassVar, Literal
 
 from annotated_types import Ge
 
 from pydantic import Field
 
-from tasks.settings.base import AbsPath, Port, Positive, Settings
+from tasks.settings.base import AbsPath, Port, Positive, Settings, checked
+
+#: An HTTP header name nginx exposes as ``$http_<name>`` (letters, digits, '-').
+HeaderName = checked(lambda v: bool(re.fullmatch(r"[A-Za-z0-9-]{1,64}", v)),
+                     "an HTTP header name of 1-64 letters, digits or '-'")
 
 
 class GatewaySettings(Settings):
@@ -27,6 +32,16 @@ class GatewaySettings(Settings):
     gateway_upstream_address: str | None = Field(
         None, description="(replica host data) address the gateway reaches the replica at; None: ``ssh_hostname``, "
                           "else the host name")
+    gateway_routing: Literal["session", "least_conn", "round_robin"] = Field(
+        "session", description="how the gateway picks a replica. session: a request carrying the session header goes "
+                               "to the replica its value hashes to (consistent hash: that conversation's prefix cache "
+                               "stays warm there; while that replica is out, to the next on the ring), a request "
+                               "without it to the replica with the fewest requests in flight; least_conn: every "
+                               "request to the replica with the fewest in flight; round_robin: in turn (bench/"
+                               "gateway_routing.py measured the three)")
+    gateway_session_header: HeaderName = Field(
+        "x-session-id", description="request header naming a conversation for ``gateway_routing: session`` (one value "
+                                    "per conversation, e.g. the OpenAI SDK's ``default_headers``)")
     gateway_max_fails: Positive = Field(
         3, description="failed attempts before a replica is taken out (passive check)")
     gateway_fail_timeout_s: Positive = Field(

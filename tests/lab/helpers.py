@@ -94,6 +94,17 @@ def ssh(ip: str, command: str, timeout: float = 60, check: bool = True) -> subpr
     return proc
 
 
+def wait_for(check, seconds: float, every: float = 2.0):
+    """``check()`` until it returns something truthy (bounded in time); the last value otherwise."""
+    deadline, value = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return value
+
+
 def put_dir(ip: str, local: Path, remote: str) -> None:
     """Copy a local directory's contents to ``remote`` on a lab host (tar over ssh)."""
     from tasks.lab.config import CACHE_DIR

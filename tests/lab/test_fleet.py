@@ -1,5 +1,7 @@
 """Fleet operations end to end in the lab ("fl": fl-h1..fl-h3 replicas on rtx4090x2, fl-h4 the nginx
-gateway): a rolling image upgrade under a bounded client loop through the gateway fails no request;
+gateway): a conversation (``x-session-id``) stays on one replica; that replica's container killed
+mid-run fails no request and the replica gets the conversation back once it is healthy again;
+a rolling image upgrade under a bounded client loop through the gateway fails no request;
 an upgrade to the stand-in image whose /health answers 500 rolls the first host back (old image
 running and verified), stops the rollout (fl-h2, fl-h3 not restarted), fails the run with the
 reason, and the fleet still answers; status shows both outcomes; ``--dry --diff`` shows each host's
@@ -12,13 +14,15 @@ while ``tasks.weights.deploy`` is missing.
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import time
 
 import pytest
 
 from bench.client_loop import ClientLoop
 
-from .helpers import Run, pyinfra, ssh, own_lab, secrets_env
+from .helpers import Run, pyinfra, ssh, own_lab, secrets_env, wait_for
 
 PROFILES = ["rtx4090x2", "rtx4090x2", "rtx4090x2", "cpu"]
 REPLICAS = ["fl-h1", "fl-h2", "fl-h3"]
@@ -27,6 +31,7 @@ OLD, NEW = "vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:v0.19.0"
 BAD = "vllm/vllm-openai:v0.19.0-standin-unhealthy"
 COMMON = {"preflight_weights_bytes": 1_000_000, "serve_api_key_secret": SECRET, "rollout_gate_wait_s": 15}
 UNIT = "/etc/systemd/system/llmfleet-qwen30b_fp8.service"
+UPSTREAM_LOG = "/var/log/nginx/llmfleet-qwen30b_fp8.upstreams.log"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +81,54 @@ def test_fleet_converged_behind_the_gateway_with_key_checking(fl):
                ).stdout.split() == ["600", "root", "600", "root"]
     assert fl["key"] not in fl["first"].stdout + fl["first"].stderr
     assert deploy(fl, OLD).changed() == {}  # converged: nothing drains, nothing restarts
+
+
+def upstream_log(fl, start: int) -> list[tuple[list[str], list[str]]]:
+    """(replicas tried, their statuses) of the gateway's requests from log line ``start`` (1-based) on."""
+    text = ssh(fl["ips"]["fl-h4"], f"tail -n +{start} {UPSTREAM_LOG}").stdout
+    return [(m.group(1).split(", "), m.group(2).split(", "))
+            for m in re.finditer(r'replicas="([^"]*)" statuses="([^"]*)"', text)]
+
+
+def log_lines(fl) -> int:
+    return int(ssh(fl["ips"]["fl-h4"], f"wc -l < {UPSTREAM_LOG}").stdout)
+
+
+def test_killed_replica_fails_no_request_and_gets_its_conversation_back(fl):
+    session = {"x-session-id": "conv-" + secrets.token_hex(4)}
+    start = log_lines(fl) + 1
+    assert ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=12, max_seconds=30,
+                      headers=session).run().served == 12
+    tried = upstream_log(fl, start)
+    homes = {replicas[-1] for replicas, _ in tried}
+    assert len(tried) == 12 and len(homes) == 1, tried  # session affinity: one replica for the conversation
+    home = homes.pop()
+    victim = next(h for h, ip in fl["ips"].items() if home == f"{ip}:8000")
+    with ClientLoop(gateway_url(fl), fl["key"], "qwen-30b", threads=2, max_requests=20000, max_seconds=240,
+                    headers=session) as loop:
+        wait_for(lambda: loop.result.served >= 10, 30, every=0.2)
+        killed = time.monotonic()
+        ssh(fl["ips"][victim], "docker kill llmfleet-qwen30b_fp8")
+        moved_at = log_lines(fl) + 1
+        moved = wait_for(lambda: [r for r, s in upstream_log(fl, moved_at) if r[-1] != home and s[-1] == "200"], 30,
+                         every=0.2)
+        assert moved, f"the conversation did not move off {victim} within 30 s"
+        # systemd restarts the unit (Restart=on-failure); the gateway has no active check, so the
+        # replica comes back by the passive one: once fail_timeout passed, the next request tries it.
+        healthy = wait_for(lambda: ssh(fl["ips"][victim], "curl -fsS -o /dev/null http://127.0.0.1:8000/health",
+                                       check=False).returncode == 0 and time.monotonic(), 120, every=0.5)
+        assert healthy, f"{victim} not healthy again within 120 s of the kill"
+        back_at = log_lines(fl) + 1
+        back = wait_for(lambda: [s for r, s in upstream_log(fl, back_at) if r[-1] == home and s[-1] == "200"], 60,
+                        every=0.5)
+        returned = time.monotonic()
+    assert back, f"{victim} healthy but got no request within 60 s"
+    result = loop.result
+    assert result.failed == 0, dict(result.errors)
+    retried = [r for r, s in upstream_log(fl, moved_at) if len(r) > 1]
+    assert retried and all(r[0] == home for r in retried)  # the refused attempts went on to another replica
+    print(f"\nkilled {victim}: healthy again {healthy - killed:.0f} s after the kill, its conversation back "
+          f"{returned - healthy:.1f} s after that; {result.served} requests served, 0 failed")
 
 
 def test_rolling_image_upgrade_fails_no_request(fl):

@@ -23,7 +23,7 @@ import pytest
 from bench.client_loop import ClientLoop
 from tasks.monitoring import dashboard
 
-from .helpers import pyinfra, own_lab, secrets_env, ssh
+from .helpers import pyinfra, own_lab, secrets_env, ssh, wait_for
 
 PROFILES = ["rtx4090x2", "rtx4090x2", "cpu"]
 OLD, NEW = "vllm/vllm-openai:v0.10.1.1", "vllm/vllm-openai:v0.18.0"
@@ -75,17 +75,6 @@ def query(mo, expr: str) -> list[dict]:
     return api(mo, 9090, "/api/v1/query", query=expr)["data"]["result"]
 
 
-def wait_for(check, seconds: float, every: float = 2.0):
-    """``check()`` until it returns something truthy (bounded in time); the last value otherwise."""
-    deadline, value = time.monotonic() + seconds, None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    return value
-
-
 def down_alerts(mo) -> list[dict]:
     return [a for a in api(mo, 9093, "/api/v2/alerts", active="true")
             if a["labels"].get("alertname") == "LlmfleetReplicaDown"]
@@ -114,8 +103,8 @@ def test_every_target_up(mo):
     assert targets, api(mo, 9090, "/api/v1/targets")["data"]["activeTargets"]
     h1, h2, h3 = (mo["names"][h] for h in ("h1", "h2", "h3"))
     jobs = sorted((t["labels"]["job"], t["labels"].get("host", "")) for t in targets)
-    assert jobs == [("dcgm", h1), ("dcgm", h2), ("gateway", h3), ("node", h1), ("node", h2), ("node", h3),
-                    ("prometheus", ""), ("vllm", h1), ("vllm", h2)]
+    assert jobs == [("dcgm", h1), ("dcgm", h2), ("gateway", h3), ("gateway_upstreams", h3), ("node", h1),
+                    ("node", h2), ("node", h3), ("prometheus", ""), ("vllm", h1), ("vllm", h2)]
     heads = {t["labels"]["replica"]: t["labels"] for t in targets if t["labels"]["job"] == "vllm"}
     assert heads[h1]["vllm_version"] == "0.10.1.1" and heads[h2]["vllm_version"] == "0.18.0"
     assert {h["recipe"] for h in heads.values()} == {"qwen30b_fp8"}
@@ -132,9 +121,13 @@ def test_requests_show_per_replica_series_and_every_panel_has_data(mo):
     assert series and sorted(s["metric"]["replica"] for s in series) == sorted([mo["names"]["h1"], mo["names"]["h2"]])
     board = ssh(mo["ips"]["h3"], "cat /etc/llmfleet/grafana/dashboards/fleet.json").stdout
     panels = dashboard.queries(board)
-    assert len(panels) == 14
+    assert len(panels) == 17
     empty = [title for title, expr in panels if not query(mo, expr)]
-    assert empty == []
+    # errors and retries per replica have no series before a replica failed (the next test makes one)
+    assert empty == ["Gateway errors/s per replica", "Gateway retries/s per replica"]
+    per_replica = wait_for(lambda: query(mo, 'llmfleet_gateway_upstream_requests_total{status="200"}'), 30)
+    assert sorted(r["metric"]["replica"] for r in per_replica) == sorted(
+        f"{mo['ips'][h]}:8000" for h in ("h1", "h2"))
     # Both inter-token latency names are read: the old one from 0.10.1.1, the new one from 0.18.0.
     itl = dict(panels)["Inter-token latency p95"]
     assert "time_per_output_token_seconds" in itl and "inter_token_latency_seconds" in itl
@@ -148,6 +141,16 @@ def test_stopped_replica_fires_alert_in_alertmanager_and_resolves(mo):
         fired = wait_for(lambda: down_alerts(mo), 90)
         assert fired and [a["labels"]["replica"] for a in fired] == [mo["names"]["h1"]]
         assert fired[0]["labels"]["recipe"] == "qwen30b_fp8" and fired[0]["status"]["state"] == "active"
+        # Through the gateway meanwhile: nothing fails, and the gateway's per-replica counts show h1's
+        # refused attempts as errors and retries (mtail on the gateway, job gateway_upstreams).
+        loop = ClientLoop(f"http://{mo['ips']['h3']}:8000", mo["key"], "qwen-30b", threads=2, max_requests=20,
+                          max_seconds=30)
+        assert loop.run().served == 20
+        h1_addr = f"{mo['ips']['h1']}:8000"
+        for what in ("errors", "retries"):
+            series = wait_for(lambda: query(mo, f'llmfleet_gateway_upstream_{what}_total{{replica="{h1_addr}"}} > 0'),
+                              30)
+            assert series, what
     finally:
         ssh(h1, f"systemctl start {UNIT}")
     resolved = wait_for(lambda: not down_alerts(mo) and not query(mo, 'ALERTS{alertname="LlmfleetReplicaDown"}'), 120)

@@ -51,7 +51,7 @@ def _render(**kw) -> str:
     args = dict(name_="qwen30b", served_model_name="coder", var="qwen30b", listen_port=8000,
                 upstream_file=p["upstream"], keys_file=p["keys"], backend_file=p["backend"], open_=False,
                 backend=True, client_max_body_size="64m", next_upstream_tries=3, connect_timeout_s=5,
-                read_timeout_s=900, keepalive=False)
+                read_timeout_s=900, keepalive=False, upstream_log=p["log"], session_var="")
     args.update(kw)
     return template.render(**args)
 
@@ -85,3 +85,44 @@ def test_reload_script_restores_the_file_when_nginx_refuses_it():
     script = gw._reload_script("/etc/nginx/llmfleet/m.upstream.conf", "/tmp/new", 10)
     assert "nginx -t -q" in script and "mv -f /etc/nginx/llmfleet/m.upstream.conf.llmfleet-prev" in script
     assert "pgrep -f '^nginx: worker'" in script and "-gt 50" in script
+
+
+def test_session_routing_hashes_the_header_and_balances_the_rest_by_requests_in_flight():
+    text = gw.upstream_conf("qwen-30b.x", REPLICAS, {"h2"}, OPTS)
+    blocks = re.findall(r"upstream (\S+) \{\n(.*?)\n\}", text, re.S)
+    assert [name for name, _ in blocks] == ["llmfleet_qwen_30b_x", "llmfleet_qwen_30b_x_session"]
+    least, ring = blocks[0][1].splitlines(), blocks[1][1].splitlines()
+    assert least[:2] == ["    least_conn;", "    zone llmfleet_qwen_30b_x 256k;"]
+    assert ring[:2] == ["    hash $http_x_session_id consistent;", "    zone llmfleet_qwen_30b_x_session 256k;"]
+    assert least[2:] == ring[2:] and len(least[2:]) == 2  # the same servers, the drain marks on both
+    server = _render(session_var="$http_x_session_id")
+    assert re.search(r'map \$http_x_session_id \$llmfleet_qwen30b_pool \{\s+"" llmfleet_qwen30b;\s+'
+                     r'default llmfleet_qwen30b_session;', server)
+    assert "proxy_pass http://$llmfleet_qwen30b_pool;" in server
+    assert "location = /health {\n        proxy_pass http://llmfleet_qwen30b;" in server
+
+
+@pytest.mark.parametrize("routing,method", [("least_conn", "least_conn;"), ("round_robin", None)])
+def test_other_routings_have_one_group(routing, method):
+    opts = OPTS.model_copy(update={"gateway_routing": routing, "gateway_session_header": "X-Conversation"})
+    text = gw.upstream_conf("m", REPLICAS, set(), opts)
+    assert text.count("upstream ") == 1 and "hash " not in text
+    assert ("least_conn;" in text) == (method is not None)
+    server = _render()
+    assert "map $http_" not in server.replace("map $http_authorization", "")
+    assert "proxy_pass http://llmfleet_qwen30b;" in server
+    assert gw.session_var("X-Conversation") == "$http_x_conversation"
+
+
+def test_a_changed_routing_rewrites_the_upstream_even_with_the_same_drain_marks():
+    session = gw.upstream_conf("m", REPLICAS, {"h1"}, OPTS)
+    rr = gw.upstream_conf("m", REPLICAS, {"h1"}, OPTS.model_copy(update={"gateway_routing": "round_robin"}))
+    assert session != rr and gw.parse_upstream(session) == gw.parse_upstream(rr) == {"h1": True, "h2": False}
+    assert gw.UpstreamFile().process(["present", *session.splitlines()]) == session
+
+
+def test_upstream_log_names_every_replica_tried():
+    server = _render(session_var="")
+    fmt = re.search(r"log_format llmfleet_qwen30b_upstreams escape=none '(.*)';", server).group(1)
+    assert fmt == 'model=qwen30b replicas="$upstream_addr" statuses="$upstream_status" status=$status'
+    assert "access_log /var/log/nginx/llmfleet-qwen30b.upstreams.log llmfleet_qwen30b_upstreams;" in server

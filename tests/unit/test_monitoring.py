@@ -148,7 +148,12 @@ def test_deploy_on_fake_hosts(tmp_path, monkeypatch):
     assert "grafana/grafana:11.3.0" in uploads["@fake/mon:/etc/systemd/system/llmfleet-grafana.service"]
     config = yaml.safe_load(uploads["@fake/mon:/etc/prometheus/prometheus.yml.llmfleet-new"])
     assert {j["job_name"] for j in config["scrape_configs"]} == {"prometheus", "node", "dcgm", "npu", "gateway",
-                                                                 "vllm"}
+                                                                 "gateway_upstreams", "vllm"}
+    assert [j["static_configs"] for j in config["scrape_configs"] if j["job_name"] == "gateway_upstreams"] == [
+        [{"targets": ["10.0.0.4:3903"], "labels": {"host": "@fake/gw"}}]]
+    assert "LOGS=/var/log/nginx/llmfleet-*.upstreams.log\nPORT=3903\n" in uploads["@fake/gw:/etc/default/mtail"]
+    assert "counter llmfleet_gateway_upstream_retries_total" in uploads["@fake/gw:/etc/mtail/llmfleet-gateway.mtail"]
+    assert "mtail" in commands["@fake/gw"] and "mtail" not in commands["@fake/gpu1"]
     assert "listen 127.0.0.1:8079;" in uploads["@fake/gw:/etc/nginx/conf.d/llmfleet-stub-status.conf"]
     assert "prometheus-nginx-exporter" in commands["@fake/gw"] and "nginx -s reload" in commands["@fake/gw"]
     assert "prometheus-nginx-exporter" not in commands["@fake/gpu1"]
