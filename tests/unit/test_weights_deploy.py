@@ -355,7 +355,8 @@ def test_disagreeing_fleet_weights_settings_stop_the_run_naming_hosts(key, value
     assert not any(h.connector.executed_commands for h in state.inventory)  # no host touched
 
 
-def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
+@pytest.mark.parametrize("mode", ["waves", "chain"])
+def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(mode, monkeypatch):
     """A whole fan-out deploy on two @fake hosts: the sender binds the address the receiver uses, both
     get this run's random token as a root-only file (uploaded, never in a command or an argument), the
     receiver presents it, and both stop the server and remove the token at the end."""
@@ -375,7 +376,8 @@ def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
         return True
 
     monkeypatch.setattr(FakeConnector, "put_file", put_file)
-    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}, "weights_fanout": True}
+    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}, "weights_fanout": True,
+            "weights_fanout_mode": mode}
     hosts = [("@fake/h1", {**data, "ssh_hostname": "10.0.0.1"}), ("@fake/h2", {**data, "ssh_hostname": "10.0.0.2"})]
     state = State(Inventory((hosts, {})), Config(), check_for_changes=False)
     connect_all(state)
@@ -391,8 +393,14 @@ def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
     assert not any(token.decode() in str(c) for c in every)
     (serve,) = [str(c) for c in h1.connector.executed_commands if "systemd-run --unit=llmfleet-weights-peer" in str(c)]
     assert f"--bind 10.0.0.1 --port 8765 --token-file {token_file}" in serve
-    (peer_fetch,) = [str(c) for c in h2.connector.executed_commands if "--peer http" in str(c)]
-    assert f"--peer http://10.0.0.1:8765" in peer_fetch and f"--token-file {token_file}" in peer_fetch
+    assert ("--chain-dest /srv/models/Qwen--Qwen3-30B-A3B" in serve) == (mode == "chain")
+    flag = "--peer" if mode == "waves" else "--chain-from"
+    (peer_fetch,) = [str(c) for c in h2.connector.executed_commands if f"{flag} http" in str(c)]
+    token_flag = "--token-file" if mode == "waves" else "--chain-token-file"
+    assert f"{flag} http://10.0.0.1:8765" in peer_fetch and f"{token_flag} {token_file}" in peer_fetch
+    if mode == "chain":  # a ModelScope model: the head downloads through its client, then relays
+        assert "fetch.py --hub modelscope" in str(h1.connector.executed_commands)
+        assert "--chain-hub" not in peer_fetch  # the chain reads only the Hugging Face protocol
     for h in (h1, h2):
         assert f"rm -f /run/llmfleet-weights-peer-Qwen--Qwen3-30B-A3B.url {token_file}" in str(
             h.connector.executed_commands[-1])
