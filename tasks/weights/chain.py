@@ -48,7 +48,9 @@ POLL_S = 0.02  # how often a waiting server looks for a new chunk (a local stat:
 class ChainState:
     """The chunk state of one revision being received under ``dest`` (see the module docstring)."""
 
-    def __init__(self, dest: Path, revdir: str) -> None:
+    def __init__(self, dest: Path, revdir: str, since: float = 0.0) -> None:
+        self.since = since  # server side: a writer file older than this is a previous run's (the server's start
+        # less 1 s, as file times come from a coarse clock)
         self.dest = dest
         self.revdir = revdir
         self.dir = dest / STATE_DIR.format(revdir=revdir)
@@ -103,13 +105,19 @@ class ChainState:
     def listing(self) -> dict[str, Any]:
         return json.loads((self.dir / "listing.json").read_text())
 
-    def writer_alive(self) -> bool:
-        """Whether the fetch that owns this state still runs (else no chunk will come)."""
+    def writer(self) -> str:
+        """``waiting`` (this run's fetch has not started: a previous run's state does not count),
+        ``alive`` or ``gone`` (no more chunks will come)."""
+        f = self.dir / "writer"
         try:
-            os.kill(int((self.dir / "writer").read_text()), 0)
-            return True
+            if f.stat().st_mtime < self.since:
+                return "waiting"
+            os.kill(int(f.read_text()), 0)
+            return "alive"
+        except FileNotFoundError:
+            return "waiting"
         except (OSError, ValueError):
-            return False
+            return "gone"
 
     def finished(self) -> dict[str, Any] | None:
         """The manifest of the verified revision once the fetch has kept it (then serve from there)."""
@@ -158,11 +166,14 @@ def wait_listing(state: ChainState, chunk: int, stall_s: float) -> dict[str, Any
         man = state.finished()
         if man is not None:
             return listing_of_manifest(man, chunk)
-        try:
-            return state.listing()
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline or ((state.dir / "writer").exists() and not state.writer_alive()):
+        writer = state.writer()
+        if writer != "waiting":
+            try:
+                return state.listing()
+            except (OSError, ValueError):
+                if writer == "gone":
+                    return None
+        if time.monotonic() > deadline:
             return None
         time.sleep(POLL_S)
 
@@ -190,7 +201,9 @@ def stream_chunks(state: ChainState, path: str, first: int, chunk: int, stall_s:
                 continue
             k, waited_since = len(have), time.monotonic()
             continue
-        if not state.writer_alive() or time.monotonic() - waited_since > stall_s:
+        if state.writer() == "gone" or time.monotonic() - waited_since > stall_s:
+            if state.finished() is not None:  # kept between the two looks
+                continue
             return
         time.sleep(POLL_S)
 

@@ -51,6 +51,17 @@ so pyinfra runs them host-parallel one after another:
 4. "Stop peer servers" on every host of the fan-out: the servers stop, the token files go (units
    also carry ``RuntimeMaxSec``, a safety net if the run is interrupted).
 
+Pipelined fan-out (``weights_fanout_mode: chain``, the default; ``tasks/weights/chain.py`` says why a
+chain): the pending hosts of a group form a chain, fastest link first (``weights_link_mbit``), headed
+by a holder of the revision or else by the hub seed. "Peer servers (chain)" starts ``peer_server.py
+--chain-dest`` on every host that passes bytes on (it serves the chunks its host has verified so far,
+and the kept revision after); then "Fetch through the chain" runs ``fetch.py --chain`` on every pending
+host at once: the head reads the hub, every other host its upstream, each chunk verified before it is
+written and passed on. A source that dies or sends a bad chunk is dropped and the receiver re-attaches
+to the host before it (then the group's holders, then the hub with ``weights_fanout_fallback_hub``):
+only the dead host fails. Time: ``S/R`` plus one chunk per hop, whatever N. A ModelScope head
+downloads through its client first (the chain reads the Hugging Face protocol only), then relays.
+
 Time for N hosts, model size S, link rate R (each host's link the bottleneck, fan-out width w):
 without fan-out all N copies leave the hub's uplink: ``N*S/R_hub``, growing linearly with N. With
 fan-out: one hub copy (``S/R_hub``) plus ``ceil(log_(w+1)(N))`` waves of ``S/R`` each: 8 hosts, w=1

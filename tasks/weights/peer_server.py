@@ -30,6 +30,11 @@ feeding ``fanout`` receivers per wave, the number of hosts holding the model gro
 fanout 1) at link speed, instead of N sequential copies from the hub or one uplink saturated by N
 parallel ones. The hub is hit once per seed, not once per host.
 
+With ``--chain-dest <dest> --chain-repo <id> --chain-revision <rev>`` (pipelined staging) the server
+instead relays the revision this host is receiving, chunk by chunk as ``fetch.py --chain`` verifies
+it, and the kept revision once it is there: ``/api/llmfleet/chain/<repo>/listing`` and
+``/api/llmfleet/chain/<repo>/stream/<k>/<path>`` (``chain.py`` has the wire format and why a chain).
+
 On start the server prints ``LLMFLEET_PEER listening <url>`` and, for each model,
 ``LLMFLEET_PEER serving <repo>@<revision> commit=<sha> files=<n> bytes=<total>``.
 
@@ -43,6 +48,7 @@ import hmac
 import signal
 import sys
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -157,7 +163,8 @@ def make_server(model_dirs: list[Path], bind: str, port: int, token: str,
     attrs: dict[str, Any] = {"models": models, "token": token}
     if relay is not None:
         dest, repo, revision, chunk, stall_s = relay
-        attrs.update(relay=chain.ChainState(dest, mf.rev_dirname(revision)), relay_repo=repo,
+        attrs.update(relay=chain.ChainState(dest, mf.rev_dirname(revision), since=time.time() - 1),
+                     relay_repo=repo,
                      relay_chunk=chunk, relay_stall_s=stall_s)
     handler = type("BoundPeerHandler", (PeerHandler,), attrs)
     server = ThreadingHTTPServer((bind, port), handler)
@@ -211,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             f"files={len(man['files'])} bytes={man.get('total_bytes')}",
             flush=True,
         )
+    if relay is not None:
+        print(f"LLMFLEET_PEER relaying {args.chain_repo}@{args.chain_revision} into {args.chain_dest} "
+              f"chunk={args.chain_chunk_bytes}", flush=True)
     if args.ready_file:
         args.ready_file.write_text(url + "\n")
 

@@ -122,8 +122,8 @@ def _half_received(holder: Path, dest: Path, chunks_of: dict[str, int], corrupt:
 def test_a_corrupt_chunk_is_refused_and_the_receiver_reattaches(hub, hub_root, tmp_path, relay, token_file):
     a, b, c = (tmp_path / n for n in "abc")
     assert run_fetch(*chain_args(a, token_file, hub_url=hub.url)).returncode == 0
+    url_a, url_b = relay(a), relay(b)  # started before b's (dead) fetch wrote its state, as in a run
     _half_received(a, b, {}, corrupt=SHARD2)
-    url_a, url_b = relay(a), relay(b)
     hub.state.reset()
     res = run_fetch(*chain_args(c, token_file, url_b, url_a))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -136,16 +136,17 @@ def test_a_dead_upstream_ends_its_stream_and_the_next_source_takes_over(hub, hub
                                                                         token_file):
     a, b, c = (tmp_path / n for n in "abc")
     assert run_fetch(*chain_args(a, token_file, hub_url=hub.url)).returncode == 0
-    _half_received(a, b, {SHARD2: 3, "model-00003-of-00003.safetensors": 0})
     url_a, url_b = relay(a), relay(b)
+    _half_received(a, b, {SHARD2: 3, "model-00003-of-00003.safetensors": 0})
     res = run_fetch(*chain_args(c, token_file, url_b, url_a))
     assert res.returncode == 0, res.stdout + res.stderr
     total = chain.n_chunks(hub_root["sizes"][SHARD2], CHUNK)
     assert f"stream of {SHARD2} ended at chunk 3 of {total}" in res.stderr
     assert tree(c / "current") == tree(a / "current")
     # no source left and no hub allowed: the host fails with its own cause, the chain is not stalled
-    (b / ".chain-main" / "writer").unlink()
-    shutil.rmtree(b / ".chain-main")
+    shutil.rmtree(b / ".chain-main")  # b's fetch died before it had a listing
+    (b / ".chain-main").mkdir()
+    (b / ".chain-main" / "writer").write_text("999999999")
     alone = run_fetch(*chain_args(tmp_path / "d", token_file, url_b))
     assert alone.returncode == fetch_mod.EXIT_UNREACHABLE, alone.stdout + alone.stderr
     assert "every source failed" in alone.stderr
