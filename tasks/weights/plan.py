@@ -34,6 +34,7 @@ class Role:
     sources: tuple[str, ...] = ()  # chain: peer URLs, nearest first
     chain_hub: bool = False  # chain: the head, reading the hub
 
+
 @dataclass(frozen=True)
 class WeightsPlan:
     """Roles of every host and the number of peer waves (the same for all hosts); with waves, the
@@ -104,7 +105,9 @@ def plan_fleet(
         for h in hosts:
             buckets.setdefault(groups.get(h), []).append(h)
     if mode == "chain":
-        return plan_chains(buckets, holders, roles, requests, cache_host, peer_urls, link_mbit or {}, urls)
+        # a host repairing damaged files of this very revision would pass them on: it goes last
+        repairs = {h for h in pending if (states.get(h) or {}).get("current") == requests[h].current_link}
+        return plan_chains(buckets, holders, roles, requests, cache_host, peer_urls, link_mbit or {}, urls, repairs)
     waves: list[dict[str, str]] = []
     hub_seeds: list[str] = []
     for members in buckets.values():
@@ -136,11 +139,12 @@ def plan_fleet(
 
 def plan_chains(buckets: dict[str | None, list[str]], holders: list[str], roles: dict[str, Role],
                 requests: dict[str, FetchRequest], cache_host: str | None, peer_urls: dict[str, str],
-                link_mbit: dict[str, int | None], urls: Mapping[str, str]) -> WeightsPlan:
+                link_mbit: dict[str, int | None], urls: Mapping[str, str], last: set[str] = frozenset()) -> WeightsPlan:
     """Chains, one per holder of a group (or one from the hub when the group holds no copy): every
     pending host receives from the host before it while that host still receives, so N hosts take
     about one download (``chain.py`` says why a chain). Hosts run fastest link first (``link_mbit``,
-    undeclared = fastest), so a slow host sits at the end and holds no one back; ``cache_host`` heads.
+    undeclared = fastest), so a slow host sits at the end and holds no one back; ``cache_host`` heads,
+    hosts in ``last`` (repairing damaged files of this revision) come after all others.
     A host's sources are every host before it in its chain, nearest first, then the group's holders:
     a dead host is skipped by re-attaching to the next. The hub feeds the head only, once per group
     (a ModelScope head downloads first, unpipelined: the chain reads only the Hugging Face protocol).
@@ -157,7 +161,7 @@ def plan_chains(buckets: dict[str | None, list[str]], holders: list[str], roles:
     for members in buckets.values():
         have = [h for h in members if h in holders]
         todo = sorted((h for h in members if h not in holders),
-                      key=lambda h: (h != cache_host, -(link_mbit.get(h) or 1 << 40)))
+                      key=lambda h: (h != cache_host, h in last, -(link_mbit.get(h) or 1 << 40)))
         if not todo:
             continue
         if not have:

@@ -93,11 +93,16 @@ class FetchRequest:
             args += ["--prune-keep", str(self.prune_keep)]
         return args
 
+    @property
+    def current_link(self) -> str:
+        """What ``<dest>/current`` points at once this request is served."""
+        return f"revisions/{self.revision.replace('/', '--')}"
+
     def matches(self, st: dict[str, Any]) -> bool:
         """True when the host's WeightsState shows this request served, complete and (deep) intact."""
         man = st.get("manifest") or {}
         return bool(
-            st.get("current") == f"revisions/{self.revision.replace('/', '--')}"
+            st.get("current") == self.current_link
             and man.get("repo") == self.repo
             and self.revision in (man.get("revision"), man.get("commit"))
             and man.get("hub") == self.hub

@@ -128,6 +128,8 @@ def test_chain_holders_head_chains_and_back_each_other_up_no_hub():
     repair = chain_plan(names, {h: held() for h in names if h != "h2"})  # a rerun after h2 died
     assert repair.chains == (("h1", "h2"),) and repair.roles["h2"].sources[0] == "http://h1:8765"
     assert len(repair.roles["h2"].sources) == 5  # every holder can take over
+    damaged = chain_plan(hosts(4), {"h2": {**held(), "bad": ["model.safetensors"]}})  # deep verify found it
+    assert damaged.chains == (("h1", "h3", "h4", "h2"),)  # it would pass its bad file on: last
 
 
 def test_chain_modelscope_head_downloads_first_then_relays():
