@@ -73,8 +73,7 @@ class Request:
 def make_remote(req: Request) -> HfRemote | MsRemote | PeerRemote:
     """Import the client the request needs (after setting its environment) and wrap it."""
     client_env()
-    if req.chain is not None:
-        import huggingface_hub  # noqa: F401
+    if req.chain is not None:  # huggingface_hub is imported only if the hub is read: peers start faster
         hub = HfRemote(req.endpoint, req.token, req.repo, req.revision) if req.chain_hub else None
         remote: Any = ChainRemote(req.chain, hub, req.repo, req.revision, req.chain_token,
                                   ChainState(req.dest, req.revdir), req.chain_chunk_bytes, req.chain_stall_s,
