@@ -12,7 +12,8 @@ N hosts finish one download time plus (N-1) chunk times after the start (``S/R +
 needs a tracker (or DHT), a .torrent with SHA-1 pieces built after the hub download (aria2 cannot make
 one, and cannot verify pieces against the hub's sha256 while it downloads), and would give up the
 authenticated, resumable, manifest-verified transfer this project already has. Measured on the lab
-(bench/weights_fanout.py, README): the chain at N=8 stages in about the time of N=1.
+(bench/weights_fanout.py, README "Weights to many hosts"; 25 MB, every link 100 mbit, a loaded 2-core
+machine): staging at N=8 16.5 s in a chain, 65.5 s in waves, 9.4 s for N=1; the hub serves one copy.
 
 Layout on a receiving host (next to ``<dest>/.staging-<rev>``, which holds the bytes)::
 
