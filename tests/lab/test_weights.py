@@ -180,7 +180,7 @@ def test_chain_a_host_killed_mid_transfer_fails_alone_and_converges_on_rerun(inv
     data = model_data("huggingface", repo, weights_fanout=True, weights_fanout_mode="chain")
     unit = model_dirname(repo)
     control("reset")
-    with throttled(CFG, 1, "16mbit"):  # the head's download: slow enough to act while the chain runs
+    with throttled(CFG, 1, "4mbit"):  # the head's download (~25 s): slow enough to act while the chain runs
         run = Background(pyinfra, inv, "deploys/weights.py", data=data, check=False, timeout=600)
         wait_until(lambda: chunks_held(ips["wt-h3"], repo) >= 1 or not run.thread.is_alive(),
                    "wt-h3 receiving from wt-h2", timeout=300)
