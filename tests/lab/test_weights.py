@@ -179,6 +179,11 @@ def test_chain_a_host_killed_mid_transfer_fails_alone_and_converges_on_rerun(inv
     hosts = sorted(ips)
     data = model_data("huggingface", repo, weights_fanout=True, weights_fanout_mode="chain")
     unit = model_dirname(repo)
+    # the hub clients' venv first (a fresh lab installs it through the same link, which is slowed below)
+    warm = "llmfleet-lab/chain-warm"
+    write_model_repo(tmp_path / "warm", seed=42, shards=1, shard_bytes=1 << 16)
+    publish(CFG.run_dir / "hub", warm, tmp_path / "warm", ["v1"])
+    pyinfra(inv, "deploys/weights.py", data=model_data("huggingface", warm))
     control("reset")
     with throttled(CFG, 1, "4mbit"):  # the head's download (~25 s): slow enough to act while the chain runs
         run = Background(pyinfra, inv, "deploys/weights.py", data=data, check=False, timeout=600)
