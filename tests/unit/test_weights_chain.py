@@ -18,40 +18,22 @@ from tasks.weights import chain
 from tasks.weights import fetch as fetch_mod
 from tasks.weights import manifest as mf
 
-from .conftest import FETCH, FETCH_HOME, PEER, REPO_ID, add_fault, marker_lines, run_fetch, stats
+from .conftest import FETCH, FETCH_HOME, PEER, PEER_TOKEN as TOKEN, REPO_ID, add_fault, marker_lines, run_fetch, stats
 
 CHUNK = 256 * 1024
 SHARD2 = "model-00002-of-00003.safetensors"
-TOKEN = "chain-run-token-cXV4YmF6Zm9vYmFy"
 
 
 @pytest.fixture
-def token_file(tmp_path) -> Path:
-    path = tmp_path / "chain.token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
+def token_file(peer_token) -> Path:
+    return peer_token
 
 
 @pytest.fixture
-def relay(token_file):
+def relay(peer_servers):
     """Start peer_server.py relaying ``dest``'s revision ``main``; returns its URL."""
-    procs: list[subprocess.Popen] = []
-
-    def start(dest: Path) -> str:
-        proc = subprocess.Popen(
-            [sys.executable, str(PEER), "--chain-dest", str(dest), "--chain-repo", REPO_ID, "--chain-revision",
-             "main", "--chain-chunk-bytes", str(CHUNK), "--chain-stall-s", "20", "--bind", "127.0.0.1",
-             "--port", "0", "--token-file", str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("LLMFLEET_PEER listening http://127.0.0.1:"), line + proc.stderr.read()
-        return line.split()[-1]
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return lambda dest: peer_servers("--chain-dest", str(dest), "--chain-repo", REPO_ID, "--chain-revision", "main",
+                                     "--chain-chunk-bytes", str(CHUNK), "--chain-stall-s", "20")
 
 
 def chain_args(dest: Path, token_file: Path, *sources: str, hub_url: str | None = None) -> list[str]:
