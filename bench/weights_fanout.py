@@ -1,31 +1,27 @@
-"""Benchmark (not a test): staging time and hub bytes for N hosts, with and without fan-out.
+"""Benchmark (not a test): staging time and hub bytes for N hosts: every host from the hub (``off``),
+fan-out in waves (``waves``: a host sends once it holds the whole copy) and pipelined (``chain``: a
+host passes on each verified chunk while it still receives).
 
 Brings a lab up (``--name``, default ``wt``) with the largest N, rate-limits every link with
 ``tc tbf`` so the link -- not the CPU -- is the bottleneck (each host's veth both ways, and the
 bridge device itself, which carries only what the machine sends: the hub stand-in's uplink), then
-for each N and mode publishes a fresh copy of a ~24 MB model into the hub stand-in and runs
-``deploys/weights.py`` on the first N hosts. Prints a table; tears the lab down at the end.
+for each N and mode publishes a fresh copy of the model (``--shards`` x ``--shard-mb``, generated
+locally) into the hub stand-in and runs ``deploys/weights.py`` on the first N hosts. Prints a
+table; tears the lab down at the end.
 
 Columns: ``staging s`` = first fetch unit start to last fetch unit end over the N hosts' journals
-(includes the pyinfra gaps between waves); ``run s`` = the whole pyinfra run; ``hub MB`` = file
-bytes the hub stand-in served; ``MB/host`` = model size.
+(includes the pyinfra gaps between waves); ``x N=1`` = staging over the same mode's N=1 staging;
+``run s`` = the whole pyinfra run; ``hub x`` = file bytes the hub stand-in served over the model
+size; ``MB/host`` = model size.
 
-    sudo .venv/bin/python bench/weights_fanout.py [--name wt] [--sizes 1 4 8] [--rate 100mbit]
+    .venv/bin/python bench/weights_fanout.py [--name wt] [--sizes 1 4 8] [--rate 100mbit]
+        [--modes off waves chain] [--shards 4 --shard-mb 6]
 
-One run on the 2-core development machine (model 25.2 MB, every link 100mbit, width 1)::
-
-    | N | fanout | staging s | run s | hub MB | MB/host |
-    | 1 | off    |  2.6      |  4.7  |  25.2  | 25.2    |
-    | 1 | on     |  2.6      |  4.5  |  25.2  | 25.2    |
-    | 4 | off    |  9.3      | 12.0  | 100.9  | 25.2    |
-    | 4 | on     |  8.8      | 12.4  |  25.2  | 25.2    |
-    | 8 | off    | 20.6      | 26.0  | 201.8  | 25.2    |
-    | 8 | on     | 13.8      | 20.3  |  25.2  | 25.2    |
-
-Without fan-out time grows ~linearly (N copies share the hub uplink); with it, hub bytes stay one
-copy and time grows with the number of waves (log2 N), each wave costing one copy at link speed
-plus ~1-2 s of pyinfra per wave (peer server start, op round trips) -- which is why a 25 MB model
-at N=4 barely gains; the gap widens with model size and N.
+Results on the 2-core development machine (shared with other work; every link 100mbit, width 1,
+chain chunks 1 MiB) are in README.md ("Weights to many hosts"). What they show: without fan-out time
+grows linearly (N copies share the hub uplink); waves keep the hub at one copy but time grows with
+the number of waves (log2 N copies, plus ~1-2 s of pyinfra per wave); the chain stays near one
+download time for any N (each hop adds one chunk's transfer time) with the hub at one copy.
 """
 
 from __future__ import annotations
@@ -104,6 +100,7 @@ def main() -> int:
     p.add_argument("--rate", default="100mbit")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--shard-mb", type=int, default=6)
+    p.add_argument("--modes", nargs="+", default=["off", "waves", "chain"], choices=["off", "waves", "chain"])
     p.add_argument("--keep", action="store_true", help="leave the lab up")
     args = p.parse_args()
     cfg = LabConfig(args.name)
@@ -127,24 +124,30 @@ def main() -> int:
         shape(cfg, n_max, args.rate)
         rows = []
         for n in args.sizes:
-            for fanout in (False, True):
-                repo = f"bench/m-n{n}-{'fan' if fanout else 'hub'}"
+            for mode in args.modes:
+                repo = f"bench/m-n{n}-{mode}"
                 publish(cfg.run_dir / "hub", repo, files, ["v1"])
                 hub(cfg, "reset")
                 hosts = names[:n]
                 wall = run_deploy(inv, hosts, {"serve_model__hub": "huggingface", "serve_model__repo_id": repo,
-                                               "serve_model__revision": "v1", "weights_fanout": fanout})
+                                               "serve_model__revision": "v1", "weights_fanout": mode != "off",
+                                               "weights_fanout_mode": "waves" if mode == "off" else mode})
                 served = hub(cfg, "stats")["file_bytes"]
                 spans = [unit_span(ips[h], f"llmfleet-weights-{model_dirname(repo)}") for h in hosts]
                 staging = max(e for _, e in spans) - min(s for s, _ in spans)
-                rows.append((n, "on" if fanout else "off", staging, wall, served / 1e6, total / 1e6))
-                print(f"  N={n} fanout={'on' if fanout else 'off'}: staging {staging:.1f}s", file=sys.stderr)
+                rows.append((n, mode, staging, wall, served / total, total / 1e6))
+                print(f"  N={n} {mode}: staging {staging:.1f}s run {wall:.1f}s hub {served / total:.2f}x",
+                      file=sys.stderr, flush=True)
+                for h in hosts:  # the next case starts from empty disks (the lab's are small)
+                    ssh(ips[h], f"rm -rf /srv/models/{model_dirname(repo)}")
+        one = {mode: staging for n, mode, staging, *_ in rows if n == 1}
         print(f"\nweights staging, model {total / 1e6:.1f} MB, every link {args.rate} (tc tbf), "
-              f"fan-out width 1, lab hosts on one machine\n")
-        print(f"| N | fanout | staging s | run s | hub MB | MB/host |")
-        print(f"|---|---|---|---|---|---|")
-        for n, mode, staging, wall, hub_mb, per_host in rows:
-            print(f"| {n} | {mode} | {staging:.1f} | {wall:.1f} | {hub_mb:.1f} | {per_host:.1f} |")
+              f"fan-out width 1, chain chunk 1 MiB, lab hosts on one machine\n")
+        print("| N | mode | staging s | x N=1 | run s | hub x | MB/host |")
+        print("|---|---|---|---|---|---|---|")
+        for n, mode, staging, wall, hub_x, per_host in rows:
+            ratio = f"{staging / one[mode]:.2f}" if mode in one else "-"
+            print(f"| {n} | {mode} | {staging:.1f} | {ratio} | {wall:.1f} | {hub_x:.2f} | {per_host:.1f} |")
     finally:
         if not args.keep:
             lablib.down(cfg, log=lambda *_: None)

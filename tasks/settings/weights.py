@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -10,8 +10,9 @@ from tasks.settings.base import AbsPath, HttpUrl, Port, Positive, Settings, Vers
 
 
 class WeightsSettings(Settings):
-    """Weights: every ``weights_*`` key of the host data. ``weights_fanout``, ``weights_fanout_width``
-    and ``weights_cache_host`` shape the whole fan-out: every host of a run must say the same
+    """Weights: every ``weights_*`` key of the host data. ``weights_fanout``, ``weights_fanout_mode``,
+    ``weights_fanout_width``, ``weights_cache_host`` and ``weights_chain_chunk_bytes`` shape the whole
+    fan-out: every host of a run must say the same
     (``tasks.weights.deploy.fleet_settings``)."""
 
     prefix: ClassVar[str] = "weights_"
@@ -30,8 +31,19 @@ class WeightsSettings(Settings):
         "/etc/llmfleet/secrets", description="root-only (0700) directory the token is installed into (0600)")
     weights_fanout: bool = Field(
         False, description="spread copies host to host (one hub copy per group)")
+    weights_fanout_mode: Literal["chain", "waves"] = Field(
+        "chain", description="how copies spread: ``chain`` pipelines (a host passes on each verified chunk while it "
+                             "still receives: N hosts in about one download), ``waves`` (a host sends once it holds the "
+                             "whole copy: log2 N downloads); bench/weights_fanout.py measures both")
     weights_fanout_width: Positive = Field(
-        1, description="receivers one sender feeds per wave (1 keeps each link at full speed)")
+        1, description="receivers one sender feeds per wave (1 keeps each link at full speed); waves only")
+    weights_chain_chunk_bytes: Positive = Field(
+        1 << 20, description="chain: unit of verification and of passing on (each hop adds one chunk's transfer time)")
+    weights_chain_stall_s: Positive = Field(
+        60, description="chain: longest wait for a source's next chunk before re-attaching to the next source")
+    weights_link_mbit: Positive | None = Field(
+        None, description="the host's link speed; a chain runs from the fastest host to the slowest, so a slow host "
+                          "is last and holds no one back; None = as fast as any")
     weights_fanout_group: str | None = Field(
         None, description="fan-out group of the host (set per inventory group: one hub copy per group); None = the "
                           "whole run is one group")

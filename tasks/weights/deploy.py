@@ -51,6 +51,17 @@ so pyinfra runs them host-parallel one after another:
 4. "Stop peer servers" on every host of the fan-out: the servers stop, the token files go (units
    also carry ``RuntimeMaxSec``, a safety net if the run is interrupted).
 
+Pipelined fan-out (``weights_fanout_mode: chain``, the default; ``tasks/weights/chain.py`` says why a
+chain): the pending hosts of a group form a chain, fastest link first (``weights_link_mbit``), headed
+by a holder of the revision or else by the hub seed. "Peer servers (chain)" starts ``peer_server.py
+--chain-dest`` on every host that passes bytes on (it serves the chunks its host has verified so far,
+and the kept revision after); then "Fetch through the chain" runs ``fetch.py --chain`` on every pending
+host at once: the head reads the hub, every other host its upstream, each chunk verified before it is
+written and passed on. A source that dies or sends a bad chunk is dropped and the receiver re-attaches
+to the host before it (then the group's holders, then the hub with ``weights_fanout_fallback_hub``):
+only the dead host fails. Time: ``S/R`` plus one chunk per hop, whatever N. A ModelScope head
+downloads through its client first (the chain reads the Hugging Face protocol only), then relays.
+
 Time for N hosts, model size S, link rate R (each host's link the bottleneck, fan-out width w):
 without fan-out all N copies leave the hub's uplink: ``N*S/R_hub``, growing linearly with N. With
 fan-out: one hub copy (``S/R_hub``) plus ``ceil(log_(w+1)(N))`` waves of ``S/R`` each: 8 hosts, w=1
@@ -102,6 +113,7 @@ def _request_for(spec: Any, data: WeightsSettings) -> FetchRequest:
         endpoint=endpoint or None, token_file=token_file, deep_verify=bool(data.weights_deep_verify),
         prune_keep=data.weights_prune_keep, max_workers=data.weights_max_workers,  # None: never prune
         venv=data.weights_venv, scripts_dir=data.weights_scripts_dir,
+        chain_chunk_bytes=data.weights_chain_chunk_bytes, chain_stall_s=data.weights_chain_stall_s,
     )
 
 
@@ -142,7 +154,8 @@ def _fleet_plan(spec: Any, hosts: list[Any]) -> WeightsPlan:
     plan = plan_fleet(
         [h.name for h in hosts], states, requests, fanout=fanout,
         width=fleet["weights_fanout_width"], groups={h.name: data[h.name].weights_fanout_group for h in hosts},
-        cache_host=fleet["weights_cache_host"], peer_urls=urls,
+        cache_host=fleet["weights_cache_host"], peer_urls=urls, mode=fleet["weights_fanout_mode"],
+        link_mbit={h.name: data[h.name].weights_link_mbit for h in hosts},
     )
     return plan
 
@@ -193,10 +206,11 @@ def fetch_weights(spec: Any, plan: WeightsPlan | None = None) -> Any:
 
     fallback = bool(data.weights_fanout_fallback_hub)
     port, max_s = data.weights_peer_port, data.weights_peer_max_s
-    hub_role = role if role.kind in ("hub", "skip") else Role("skip", f"copies from a peer in wave {role.wave}")
+    hub_role = role if role.kind in ("hub", "skip") else Role(
+        "skip", f"in a chain, {role.note}" if role.kind == "chain" else f"copies from a peer in wave {role.wave}")
     ops = [model_fetched(name="Fetch from hub", req=req, role=hub_role, fallback_hub=False)]
-    in_fanout = role.serve_from is not None or role.kind == "peer"
-    if plan.waves and in_fanout:
+    in_fanout = role.serve_from is not None or role.kind in ("peer", "chain")
+    if plan.relays and in_fanout:
         token = plan.token
         secret_file(name="Fan-out token (root-only)", dest=req.peer_token_file, content_of=lambda: token.encode(),
                     dir_mode="700")
@@ -207,7 +221,12 @@ def fetch_weights(spec: Any, plan: WeightsPlan | None = None) -> Any:
         wave_role = role if role.kind == "peer" and role.wave == k else Role("skip", f"not a receiver in wave {k}")
         ops.append(model_fetched(name=f"Fetch from peers (wave {k})", req=req, role=wave_role,
                                  fallback_hub=fallback))
-    if plan.waves:
+    if plan.chains:
+        peer_server_up(name="Peer servers (chain)", req=req, start=role.serve_from is not None, bind=bind, port=port,
+                       max_s=max_s, note="passes nothing on", relay=True)
+        chain_role = role if role.kind == "chain" else Role("skip", "not receiving in a chain")
+        ops.append(model_fetched(name="Fetch through the chain", req=req, role=chain_role, fallback_hub=fallback))
+    if plan.relays:
         peer_server_down(name="Stop peer servers", req=req, in_fanout=in_fanout)
     return WeightsResult(dest=req.dest, ops=ops)
 

@@ -5,7 +5,8 @@ receivers through ``peer_server.py``; a receiver that finished becomes a sender 
 With every sender feeding up to ``fanout`` receivers per wave, the set of holders grows by a factor
 of ``fanout + 1`` per wave: N hosts are done after ``ceil(log_(fanout+1)((N + S) / S))`` waves for S
 seeds, i.e. ~log2(N) waves at link speed for fanout 1 instead of N sequential copies. ``fanout`` is
-the host data's ``weights_fanout_width`` (``tasks.settings.weights``).
+the host data's ``weights_fanout_width`` (``tasks.settings.weights``). This is ``weights_fanout_mode:
+waves``; the default ``chain`` pipelines instead (``plan.plan_chains``, ``chain.py``).
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 #: what the deploy uploads next to this script (the host runs it from that directory)
-HOST_FILES = ("fetch.py", "fetch_steps.py", "hub_adapters.py", "current_link.py", "fetch_progress.py",
+HOST_FILES = ("fetch.py", "fetch_steps.py", "chain.py", "chain_remote.py", "hub_adapters.py", "current_link.py", "fetch_progress.py",
               "fetch_output.py", "fetch_exits.py", "manifest.py", "peer_server.py", "hub_protocol.py")
 
 __all__ = ["DEFAULTS", "EXIT_AUTH", "EXIT_ERROR", "EXIT_LOCKED", "EXIT_NO_SPACE", "EXIT_OK",
@@ -133,6 +133,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN")
     p.add_argument("--endpoint", help="hub endpoint URL (mirrors, stand-ins)")
     p.add_argument("--token-file", type=Path, help="file holding the hub token (with --peer: the fan-out token)")
+    p.add_argument("--chain", action="store_true", help="pipelined staging: receive chunk by chunk, verified, "
+                   "while this host's peer server passes them on (chain.py)")
+    p.add_argument("--chain-from", action="append", default=[], metavar="URL",
+                   help="with --chain: a peer to receive from, nearest first (none: read the hub)")
+    p.add_argument("--chain-hub", action="store_true", help="with --chain: the hub is the last source")
+    p.add_argument("--chain-token-file", type=Path, help="with --chain: file holding the fan-out token")
+    p.add_argument("--chain-chunk-bytes", type=int, default=1 << 20, help="with --chain: chunk size")
+    p.add_argument("--chain-stall-s", type=float, default=60.0,
+                   help="with --chain: longest wait for a source's next chunk")
     p.add_argument("--deep-verify", action="store_true", help="re-hash every file of the revision")
     p.add_argument("--max-workers", type=int, default=DEFAULTS["weights_fetch_max_workers"])
     p.add_argument("--prune-keep", type=int, metavar="N", help="keep only the N newest revisions")
@@ -141,6 +150,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.hub and not args.peer:
         p.error("--hub: required unless --peer is given (allowed: huggingface, modelscope)")
+    if args.chain and args.peer:
+        p.error("--chain: not with --peer (give the chain's peers as --chain-from)")
+    if args.chain and not (args.chain_from or args.chain_hub):
+        p.error("--chain: give --chain-from URL(s), --chain-hub, or both")
+    if args.chain and args.chain_hub and args.hub != "huggingface":
+        p.error("--chain-hub: the chain reads only the huggingface hub (allowed: --hub huggingface)")
+    if args.chain and (args.chain_chunk_bytes < 1 or args.chain_stall_s <= 0):
+        p.error("--chain-chunk-bytes / --chain-stall-s: must be > 0")
+    if any(not u.startswith(("http://", "https://")) for u in args.chain_from):
+        p.error("--chain-from: must be an http:// or https:// URL")
     if args.peer and args.endpoint:
         p.error("--endpoint: not used with --peer")
     if args.peer and not args.peer.startswith(("http://", "https://")):
@@ -187,7 +206,8 @@ def _main(argv: list[str] | None) -> int:
     dest: Path = args.dest.absolute()
     try:
         token = read_token(args.token_file)
-        install_redaction(token or "")
+        chain_token = read_token(args.chain_token_file) if args.chain else None
+        install_redaction(*(t for t in (token, chain_token) if t))
         dest.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(dest / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -204,6 +224,8 @@ def _main(argv: list[str] | None) -> int:
             http_timeout_s=DEFAULTS["weights_fetch_http_timeout_s"],
             hf_chunk_bytes=DEFAULTS["weights_fetch_hf_chunk_bytes"],
             progress_state=ProgressState(dest, f"weights {args.repo}@{args.revision}"),
+            chain=list(args.chain_from) if args.chain else None, chain_hub=args.chain_hub,
+            chain_token=chain_token, chain_chunk_bytes=args.chain_chunk_bytes, chain_stall_s=args.chain_stall_s,
         )
         try:  # only the holder of the lock owns the state file
             result = fetch(req)

@@ -38,15 +38,14 @@ def say(*fields: str) -> None:
     print(MARK, *fields, flush=True)
 
 
-def install_redaction(secret: str) -> None:
-    """Route stdout/stderr through the redactor and make clients' loggers quiet and redacted."""
+def install_redaction(*secrets: str) -> None:
+    """Route stdout/stderr through the redactor (every given secret becomes ``***``)."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if not isinstance(stream, _RedactingStream):
             stream = _RedactingStream(stream)
             setattr(sys, name, stream)
-        if secret and secret not in stream.secrets:
-            stream.secrets.append(secret)
+        stream.secrets += [s for s in secrets if s and s not in stream.secrets]
 
 
 def quiet_client_loggers() -> None:

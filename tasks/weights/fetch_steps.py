@@ -15,6 +15,8 @@ from typing import Any
 
 try:  # imported as tasks.weights.*
     from . import manifest as mf
+    from .chain import ChainState
+    from .chain_remote import ChainRemote
     from .current_link import current_target, exchange, fsync_dir, prune, switch_current
     from .fetch_exits import EXIT_NO_SPACE, EXIT_PEER_MISMATCH, EXIT_USAGE, EXIT_VERIFY, FetchError
     from .fetch_output import quiet_client_loggers, say
@@ -22,6 +24,8 @@ try:  # imported as tasks.weights.*
     from .hub_adapters import HfRemote, Listing, MsRemote, PeerRemote, RemoteFile, client_env
 except ImportError:  # run as a script from the uploaded directory
     import manifest as mf  # type: ignore[no-redef]
+    from chain import ChainState  # type: ignore[no-redef]
+    from chain_remote import ChainRemote  # type: ignore[no-redef]
     from current_link import current_target, exchange, fsync_dir, prune, switch_current  # type: ignore[no-redef]
     from fetch_exits import (EXIT_NO_SPACE, EXIT_PEER_MISMATCH, EXIT_USAGE,  # type: ignore[no-redef]
                              EXIT_VERIFY, FetchError)
@@ -50,22 +54,39 @@ class Request:
     http_timeout_s: float
     hf_chunk_bytes: int
     progress_state: ProgressState | None = None  # the state file the control machine reads
+    chain: list[str] | None = None  # pipelined staging: sources nearest first ([] = the chain's head)
+    chain_hub: bool = False  # the chain may read the hub (its head; others as a last resort)
+    chain_token: str | None = None
+    chain_chunk_bytes: int = 1 << 20
+    chain_stall_s: float = 60.0
 
     @property
     def revdir(self) -> str:
         return mf.rev_dirname(self.revision)
 
+    @property
+    def from_peers(self) -> bool:
+        """The listing (and the selection) comes from other hosts, not from this request."""
+        return bool(self.peer) or bool(self.chain)
+
 
 def make_remote(req: Request) -> HfRemote | MsRemote | PeerRemote:
     """Import the client the request needs (after setting its environment) and wrap it."""
     client_env()
+    if req.chain is not None:  # huggingface_hub is imported only if the hub is read: peers start faster
+        hub = HfRemote(req.endpoint, req.token, req.repo, req.revision) if req.chain_hub else None
+        remote: Any = ChainRemote(req.chain, hub, req.repo, req.revision, req.chain_token,
+                                  ChainState(req.dest, req.revdir), req.chain_chunk_bytes, req.chain_stall_s,
+                                  req.allow, req.ignore)
+        quiet_client_loggers()
+        return remote
     if req.peer or req.hub == "huggingface":
         import huggingface_hub  # noqa: F401 - import now so its log handler binds the redacting stderr
     else:
         import modelscope.hub.snapshot_download  # noqa: F401
         import modelscope_hub  # noqa: F401
     if req.peer:
-        remote: Any = PeerRemote(req.peer, req.repo, req.revision, req.hub, req.token, req.http_timeout_s,
+        remote = PeerRemote(req.peer, req.repo, req.revision, req.hub, req.token, req.http_timeout_s,
                                  req.hf_chunk_bytes)
     elif req.hub == "huggingface":
         remote = HfRemote(req.endpoint, req.token, req.repo, req.revision, req.hf_chunk_bytes)
@@ -126,8 +147,10 @@ def _expected_ok(path: Path, f: RemoteFile, sha: str) -> bool:
     return True  # the hub gave no hash: size only; the manifest records the local sha256
 
 
-def finish_staging(staging: Path, listing: Listing, paths: list[str], workers: int) -> dict[str, str]:
-    """Drop client metadata and stray files, verify every expected file; return path -> sha256."""
+def finish_staging(staging: Path, listing: Listing, paths: list[str], workers: int,
+                   known: dict[str, str] | None = None) -> dict[str, str]:
+    """Drop client metadata and stray files, verify every expected file; return path -> sha256
+    (``known``: sums the download computed off the bytes it wrote, not hashed again)."""
     shutil.rmtree(staging / ".cache", ignore_errors=True)
     wanted = set(paths)
     for root, _dirs, files in os.walk(staging):
@@ -139,7 +162,8 @@ def finish_staging(staging: Path, listing: Listing, paths: list[str], workers: i
     missing = [p for p in paths if not (staging / p).is_file()]
     if missing:
         raise FetchError(EXIT_VERIFY, f"client finished but files are missing: {', '.join(missing[:5])}")
-    sums = mf.hash_files(staging, paths, workers=workers)
+    known = known or {}
+    sums = {**mf.hash_files(staging, [p for p in paths if p not in known], workers=workers), **known}
     bad = [p for p in paths if not _expected_ok(staging / p, listing.files[p], sums[p])]
     if bad:
         for p in bad:
@@ -201,7 +225,7 @@ def download_verified(
     progress = Progress(staging, total, req.progress_interval, req.progress_state)
     progress.start()
     try:
-        remote.download(staging, paths, listing, req.max_workers)
+        known = remote.download(staging, paths, listing, req.max_workers)
     except Exception as exc:
         if disk_full(exc):
             still = total - bytes_present(staging, listing, paths)
@@ -211,11 +235,11 @@ def download_verified(
         progress.stop()
     if req.progress_state is not None:
         req.progress_state.write("verify", total, total)
-    return finish_staging(staging, listing, paths, req.hash_workers)
+    return finish_staging(staging, listing, paths, req.hash_workers, known)
 
 
 def _manifest_for(req: Request, listing: Listing, sums: dict[str, str], paths: list[str]) -> dict[str, Any]:
-    allow, ignore = (listing.allow or [], listing.ignore or []) if req.peer else (req.allow, req.ignore)
+    allow, ignore = (listing.allow or [], listing.ignore or []) if req.from_peers else (req.allow, req.ignore)
     return mf.build(
         repo=req.repo,
         hub=listing.hub,
@@ -265,7 +289,7 @@ def fetch(req: Request) -> str:
         existing = mf.read(target)
     except mf.ManifestError:
         pass
-    any_selection = bool(req.peer) and not (req.allow or req.ignore)
+    any_selection = req.from_peers and not (req.allow or req.ignore)
     if existing is not None and mf.matches_request(
         existing, repo=req.repo, revision=req.revision, hub=req.hub,
         allow=None if any_selection else req.allow,
@@ -287,9 +311,10 @@ def fetch(req: Request) -> str:
 
     remote = make_remote(req)
     listing = remote.listing()
-    if req.peer and (req.allow or req.ignore) and (req.allow, req.ignore) != (listing.allow, listing.ignore):
+    if req.from_peers and (req.allow or req.ignore) and (req.allow, req.ignore) != (listing.allow, listing.ignore):
         raise FetchError(EXIT_PEER_MISMATCH, "--allow/--ignore differ from the peer's selection")
-    paths = mf.select(listing.files, req.allow, req.ignore) if not req.peer else sorted(listing.files)
+    from_hub = not req.from_peers and req.chain is None
+    paths = mf.select(listing.files, req.allow, req.ignore) if from_hub else sorted(listing.files)
     paths = [p for p in paths if p != mf.MANIFEST_NAME]
     if not paths:
         raise FetchError(EXIT_USAGE, "--allow/--ignore: no file of the repository matches")
@@ -318,6 +343,7 @@ def fetch(req: Request) -> str:
 
 
 def _after_switch(req: Request, man: dict[str, Any], target: Path) -> None:
+    ChainState(req.dest, req.revdir).remove()  # a chain's chunk state is done with once kept
     say("current", f"revision={req.revision}", f"commit={man.get('commit') or 'none'}", f"path={target}")
     if req.prune_keep is not None:
         for name in prune(req.dest, req.prune_keep):

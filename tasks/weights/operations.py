@@ -64,27 +64,34 @@ def model_fetched(req: FetchRequest, role: Role, fallback_hub: bool = True):
     Fetch the model revision on this host (from the hub or a peer), unless the plan says otherwise.
 
     + req: the host's FetchRequest
-    + role: from the plan (WeightsState facts of all hosts): skip / hub / peer
-    + fallback_hub: a peer that is unreachable or serves something else -> fetch from the hub
+    + role: from the plan (WeightsState facts of all hosts): skip / hub / peer / chain
+    + fallback_hub: a peer that is unreachable or serves something else -> fetch from the hub (a chain
+      link: the hub after every other source)
 
     Example: see :func:`fetch_weights`.
     """
     if role.kind == "skip":
         host.noop(role.note)
         return
+    if role.kind == "chain":
+        yield fetch_command(req, None, fallback_hub, chain=role.sources)
+        return
     yield fetch_command(req, role.sender if role.kind == "peer" else None, fallback_hub)
 
 
 @operation()
-def peer_server_up(req: FetchRequest, start: bool, bind: str, port: int, max_s: int, note: str = ""):
+def peer_server_up(req: FetchRequest, start: bool, bind: str, port: int, max_s: int, note: str = "",
+                   relay: bool = False):
     """
-    Start ``peer_server.py`` over ``<dest>/current`` as a transient unit and wait until it listens.
+    Start ``peer_server.py`` over ``<dest>/current`` (``relay``: over the revision as it arrives, chunk
+    by chunk, for a chain) as a transient unit and wait until it listens.
 
     + req: the host's FetchRequest (dest, venv, scripts dir, unit names, the token file)
     + start: False -> no-op with ``note``
     + bind: the address receivers reach this host at (an IP address)
     + port: listen port
     + max_s: RuntimeMaxSec of the unit
+    + relay: serve ``req``'s revision for a chain, from the chunks verified so far (``chain.py``)
 
     Example: see :func:`fetch_weights`.
     """
@@ -93,8 +100,11 @@ def peer_server_up(req: FetchRequest, start: bool, bind: str, port: int, max_s: 
         return
     unit = shlex.quote(req.peer_unit)
     ready = shlex.quote(f"/run/{req.peer_unit}.url")
+    what = (["--chain-dest", req.dest, "--chain-repo", req.repo, "--chain-revision", req.revision,
+             "--chain-chunk-bytes", str(req.chain_chunk_bytes), "--chain-stall-s", str(req.chain_stall_s)]
+            if relay else ["--model-dir", f"{req.dest}/current"])
     argv = " ".join(shlex.quote(a) for a in [
-        f"{req.venv}/bin/python", "-u", f"{req.scripts_dir}/peer_server.py", "--model-dir", f"{req.dest}/current",
+        f"{req.venv}/bin/python", "-u", f"{req.scripts_dir}/peer_server.py", *what,
         "--bind", bind, "--port", str(port), "--token-file", req.peer_token_file,
         "--ready-file", f"/run/{req.peer_unit}.url",
     ])

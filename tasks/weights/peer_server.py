@@ -30,6 +30,11 @@ feeding ``fanout`` receivers per wave, the number of hosts holding the model gro
 fanout 1) at link speed, instead of N sequential copies from the hub or one uplink saturated by N
 parallel ones. The hub is hit once per seed, not once per host.
 
+With ``--chain-dest <dest> --chain-repo <id> --chain-revision <rev>`` (pipelined staging) the server
+instead relays the revision this host is receiving, chunk by chunk as ``fetch.py --chain`` verifies
+it, and the kept revision once it is there: ``/api/llmfleet/chain/<repo>/listing`` and
+``/api/llmfleet/chain/<repo>/stream/<k>/<path>`` (``chain.py`` has the wire format and why a chain).
+
 On start the server prints ``LLMFLEET_PEER listening <url>`` and, for each model,
 ``LLMFLEET_PEER serving <repo>@<revision> commit=<sha> files=<n> bytes=<total>``.
 
@@ -43,15 +48,18 @@ import hmac
 import signal
 import sys
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 try:  # imported as tasks.weights.peer_server
+    from . import chain
     from . import hub_protocol as hp
     from . import manifest as mf
 except ImportError:  # run as a script from the uploaded directory
+    import chain  # type: ignore[no-redef]
     import hub_protocol as hp  # type: ignore[no-redef]
     import manifest as mf  # type: ignore[no-redef]
 
@@ -83,6 +91,10 @@ class PeerHandler(hp.HfApiHandler):
     server_version = "llmfleet-peer/1"
     models: dict[str, ServedModel] = {}
     token: str = ""
+    relay: chain.ChainState | None = None  # --chain-dest: the revision relayed while it arrives
+    relay_repo: str = ""
+    relay_chunk: int = 0
+    relay_stall_s: float = 60.0
 
     def check_auth(self) -> None:
         """``401`` unless the request carries this run's bearer token (compared in constant time)."""
@@ -113,13 +125,33 @@ class PeerHandler(hp.HfApiHandler):
         self.send_json(200, model.manifest)
         return True
 
+    def handle_chain(self) -> bool:
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/")[1:]]
+        return chain.handle_chain(parts, self.relay, self.relay_repo, self.relay_chunk, self.relay_stall_s,
+                                  self.send_json, self.send_stream)
+
+    def send_stream(self, frames: Any) -> None:
+        """Chain frames as they come, then close (the receiver counts the chunks it expects)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for block in frames:
+                self.wfile.write(block)
+        except OSError:
+            return
+
     def handle_request(self) -> None:
-        self.dispatch([self.handle_auth, self.handle_manifest, self.handle_hf])
+        self.dispatch([self.handle_auth, self.handle_chain, self.handle_manifest, self.handle_hf])
 
 
-def make_server(model_dirs: list[Path], bind: str, port: int, token: str) -> ThreadingHTTPServer:
+def make_server(model_dirs: list[Path], bind: str, port: int, token: str,
+                relay: tuple[Path, str, str, int, float] | None = None) -> ThreadingHTTPServer:
     """Build (not start) a peer server for the given verified model directories, answering only
-    requests that carry ``token``."""
+    requests that carry ``token``; ``relay`` = (dest, repo, revision, chunk bytes, stall s) also
+    relays that revision chunk by chunk while this host receives it (``chain.py``)."""
     if not token:
         raise mf.ManifestError("--token-file: the token is empty")
     models: dict[str, ServedModel] = {}
@@ -128,7 +160,13 @@ def make_server(model_dirs: list[Path], bind: str, port: int, token: str) -> Thr
         if m.manifest["repo"] in models:
             raise mf.ManifestError(f"--model-dir {d}: repo {m.manifest['repo']} given twice")
         models[m.manifest["repo"]] = m
-    handler = type("BoundPeerHandler", (PeerHandler,), {"models": models, "token": token})
+    attrs: dict[str, Any] = {"models": models, "token": token}
+    if relay is not None:
+        dest, repo, revision, chunk, stall_s = relay
+        attrs.update(relay=chain.ChainState(dest, mf.rev_dirname(revision), since=time.time() - 1),
+                     relay_repo=repo,
+                     relay_chunk=chunk, relay_stall_s=stall_s)
+    handler = type("BoundPeerHandler", (PeerHandler,), attrs)
     server = ThreadingHTTPServer((bind, port), handler)
     server.daemon_threads = True
     return server
@@ -143,16 +181,30 @@ def read_token(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", action="append", required=True, type=Path,
+    parser.add_argument("--model-dir", action="append", default=[], type=Path,
                         help="verified model directory (with manifest.json); repeatable")
+    parser.add_argument("--chain-dest", type=Path, help="relay the revision being fetched into this model "
+                        "directory chunk by chunk (pipelined staging; with --chain-repo/--chain-revision)")
+    parser.add_argument("--chain-repo", help="repository id relayed with --chain-dest")
+    parser.add_argument("--chain-revision", help="revision relayed with --chain-dest")
+    parser.add_argument("--chain-chunk-bytes", type=int, default=1 << 20, help="chunk size of the chain")
+    parser.add_argument("--chain-stall-s", type=float, default=60.0,
+                        help="longest wait for a chunk before the stream is closed")
     parser.add_argument("--bind", required=True, help="the address peers reach this host at")
     parser.add_argument("--port", type=int, required=True, help="listen port (the host's weights_peer_port)")
     parser.add_argument("--token-file", type=Path, required=True,
                         help="root-only file holding the bearer token every request must carry")
     parser.add_argument("--ready-file", type=Path, help="write the listening URL here once bound")
     args = parser.parse_args(argv)
+    relay = None
+    if args.chain_dest:
+        if not (args.chain_repo and args.chain_revision) or args.chain_chunk_bytes < 1:
+            parser.error("--chain-dest: needs --chain-repo, --chain-revision and a --chain-chunk-bytes >= 1")
+        relay = (args.chain_dest, args.chain_repo, args.chain_revision, args.chain_chunk_bytes, args.chain_stall_s)
+    elif not args.model_dir:
+        parser.error("--model-dir: required unless --chain-dest is given")
     try:
-        server = make_server(args.model_dir, args.bind, args.port, read_token(args.token_file))
+        server = make_server(args.model_dir, args.bind, args.port, read_token(args.token_file), relay)
     except (mf.ManifestError, OSError) as exc:
         print(f"peer_server: error: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             f"files={len(man['files'])} bytes={man.get('total_bytes')}",
             flush=True,
         )
+    if relay is not None:
+        print(f"LLMFLEET_PEER relaying {args.chain_repo}@{args.chain_revision} into {args.chain_dest} "
+              f"chunk={args.chain_chunk_bytes}", flush=True)
     if args.ready_file:
         args.ready_file.write_text(url + "\n")
 

@@ -48,6 +48,8 @@ class FetchRequest:
     max_workers: int = 8
     venv: str = WeightsSettings.model_fields["weights_venv"].default
     scripts_dir: str = WeightsSettings.model_fields["weights_scripts_dir"].default
+    chain_chunk_bytes: int = WeightsSettings.model_fields["weights_chain_chunk_bytes"].default
+    chain_stall_s: int = WeightsSettings.model_fields["weights_chain_stall_s"].default
 
     @property
     def unit(self) -> str:
@@ -62,18 +64,25 @@ class FetchRequest:
         """This run's fan-out token (root-only; /run: gone at reboot, removed after the fan-out)."""
         return f"{PEER_TOKEN_DIR}/{self.peer_unit}.token"
 
-    def argv(self, peer: str | None = None) -> list[str]:
-        """fetch.py's arguments: from the hub, or from ``peer`` (no endpoint; the fan-out token)."""
+    def argv(self, peer: str | None = None, chain: tuple[str, ...] | None = None, chain_hub: bool = False) -> list[str]:
+        """fetch.py's arguments: from the hub, from ``peer`` (no endpoint; the fan-out token), or in a
+        chain from ``chain`` (peer URLs, nearest first) and, with ``chain_hub``, the hub last."""
         args = [f"{self.venv}/bin/python", "-u", f"{self.scripts_dir}/fetch.py"]
         args += ["--peer", peer] if peer else []
+        if chain is not None:
+            args += ["--chain", *(a for u in chain for a in ("--chain-from", u))]
+            args += ["--chain-hub"] if chain_hub else []
+            args += ["--chain-token-file", self.peer_token_file] if chain else []
+            args += ["--chain-chunk-bytes", str(self.chain_chunk_bytes), "--chain-stall-s", str(self.chain_stall_s)]
         args += ["--hub", self.hub, "--repo", self.repo, "--revision", self.revision, "--dest", self.dest]
         for p in self.allow:
             args += ["--allow", p]
         for p in self.ignore:
             args += ["--ignore", p]
-        if not peer and self.endpoint:
+        hub_ok = chain_hub if chain is not None else not peer  # the hub's endpoint and token only where read
+        if hub_ok and self.endpoint:
             args += ["--endpoint", self.endpoint]
-        if not peer and self.token_file:
+        if hub_ok and self.token_file:
             args += ["--token-file", self.token_file]
         if peer:
             args += ["--token-file", self.peer_token_file]
@@ -84,11 +93,16 @@ class FetchRequest:
             args += ["--prune-keep", str(self.prune_keep)]
         return args
 
+    @property
+    def current_link(self) -> str:
+        """What ``<dest>/current`` points at once this request is served."""
+        return f"revisions/{self.revision.replace('/', '--')}"
+
     def matches(self, st: dict[str, Any]) -> bool:
         """True when the host's WeightsState shows this request served, complete and (deep) intact."""
         man = st.get("manifest") or {}
         return bool(
-            st.get("current") == f"revisions/{self.revision.replace('/', '--')}"
+            st.get("current") == self.current_link
             and man.get("repo") == self.repo
             and self.revision in (man.get("revision"), man.get("commit"))
             and man.get("hub") == self.hub
@@ -116,12 +130,13 @@ def error_messages(req: FetchRequest, source: str) -> dict[int, str]:
     }
 
 
-_SUMMARY = r"^(LLMFLEET_WEIGHTS (plan|verify|current|pruned|unchanged|changed|error)|fetch\.py: )"
+_SUMMARY = r"^(LLMFLEET_WEIGHTS (plan|verify|reattach|current|pruned|unchanged|changed|error)|fetch\.py: )"
 
 
-def run_fetch_sh(req: FetchRequest, peer: str | None, source: str) -> str:
-    """Shell that runs fetch.py as a transient unit, echoes its summary, and names a failure."""
-    argv = " ".join(shlex.quote(a) for a in req.argv(peer))
+def run_fetch_sh(req: FetchRequest, peer: str | None, source: str, args: list[str] | None = None) -> str:
+    """Shell that runs fetch.py (``args``, default ``req.argv(peer)``) as a transient unit, echoes its
+    summary, and names a failure."""
+    argv = " ".join(shlex.quote(a) for a in (args or req.argv(peer)))
     unit = shlex.quote(req.unit)
     cases = " ".join(
         f"{code}) msg={shlex.quote(text)};;" for code, text in error_messages(req, source).items()
@@ -137,13 +152,19 @@ def run_fetch_sh(req: FetchRequest, peer: str | None, source: str) -> str:
     )
 
 
-def fetch_command(req: FetchRequest, peer: str | None, fallback_hub: bool) -> str:
-    """The whole shell command of one host's fetch (hub, or peer with an optional hub fallback)."""
+def fetch_command(req: FetchRequest, peer: str | None, fallback_hub: bool,
+                  chain: tuple[str, ...] | None = None) -> str:
+    """The whole shell command of one host's fetch: hub, peer with an optional hub fallback, or a
+    link of a chain (``chain``: its sources, nearest first, none for the head, which reads the hub;
+    fetch.py re-attaches itself, to the hub last with ``fallback_hub``)."""
     hub_src = req.endpoint or req.hub
     fail = (
         'if [ $rc -ne 0 ]; then echo "llmfleet weights: $(hostname): $msg (fetch.py exit $rc; '
         f'journalctl -u {req.unit})" >&2; exit $rc; fi'
     )
+    if chain is not None:
+        args = req.argv(chain=chain, chain_hub=(fallback_hub or not chain) and req.hub == "huggingface")
+        return f"{run_fetch_sh(req, None, chain[0] if chain else hub_src, args)}; {fail}"
     if not peer:
         return f"{run_fetch_sh(req, None, hub_src)}; {fail}"
     cmd = f"{run_fetch_sh(req, peer, peer)}"

@@ -308,7 +308,7 @@ def test_fanout_peer_server_needs_the_run_token_binds_the_peer_address_and_is_go
     write_model_repo(tmp_path / "repo", seed=43, shards=3, shard_bytes=4 << 20)
     publish(CFG.run_dir / "hub", repo, tmp_path / "repo", ["v1"])
     data = {"serve_model__hub": "huggingface", "serve_model__repo_id": repo, "serve_model__revision": "v1",
-            "weights_fanout": True}
+            "weights_fanout": True, "weights_fanout_mode": "waves"}
     ips = fa["ips"]
     run = Background(pyinfra, fa["inventory"], "deploys/weights.py", data=data, check=False, timeout=600)
     cmdline = wait_for(H1, "the peer server", lambda c: c.startswith("/opt/llmfleet/venv/bin/python")

@@ -18,7 +18,7 @@ from tasks.lab.config import HUB_PORT, LabConfig
 from tasks.lab.standins.model_repo import publish, write_model_repo
 from tasks.weights.deploy import model_dirname
 
-from .helpers import REPO, lab_name, pyinfra, ssh, own_lab
+from .helpers import REPO, Background, lab_name, own_lab, pyinfra, ssh, throttled, wait_until
 
 CFG = LabConfig(lab_name("wt"))
 HUB = f"http://{CFG.bridge_ip}:{HUB_PORT}"
@@ -140,7 +140,8 @@ def test_fanout_hub_serves_one_copy(hub, inv, ips, tmp_path):
     sizes = make_repo(tmp_path, repo, seed=21, refs=["v1"])
     hosts = sorted(ips)
     control("reset")
-    run = pyinfra(inv, "deploys/weights.py", data=model_data(hub, repo, weights_fanout=True))
+    run = pyinfra(inv, "deploys/weights.py", data=model_data(hub, repo, weights_fanout=True,
+                                                             weights_fanout_mode="waves"))
     st = control("stats")
     assert st["by_file"] == {f"{repo}/{p}": n for p, n in sizes.items()}  # exactly one copy of each file
     assert len(st["by_client"]) == 1
@@ -156,8 +157,61 @@ def test_fanout_hub_serves_one_copy(hub, inv, ips, tmp_path):
         assert ssh(ips[h], f"systemctl is-active {unit}", check=False).stdout.strip() != "active"
     assert any(manifest(ips[h], repo)["source"].startswith("peer:") for h in hosts)
     control("reset")
-    again = pyinfra(inv, "deploys/weights.py", data=model_data(hub, repo, weights_fanout=True))
+    again = pyinfra(inv, "deploys/weights.py", data=model_data(hub, repo, weights_fanout=True,
+                                                               weights_fanout_mode="waves"))
     assert again.changed() == {} and control("stats")["file_bytes"] == 0
+
+
+CHAIN = "Weights | Fetch through the chain"
+
+
+def chunks_held(ip: str, repo: str) -> int:
+    out = ssh(ip, f"cat {dest(repo)}/.chain-v1/idx/*.idx 2>/dev/null | wc -l", check=False).stdout
+    return int(out.strip() or 0)
+
+
+def test_chain_a_host_killed_mid_transfer_fails_alone_and_converges_on_rerun(inv, ips, tmp_path):
+    """Pipelined staging h1 (hub) -> h2 -> h3 -> h4, one hub copy; h2's fetch and peer server are
+    killed while h3 streams from it: h3 re-attaches to h1, h3 and h4 finish, only h2 fails; the rerun
+    brings h2 from the holders (no hub byte) and a third run changes nothing."""
+    repo = "llmfleet-lab/chain"
+    sizes = make_repo(tmp_path, repo, seed=41, refs=["v1"])
+    hosts = sorted(ips)
+    data = model_data("huggingface", repo, weights_fanout=True, weights_fanout_mode="chain")
+    unit = model_dirname(repo)
+    # the hub clients' venv first (a fresh lab installs it through the same link, which is slowed below)
+    warm = "llmfleet-lab/chain-warm"
+    write_model_repo(tmp_path / "warm", seed=42, shards=1, shard_bytes=1 << 16)
+    publish(CFG.run_dir / "hub", warm, tmp_path / "warm", ["v1"])
+    pyinfra(inv, "deploys/weights.py", data=model_data("huggingface", warm))
+    control("reset")
+    with throttled(CFG, 1, "4mbit"):  # the head's download (~25 s): slow enough to act while the chain runs
+        run = Background(pyinfra, inv, "deploys/weights.py", data=data, check=False, timeout=600)
+        wait_until(lambda: chunks_held(ips["wt-h3"], repo) >= 1 or not run.thread.is_alive(),
+                   "wt-h3 receiving from wt-h2", timeout=300)
+        assert run.thread.is_alive(), "the chain finished before wt-h2 could be killed"
+        ssh(ips["wt-h2"], f"systemctl kill -s KILL llmfleet-weights-{unit} llmfleet-weights-peer-{unit}")
+        result = run.join()
+    errors = result.errors()  # pyinfra lists a failed host under the operations after its failure too
+    assert errors[CHAIN] == ["wt-h2"] and {h for hs in errors.values() for h in hs} == {"wt-h2"}, errors
+    assert result.changed()[CHAIN] == ["wt-h1", "wt-h3", "wt-h4"]
+    assert control("stats")["file_bytes"] == sum(sizes.values())  # one hub copy despite the death
+    journal = ssh(ips["wt-h3"], f"journalctl -o cat -u llmfleet-weights-{unit}").stdout
+    assert f"LLMFLEET_WEIGHTS reattach from=http://{ips['wt-h2']}:8765 to=http://{ips['wt-h1']}:8765" in journal
+    want = manifest(ips["wt-h1"], repo)["files"]
+    for h in ("wt-h3", "wt-h4"):
+        assert manifest(ips[h], repo)["files"] == want
+    assert ssh(ips["wt-h2"], f"readlink {dest(repo)}/current", check=False).stdout.strip() == ""
+
+    control("reset")
+    again = pyinfra(inv, "deploys/weights.py", data=data)
+    assert again.changed()[CHAIN] == ["wt-h2"] and control("stats")["file_bytes"] == 0
+    assert manifest(ips["wt-h2"], repo)["files"] == want
+    for h in hosts:
+        peer = f"llmfleet-weights-peer-{unit}"
+        assert ssh(ips[h], f"systemctl is-active {peer}", check=False).stdout.strip() != "active"
+    third = pyinfra(inv, "deploys/weights.py", data=data)
+    assert third.changed() == {}
 
 
 @pytest.fixture

@@ -182,3 +182,36 @@ def run_fetch(*args: str, env: dict[str, str] | None = None, timeout: float = 90
 
 def marker_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith("LLMFLEET_WEIGHTS ")]
+
+
+PEER_TOKEN = "peer-run-token-Zm9vYmFyYmF6cXV4"
+
+
+@pytest.fixture
+def peer_token(tmp_path) -> Path:
+    """A fan-out run's token in a root-only file (peer_server.py refuses one others may read)."""
+    path = tmp_path / "peer.token"
+    path.write_text(PEER_TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def peer_servers(peer_token):
+    """Start ``peer_server.py`` on loopback with the given arguments (and this run's token); returns its
+    URL. Every server started is stopped after the test."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str) -> str:
+        proc = subprocess.Popen([sys.executable, str(PEER), *args, "--bind", "127.0.0.1", "--port", "0",
+                                 "--token-file", str(peer_token)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line.startswith("LLMFLEET_PEER listening http://127.0.0.1:"), line + proc.stderr.read()
+        return line.split()[-1]
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -92,5 +92,5 @@ def test_a_host_being_removed_and_a_gateway_are_no_weights_hosts():
     (hosts,) = plan.weights_hosts.values()
     weights_plan = plan.weights_for(plan.specs["@fake/r0"])
     assert hosts == ("@fake/r0", "@fake/r1") and set(weights_plan.roles) == set(hosts)
-    assert weights_plan.hub_seeds == ("@fake/r0",) and weights_plan.roles["@fake/r1"].kind == "peer"
+    assert weights_plan.hub_seeds == ("@fake/r0",) and weights_plan.roles["@fake/r1"].kind == "chain"  # the default mode
     assert "@fake/gone" in plan.specs and plan.specs["@fake/gone"].state == "absent"

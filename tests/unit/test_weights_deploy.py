@@ -91,6 +91,67 @@ def test_fanout_groups_and_cache_host():
         plan_fleet(names, {}, dict.fromkeys(names, REQ), fanout=True, cache_host="nope")
 
 
+def chain_plan(names, states=None, **kw):
+    urls = {h: f"http://{h}:8765" for h in names}
+    return plan_fleet(names, states or {}, dict.fromkeys(names, REQ), fanout=True, peer_urls=urls, mode="chain", **kw)
+
+
+def test_chain_one_hub_read_every_host_at_once_sources_nearest_first():
+    names = hosts(8)
+    plan = chain_plan(names)
+    assert plan.chains == (tuple(names),) and plan.hub_seeds == ("h1",) and plan.waves == 0
+    head = plan.roles["h1"]
+    assert (head.kind, head.chain_hub, head.sources, head.serve_from) == ("chain", True, (), 1)
+    assert plan.roles["h4"].sources == ("http://h3:8765", "http://h2:8765", "http://h1:8765")
+    assert all(plan.roles[h].kind == "chain" and not plan.roles[h].chain_hub for h in names[1:])
+    assert plan.roles["h8"].serve_from is None  # the last one passes nothing on
+    assert plan.relays and len(plan.token) >= 40
+    single = chain_plan(["h1"])
+    assert single.chains == (("h1",),) and not single.relays and single.token == ""
+
+
+def test_chain_slow_hosts_at_the_end_cache_host_first():
+    names = hosts(5)
+    plan = chain_plan(names, link_mbit={"h2": 100, "h3": 10_000, "h5": 1_000})
+    # undeclared speeds count as fast and keep inventory order; the slowest declared host is last
+    assert plan.chains == (("h1", "h4", "h3", "h5", "h2"),)
+    plan = chain_plan(names, link_mbit={"h1": 100}, cache_host="h3")
+    assert plan.chains == (("h3", "h2", "h4", "h5", "h1"),) and plan.hub_seeds == ("h3",)
+
+
+def test_chain_holders_head_chains_and_back_each_other_up_no_hub():
+    names = hosts(6)
+    plan = chain_plan(names, {"h1": held(), "h4": held()})
+    assert plan.hub_seeds == () and plan.chains == (("h1", "h2", "h5"), ("h4", "h3", "h6"))
+    assert plan.roles["h5"].sources == ("http://h2:8765", "http://h1:8765", "http://h4:8765")
+    assert plan.roles["h1"].kind == "skip" and plan.roles["h1"].serve_from == 1
+    repair = chain_plan(names, {h: held() for h in names if h != "h2"})  # a rerun after h2 died
+    assert repair.chains == (("h1", "h2"),) and repair.roles["h2"].sources[0] == "http://h1:8765"
+    assert len(repair.roles["h2"].sources) == 5  # every holder can take over
+    damaged = chain_plan(hosts(4), {"h2": {**held(), "bad": ["model.safetensors"]}})  # deep verify found it
+    assert damaged.chains == (("h1", "h3", "h4", "h2"),)  # it would pass its bad file on: last
+
+
+def test_chain_modelscope_head_downloads_first_then_relays():
+    names = hosts(3)
+    ms = FetchRequest(**{**REQ.__dict__, "hub": "modelscope"})
+    urls = {h: f"http://{h}:8765" for h in names}
+    plan = plan_fleet(names, {}, dict.fromkeys(names, ms), fanout=True, peer_urls=urls, mode="chain")
+    assert plan.roles["h1"].kind == "hub" and plan.roles["h1"].serve_from == 1
+    assert plan.chains == (("h1", "h2", "h3"),) and plan.roles["h3"].sources == ("http://h2:8765", "http://h1:8765")
+
+
+def test_chain_fetch_command_carries_sources_and_the_hub_only_where_read():
+    cmd = fetch_command(REQ, None, True, chain=("http://h2:8765", "http://h1:8765"))
+    assert "--chain --chain-from http://h2:8765 --chain-from http://h1:8765 --chain-hub" in cmd
+    assert "--chain-token-file /run/llmfleet/llmfleet-weights-peer-org--tiny.token" in cmd
+    assert "--endpoint http://hub:8090 --token-file /etc/llmfleet/secrets/hf-token" in cmd
+    no_hub = fetch_command(REQ, None, False, chain=("http://h1:8765",))
+    assert "--chain-hub" not in no_hub and "--endpoint" not in no_hub and "hf-token" not in no_hub
+    head = fetch_command(REQ, None, False, chain=())
+    assert "--chain-hub" in head and "--chain-from" not in head and "--chain-token-file" not in head
+
+
 def test_converged_fleet_plans_nothing():
     names = hosts(4)
     plan = plan_fleet(names, dict.fromkeys(names, held()), dict.fromkeys(names, REQ), fanout=True)
@@ -355,7 +416,8 @@ def test_disagreeing_fleet_weights_settings_stop_the_run_naming_hosts(key, value
     assert not any(h.connector.executed_commands for h in state.inventory)  # no host touched
 
 
-def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
+@pytest.mark.parametrize("mode", ["waves", "chain"])
+def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(mode, monkeypatch):
     """A whole fan-out deploy on two @fake hosts: the sender binds the address the receiver uses, both
     get this run's random token as a root-only file (uploaded, never in a command or an argument), the
     receiver presents it, and both stop the server and remove the token at the end."""
@@ -375,7 +437,8 @@ def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
         return True
 
     monkeypatch.setattr(FakeConnector, "put_file", put_file)
-    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}, "weights_fanout": True}
+    data = {"fake_delay": 0, "fake_delay_jitter": 0, "fake_responses": {}, "weights_fanout": True,
+            "weights_fanout_mode": mode}
     hosts = [("@fake/h1", {**data, "ssh_hostname": "10.0.0.1"}), ("@fake/h2", {**data, "ssh_hostname": "10.0.0.2"})]
     state = State(Inventory((hosts, {})), Config(), check_for_changes=False)
     connect_all(state)
@@ -391,8 +454,14 @@ def test_fanout_run_token_bind_address_and_cleanup_on_fake_hosts(monkeypatch):
     assert not any(token.decode() in str(c) for c in every)
     (serve,) = [str(c) for c in h1.connector.executed_commands if "systemd-run --unit=llmfleet-weights-peer" in str(c)]
     assert f"--bind 10.0.0.1 --port 8765 --token-file {token_file}" in serve
-    (peer_fetch,) = [str(c) for c in h2.connector.executed_commands if "--peer http" in str(c)]
-    assert f"--peer http://10.0.0.1:8765" in peer_fetch and f"--token-file {token_file}" in peer_fetch
+    assert ("--chain-dest /srv/models/Qwen--Qwen3-30B-A3B" in serve) == (mode == "chain")
+    flag = "--peer" if mode == "waves" else "--chain-from"
+    (peer_fetch,) = [str(c) for c in h2.connector.executed_commands if f"{flag} http" in str(c)]
+    token_flag = "--token-file" if mode == "waves" else "--chain-token-file"
+    assert f"{flag} http://10.0.0.1:8765" in peer_fetch and f"{token_flag} {token_file}" in peer_fetch
+    if mode == "chain":  # a ModelScope model: the head downloads through its client, then relays
+        assert "fetch.py --hub modelscope" in str(h1.connector.executed_commands)
+        assert "--chain-hub" not in peer_fetch  # the chain reads only the Hugging Face protocol
     for h in (h1, h2):
         assert f"rm -f /run/llmfleet-weights-peer-Qwen--Qwen3-30B-A3B.url {token_file}" in str(
             h.connector.executed_commands[-1])

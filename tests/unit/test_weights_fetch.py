@@ -18,7 +18,8 @@ from tasks.lab.standins.hub import StandinHub
 from tasks.weights import fetch as fetch_mod
 from tasks.weights import manifest as mf
 
-from .conftest import DEFAULT_REV, FETCH_HOME, PEER, REPO_ID, TOKEN, add_fault, marker_lines, run_fetch, stats
+from .conftest import (DEFAULT_REV, FETCH_HOME, PEER, PEER_TOKEN, REPO_ID, TOKEN, add_fault, marker_lines,
+                       run_fetch, stats)
 
 HUBS = ["huggingface", "modelscope"]
 SHARD2 = "model-00002-of-00003.safetensors"
@@ -300,36 +301,9 @@ def test_switch_between_revisions_and_prune(hub, hub_root, tmp_path):
     assert sorted(p.name for p in (dest / "revisions").iterdir()) == ["main"]
 
 
-PEER_TOKEN = "peer-run-token-Zm9vYmFyYmF6cXV4"
-
-
 @pytest.fixture
-def peer_token(tmp_path) -> Path:
-    path = tmp_path / "peer.token"
-    path.write_text(PEER_TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def peer_for(tmp_path, peer_token):
-    procs: list[subprocess.Popen] = []
-
-    def start(model_dir: Path) -> str:
-        proc = subprocess.Popen(
-            [sys.executable, str(PEER), "--model-dir", str(model_dir), "--bind", "127.0.0.1", "--port", "0",
-             "--token-file", str(peer_token)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        procs.append(proc)
-        line = proc.stdout.readline()
-        assert line.startswith("LLMFLEET_PEER listening http://127.0.0.1:"), line + proc.stderr.read()
-        return line.split()[-1]
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+def peer_for(peer_servers):
+    return lambda model_dir: peer_servers("--model-dir", str(model_dir))
 
 
 @pytest.mark.parametrize("hub_name", HUBS)
