@@ -156,7 +156,7 @@ def wait_ready(cfg: LabConfig, host: Host, timeout: float = 120) -> None:
     raise RuntimeError(f"{host.name}: sshd did not answer on {host.ip}:22")
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -170,13 +170,13 @@ def _alive(pid: int) -> bool:
 
 def stop(cfg: LabConfig, host: Host, grace: float = 30) -> None:
     """Power the host off (SIGTERM to nspawn), kill what is left, unmount, remove its cgroups."""
-    if host.pid and _alive(host.pid):
+    if host.pid and alive(host.pid):
         init, nspawn = _init_pid(host), nspawn_pid(host)
         os.kill(nspawn or host.pid, signal.SIGTERM)  # nspawn powers the host off; unshare then exits
         deadline = time.monotonic() + grace
-        while _alive(host.pid) and time.monotonic() < deadline:
+        while alive(host.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(host.pid):
+        if alive(host.pid):
             for pid in (init, nspawn, host.pid):
                 if pid:
                     try:
@@ -193,14 +193,14 @@ def kill(cfg: LabConfig, host: Host) -> None:
     see :func:`boot`: the kernel kills everything below it, the host's init first) and whatever is
     left in its cgroups, then unmount its overlay. Its directories are kept: :func:`boot` again."""
     for pid in (nspawn_pid(host), host.pid):
-        if pid and _alive(pid):
+        if pid and alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     kill_cgroup(cfg, host.name)
     deadline = time.monotonic() + 10
-    while host.pid and _alive(host.pid) and time.monotonic() < deadline:
+    while host.pid and alive(host.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     subprocess.run(["umount", "-R", str(host.merged)], capture_output=True)
 
@@ -253,7 +253,7 @@ def host_state(cfg: LabConfig, host: Host) -> dict:
     says inside), ``stopped`` (no process left in its cgroups), or ``dying`` (processes, no init).
     The systemd-nspawn that booted a host leads a PID namespace of its own (:func:`boot`): killed,
     it takes the host with it, as a power loss would (without that, a host outlived its nspawn)."""
-    pids = sorted({p for d in cgroup_dirs(cfg, host.name) if d.exists() for p in _procs(d) if _alive(p)})
+    pids = sorted({p for d in cgroup_dirs(cfg, host.name) if d.exists() for p in _procs(d) if alive(p)})
     init = _ns_init(pids)
     row = {"state": "stopped", "systemd": "stopped", "processes": len(pids)}
     if init is not None:

@@ -228,8 +228,7 @@ def down(cfg: LabConfig, log=print) -> None:
         all_hosts = [Host(**h) for h in state.get("hosts", [])]
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(lambda h: hosts.stop(cfg, h), all_hosts))
-        for pid in state.get("services", {}).values():
-            _terminate(pid)
+        _terminate(list(state.get("services", {}).values()))
         for h in all_hosts:
             net.host_net_down(cfg, h.index)
             hosts.remove_dir(h)
@@ -251,22 +250,36 @@ def _lab_netns(cfg: LabConfig) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"{cfg.name}-h")]
 
 
-def _terminate(pid: int, grace: float = 5) -> None:
+def _gone(pid: int) -> bool:
+    """Whether a lab service has exited. One this process started (a test's own lab) stays a zombie
+    until reaped, and a zombie still answers ``kill(pid, 0)``: reap it here, or every teardown would
+    wait out the whole grace period for services long gone."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:  # started by another process (`python -m tasks.lab up`)
         pass
+    return not hosts.alive(pid)
+
+
+def _terminate(pids: list[int], grace: float = 5) -> None:
+    """SIGTERM every service at once, SIGKILL those still there after ``grace`` seconds."""
+    left = []
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            left.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if not _gone(pid)]
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def status(cfg: LabConfig) -> list[dict]:
