@@ -66,17 +66,20 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
     return [names[i % len(names)] for i in range(n)]
 
 
-def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = ()) -> dict:
+def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = (),
+       in_memory: bool = False) -> dict:
     """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
 
     ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' CPU images
     in the registry and the tiny Qwen3 checkpoint in the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py).
+    ``in_memory``: the hosts' disks on a tmpfs of the lab's own (:func:`tasks.lab.hosts.mount_memory_disk`),
+    gone in an instant at ``down``; for labs of a few hosts (the tests'), not for fifty.
 
     A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
     so no state file is left saying "already up" for a lab that is not."""
     with cache_lock():  # several labs may come up at once (parallel test workers)
         try:
-            return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases))
+            return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases), in_memory)
         except BaseException:
             if load_state(cfg) is not None:
                 log(f"lab {cfg.name}: bring-up failed; removing what was made")
@@ -84,7 +87,8 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vll
             raise
 
 
-def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...]) -> dict:
+def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...],
+        in_memory: bool) -> dict:
     if n < 1 or n > 64:
         raise SystemExit("lab up: N must be between 1 and 64")
     if load_state(cfg):
@@ -96,6 +100,8 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     state: dict = {"name": cfg.name, "hosts": [], "services": {}, "bridge": cfg.bridge}
     save_state(cfg, state)  # from here on, `down` can clean up whatever follows
+    if in_memory:
+        hosts.mount_memory_disk(cfg.hosts_dir)
     net.raise_sysctls()
     net.bridge_up(cfg)
 
@@ -121,7 +127,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
     profiles_mod = _profiles()
     for i, profile in enumerate(plan, start=1):
         host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
-                    dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
+                    dir=str(cfg.hosts_dir / cfg.host_name(i)),
                     binds=profiles_mod.device_binds(profile))
         net.host_net_up(cfg, i)
         _prepare_and_boot(cfg, host, lower, pub)
@@ -226,12 +232,17 @@ def down(cfg: LabConfig, log=print) -> None:
         log(f"lab {cfg.name}: not up")
     else:
         all_hosts = [Host(**h) for h in state.get("hosts", [])]
+        # Power cut, not a shutdown: the hosts are thrown away, and a clean poweroff waited ~13 s per
+        # host for Docker and the units to stop (30 s where a container ignores SIGTERM).
         with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda h: hosts.stop(cfg, h), all_hosts))
+            list(pool.map(lambda h: hosts.kill(cfg, h), all_hosts))
         _terminate(list(state.get("services", {}).values()))
         for h in all_hosts:
             net.host_net_down(cfg, h.index)
-            hosts.remove_dir(h)
+        if os.path.ismount(cfg.hosts_dir):  # a lab in memory: every host's disk freed at once
+            subprocess.run(["umount", "-R", str(cfg.hosts_dir)], capture_output=True)
+        with ThreadPoolExecutor(max_workers=16) as pool:  # a lab on disk: deleting is I/O-bound
+            list(pool.map(hosts.remove_dir, all_hosts))
         inv = state.get("inventory")
         if inv:
             Path(inv).unlink(missing_ok=True)
