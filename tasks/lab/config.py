@@ -82,6 +82,11 @@ class LabConfig:
         return RUN_DIR / self.name
 
     @property
+    def hosts_dir(self) -> Path:
+        """The hosts' disks: overlay upper dirs and /var/lib/docker, one directory per host."""
+        return self.run_dir / "hosts"
+
+    @property
     def state_file(self) -> Path:
         return self.run_dir / "state.json"
 

@@ -66,39 +66,73 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
     return [names[i % len(names)] for i in range(n)]
 
 
-def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = ()) -> dict:
+def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = (),
+       in_memory: bool = False) -> dict:
     """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
 
     ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' CPU images
     in the registry and the tiny Qwen3 checkpoint in the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py).
+    ``in_memory``: the hosts' disks on a tmpfs of the lab's own (:func:`tasks.lab.hosts.mount_memory_disk`),
+    gone in an instant at ``down``; for labs of a few hosts (the tests'), not for fifty.
 
     A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
     so no state file is left saying "already up" for a lab that is not."""
-    with cache_lock():  # several labs may come up at once (parallel test workers)
-        try:
-            return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases))
-        except BaseException:
-            if load_state(cfg) is not None:
-                log(f"lab {cfg.name}: bring-up failed; removing what was made")
-                down(cfg, log=lambda *_: None)
-            raise
+    try:
+        return _up(cfg, n, profiles, log, tuple(vllm_cpu_releases), in_memory)
+    except BaseException:
+        if load_state(cfg) is not None:
+            log(f"lab {cfg.name}: bring-up failed; removing what was made")
+            down(cfg, log=lambda *_: None)
+        raise
 
 
-def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...]) -> dict:
+def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releases: tuple[str, ...],
+        in_memory: bool) -> dict:
     if n < 1 or n > 64:
         raise SystemExit("lab up: N must be between 1 and 64")
     if load_state(cfg):
         raise SystemExit(f"lab {cfg.name!r} is already up; run `python -m tasks.lab down` first")
     started = time.monotonic()
     plan = expand_profiles(n, profiles)
-    lower = rootfs.ensure("host", log)
-    key, pub = ssh_keypair()
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     state: dict = {"name": cfg.name, "hosts": [], "services": {}, "bridge": cfg.bridge}
     save_state(cfg, state)  # from here on, `down` can clean up whatever follows
+    if in_memory:
+        hosts.mount_memory_disk(cfg.hosts_dir)
+    # The shared cache (rootfs, keys, wheels, layers, vLLM trees) is read and made under its lock, one lab
+    # at a time; booting the hosts is not (it held the other test worker's bring-up for the whole of it).
+    with cache_lock():
+        lower = rootfs.ensure("host", log)
+        key, pub = ssh_keypair()
+        _services(cfg, state, log, vllm_cpu_releases)
+
+    profiles_mod = _profiles()
+    for i, profile in enumerate(plan, start=1):
+        host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
+                    dir=str(cfg.hosts_dir / cfg.host_name(i)),
+                    binds=profiles_mod.device_binds(profile))
+        net.host_net_up(cfg, i)
+        _prepare_and_boot(cfg, host, lower, pub)
+        state["hosts"].append(host.to_json())
+        save_state(cfg, state)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
+    with cache_lock():
+        pushed = images.push_all(cfg, log)
+        if vllm_cpu_releases:
+            pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
+    state["images"] = pushed
+    state["inventory"] = str(inventory.write(cfg, state, key))
+    state["up_seconds"] = round(time.monotonic() - started, 1)
+    save_state(cfg, state)
+    log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
+    return state
+
+
+def _services(cfg: LabConfig, state: dict, log, vllm_cpu_releases: tuple[str, ...]) -> None:
+    """The lab's bridge and services: registry, apt repository (with the hub clients' wheels), PyPI and hub."""
     net.raise_sysctls()
     net.bridge_up(cfg)
-
     services = state["services"]
     services["registry"] = _spawn(cfg, "registry", *service_command(cfg, "registry"))
     repo_root = aptrepo.build(cfg.run_dir / "apt")
@@ -117,27 +151,6 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
         state["checkpoint_bytes"] = max(state["checkpoint_bytes"], tiny)
     services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)
-
-    profiles_mod = _profiles()
-    for i, profile in enumerate(plan, start=1):
-        host = Host(index=i, name=cfg.host_name(i), ip=cfg.host_ip(i), profile=profile,
-                    dir=str(cfg.run_dir / "hosts" / cfg.host_name(i)),
-                    binds=profiles_mod.device_binds(profile))
-        net.host_net_up(cfg, i)
-        _prepare_and_boot(cfg, host, lower, pub)
-        state["hosts"].append(host.to_json())
-        save_state(cfg, state)
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
-    pushed = images.push_all(cfg, log)
-    if vllm_cpu_releases:
-        pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
-    state["images"] = pushed
-    state["inventory"] = str(inventory.write(cfg, state, key))
-    state["up_seconds"] = round(time.monotonic() - started, 1)
-    save_state(cfg, state)
-    log(f"lab {cfg.name}: {n} hosts up in {state['up_seconds']}s; inventory {state['inventory']}")
-    return state
 
 
 def service_command(cfg: LabConfig, name: str) -> tuple[list[str], Path | None]:
@@ -226,13 +239,17 @@ def down(cfg: LabConfig, log=print) -> None:
         log(f"lab {cfg.name}: not up")
     else:
         all_hosts = [Host(**h) for h in state.get("hosts", [])]
+        # Power cut, not a shutdown: the hosts are thrown away, and a clean poweroff waited ~13 s per
+        # host for Docker and the units to stop (30 s where a container ignores SIGTERM).
         with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(lambda h: hosts.stop(cfg, h), all_hosts))
-        for pid in state.get("services", {}).values():
-            _terminate(pid)
+            list(pool.map(lambda h: hosts.kill(cfg, h), all_hosts))
+        _terminate(list(state.get("services", {}).values()))
         for h in all_hosts:
             net.host_net_down(cfg, h.index)
-            hosts.remove_dir(h)
+        if os.path.ismount(cfg.hosts_dir):  # a lab in memory: every host's disk freed at once
+            subprocess.run(["umount", "-R", str(cfg.hosts_dir)], capture_output=True)
+        with ThreadPoolExecutor(max_workers=16) as pool:  # a lab on disk: deleting is I/O-bound
+            list(pool.map(hosts.remove_dir, all_hosts))
         inv = state.get("inventory")
         if inv:
             Path(inv).unlink(missing_ok=True)
@@ -251,22 +268,36 @@ def _lab_netns(cfg: LabConfig) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"{cfg.name}-h")]
 
 
-def _terminate(pid: int, grace: float = 5) -> None:
+def _gone(pid: int) -> bool:
+    """Whether a lab service has exited. One this process started (a test's own lab) stays a zombie
+    until reaped, and a zombie still answers ``kill(pid, 0)``: reap it here, or every teardown would
+    wait out the whole grace period for services long gone."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:  # started by another process (`python -m tasks.lab up`)
         pass
+    return not hosts.alive(pid)
+
+
+def _terminate(pids: list[int], grace: float = 5) -> None:
+    """SIGTERM every service at once, SIGKILL those still there after ``grace`` seconds."""
+    left = []
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            left.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [pid for pid in left if not _gone(pid)]
+    for pid in left:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def status(cfg: LabConfig) -> list[dict]:

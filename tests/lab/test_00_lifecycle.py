@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tasks.lab import lab as lablib
 from tasks.lab.config import LabConfig
 from tasks.lab.hosts import CGROUP_FS, CGROUP_ROOTS
@@ -30,16 +32,20 @@ def _traces(cfg: LabConfig) -> dict[str, list[str]]:
     }
 
 
-def test_up_8_then_down_leaves_nothing():
+@pytest.mark.parametrize("in_memory", [False, True], ids=["disk", "in-memory"])
+def test_up_8_then_down_leaves_nothing(in_memory):
+    """On disk (the CLI's default) and in memory (the hosts' disks on a tmpfs: the test labs)."""
     cfg = LabConfig(lab_name("td"))
     lablib.down(cfg, log=lambda *_: None)
     before_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
-    state = lablib.up(cfg, 8)
+    state = lablib.up(cfg, 8, in_memory=in_memory)
     try:
         assert len(state["hosts"]) == 8
         traces = _traces(cfg)
         # The probe must see what the lab made, or its emptiness later proves nothing.
         assert len(traces["netns"]) == 8 and traces["mounts"] and traces["cgroups"] and traces["processes"]
+        memory_disk = [m for m in traces["mounts"] if m.split()[1] == str(cfg.hosts_dir)]
+        assert [m.split()[2] for m in memory_disk] == (["tmpfs"] if in_memory else []), memory_disk
         rows = lablib.status(cfg)
         assert {r["systemd"] for r in rows} <= {"running", "degraded"}, rows
         for h in (state["hosts"][0], state["hosts"][-1]):

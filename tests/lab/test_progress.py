@@ -29,7 +29,9 @@ TOKEN = "hf_progress_Secret_0123456789abcdef"
 @pytest.fixture(scope="module")
 def pr(tmp_path_factory):
     work = tmp_path_factory.mktemp("pr")
-    with own_lab("pr", ["cpu"]) as state, secrets_env(work / "secrets", pr_hub_token=TOKEN):
+    # On disk: its slow-fetch test reads progress while a throttled fetch runs; in memory (faster writes)
+    # the fetch twice ended before the status run looked (load ~30). Not understood yet: kept as on main.
+    with own_lab("pr", ["cpu"], in_memory=False) as state, secrets_env(work / "secrets", pr_hub_token=TOKEN):
         yield {"inventory": state["inventory"], "ip": state["hosts"][0]["ip"], "state": state}
 
 
