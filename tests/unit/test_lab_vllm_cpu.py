@@ -1,5 +1,5 @@
-"""The lab's real-vLLM pieces that need no network: the ``vllm`` record, the real wheels in the PyPI
-stand-in, and the tiny Qwen3 checkpoint's designed greedy path."""
+"""The lab's real-vLLM pieces that need no network: the real wheels in the PyPI stand-in, and the tiny
+Qwen3 checkpoint's designed greedy path."""
 
 from __future__ import annotations
 
@@ -7,36 +7,7 @@ import hashlib
 import math
 import struct
 
-from tasks.lab import tiny_qwen3, vllm_cpu
-
-
-def _dist(site, name: str, version: str, files: dict[str, bytes]) -> None:
-    info = site / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True)
-    rows = []
-    for path, data in files.items():
-        (site / path).parent.mkdir(parents=True, exist_ok=True)
-        (site / path).write_bytes(data)
-        rows.append(f'"{path}",sha256=x,{len(data)}' if "," in path else f"{path},sha256=x,{len(data)}")
-    rows += [f"{info.name}/RECORD,,", "../../bin/tool,,"]
-    (info / "RECORD").write_text("\n".join(rows) + "\n")
-
-
-def fake_site(root):
-    site = root / "site"
-    _dist(site, "torch", "2.13.0+cpu", {"torch/__init__.py": b"T", "torchgen/x.py": b"G", "functorch/y.py": b"F"})
-    _dist(site, "vllm_cpu", "0.32.0", {"vllm/__init__.py": b"V", "vllm/a,b.py": b"quoted"})
-    _dist(site, "numpy", "2.0.0", {"numpy/__init__.py": b"N"})
-    vllm_cpu.finish_record(site, "0.32.0")
-    return site
-
-
-def test_the_vllm_record_answers_the_cli_version_lookup(tmp_path):
-    site = fake_site(tmp_path)
-    import importlib.metadata as md
-
-    [dist] = [d for d in md.distributions(path=[str(site)]) if d.metadata["Name"] == "vllm"]
-    assert dist.version == "0.32.0+cpu"
+from tasks.lab import tiny_qwen3
 
 
 def test_the_pypi_stand_in_serves_real_wheels_under_their_normalised_project(tmp_path):
