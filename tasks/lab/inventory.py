@@ -35,6 +35,7 @@ def lab_data(cfg: LabConfig, state: dict | None = None) -> dict:
         "weights_hf_endpoint": cfg.hub_url,
         "weights_modelscope_endpoint": cfg.hub_url,
         "image_pip_index_url": cfg.pypi_url,
+        "image_pip_extra_index_url": cfg.pypi_url,  # the CPU torch wheels too (PyTorch's index in the recipe)
         "weights_pip_find_links": f"{cfg.apt_url}/wheels/",
         "weights_pip_index_url": None,
         # The lab machine lacks CAP_SYS_RESOURCE: its hard memlock limit (8 MiB) caps the containers'.

