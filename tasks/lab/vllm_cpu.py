@@ -96,7 +96,8 @@ def push_base(cfg: LabConfig, log=print) -> str:
     base = load_spec("cpu").build.base_image
     repo = base.repository if "/" in base.repository else f"library/{base.repository}"
     tree = rootfs.ensure("vllm-cpu", log)
-    layer = layer_from_dir(tree, f"vllm-cpu-base-{int(rootfs.tarball('vllm-cpu').stat().st_mtime)}")
+    # Keyed by when the tree was made (its completion mark): the tarball may be gone while the tree stays.
+    layer = layer_from_dir(tree, f"vllm-cpu-base-{int((tree / '.llmfleet-complete').stat().st_mtime)}")
     pusher = Pusher(cfg.registry)
     pusher.wait()
     pusher.push(repo, base.tag, [layer], {
