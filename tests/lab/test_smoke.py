@@ -6,6 +6,12 @@ from .helpers import pyinfra, ssh
 
 
 def test_smoke_converges_then_no_changes(lab, inventory):
+    # The session lab is shared: a module that ran before on this worker may have converged the smoke
+    # service already (test_standin_image installs Docker through it). Take the service off first, so
+    # the first run below has to install it, whatever ran before.
+    for h in lab["hosts"]:
+        ssh(h["ip"], "systemctl disable --now llmfleet-smoke 2>/dev/null; "
+                     "rm -f /etc/systemd/system/llmfleet-smoke.service; systemctl daemon-reload")
     first = pyinfra(inventory, "deploys/smoke.py")
     hosts = sorted(h["name"] for h in lab["hosts"])
     changed = first.changed()
