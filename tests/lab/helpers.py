@@ -187,13 +187,11 @@ class Background:
 
 
 def wait_until(check, what: str, timeout: float = 120, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"never {what} within {timeout}s")
+    """:func:`wait_for`, failing the test (naming ``what``) when ``check()`` never turned truthy."""
+    value = wait_for(check, timeout, every=interval)
+    if not value:
+        raise AssertionError(f"never {what} within {timeout}s")
+    return value
 
 
 @contextlib.contextmanager
