@@ -122,9 +122,15 @@ def test_requests_show_per_replica_series_and_every_panel_has_data(mo):
     board = ssh(mo["ips"]["h3"], "cat /etc/llmfleet/grafana/dashboards/fleet.json").stdout
     panels = dashboard.queries(board)
     assert len(panels) == 17
-    empty = [title for title, expr in panels if not query(mo, expr)]
-    # errors and retries per replica have no series before a replica failed (the next test makes one)
-    assert empty == ["Gateway errors/s per replica", "Gateway retries/s per replica"]
+    # errors and retries per replica have no series before a replica failed (the next test makes one);
+    # a rate needs two scrapes of a series mtail only creates at the first log line, hence the bounded wait
+    expected = ["Gateway errors/s per replica", "Gateway retries/s per replica"]
+
+    def empty_panels():
+        return [title for title, expr in panels if not query(mo, expr)]
+
+    wait_for(lambda: empty_panels() == expected, 30)
+    assert empty_panels() == expected
     per_replica = wait_for(lambda: query(mo, 'llmfleet_gateway_upstream_requests_total{status="200"}'), 30)
     assert sorted(r["metric"]["replica"] for r in per_replica) == sorted(
         f"{mo['ips'][h]}:8000" for h in ("h1", "h2"))
