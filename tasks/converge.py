@@ -585,5 +585,29 @@ def units_stopped(units: Sequence[str]):
     yield f"systemctl stop {_q(stop)}"
 
 
+@declaring(lambda unit, unit_file, **_: [(FileDigests, {"paths": [unit_file]})])
+@operation()
+def unit_removed(unit: str, unit_file: str):
+    """
+    A unit stopped, disabled and its file deleted (systemd reloaded); nothing when the file is absent.
+
+    + unit: the unit name
+    + unit_file: its file under /etc/systemd/system
+
+    Example:
+
+    .. code:: python
+
+        unit_removed(name="No head watch", unit="llmfleet-x-headwatch.service",
+                     unit_file="/etc/systemd/system/llmfleet-x-headwatch.service")
+    """
+    if unit_file not in read(FileDigests, paths=[unit_file]):
+        host.noop(f"{unit}: not installed")
+        return
+    name = _q([_unit_name(unit)])
+    yield (f"systemctl disable --now {name} && rm -f {shlex.quote(unit_file)} && systemctl daemon-reload"
+           f" && {{ systemctl reset-failed {name} 2>/dev/null || true; }}")
+
+
 __all__ = ["DebPackages", "FileDigests", "UnitStates", "apt_source", "deb_packages", "files_synced", "owned_by",
-           "parse_pins", "units_running", "units_stopped"]
+           "parse_pins", "unit_removed", "units_running", "units_stopped"]

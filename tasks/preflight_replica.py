@@ -19,6 +19,9 @@ Facts (read on the members) and pure functions of them; nothing here changes a h
 - **Driver branches**: every member's NVIDIA driver has the same branch (``580`` of ``580.95.05``; from
   ``tasks.facts.nvidia.NvidiaGpus``), Ascend members the same driver version (``AscendNpus``): the same
   image runs on every member and NCCL/HCCL across nodes are built against one driver.
+- **Every member's own preflight** (tasks/preflight.py, for its share): a member refused alone would leave
+  the others to start a replica that waits ten minutes for it and fails; so any member's refusal refuses
+  the replica, naming that member and its reasons. Its facts are read once: its own preflight reuses them.
 - **InfiniBand** (the recipe's ``ib_hcas``): each HCA named is present (``/sys/class/infiniband``, or
   ``ibv_devices`` where rdma-core is installed) and ``/dev/infiniband`` holds the verbs devices the
   container is given (:class:`InfinibandDevices`).
@@ -287,10 +290,40 @@ def infiniband_refusals(host: str, hcas: Sequence[str], fact: Mapping[str, Any])
 # --- the deploy's check: once per run and replica, before anything is installed on its members ------------
 
 
+def member_refusals(fleet: Any, members: Sequence[Any]) -> list[str]:
+    """One sentence per member whose own preflight (tasks/preflight.py, for its share of the replica)
+    refuses it; members with ``model_preflight: false`` are not checked. The facts are read in parallel
+    and cached by pyinfra, so the member's own preflight later reads nothing again.
+
+    + fleet: the run's ``tasks.fleet.FleetPlan``
+    + members: the replica's pyinfra ``Host`` objects
+    """
+    import gevent
+
+    from tasks.preflight import evaluate, gather_facts
+    from tasks.requirement import requirement_from_spec
+    from tasks.settings.model import ModelSettings
+    from tasks.settings.preflight import PreflightSettings
+    from tasks.weights.deploy import model_dest
+
+    checked = [h for h in members if ModelSettings.value(h, "model_preflight")]
+    wanted = {h.name: requirement_from_spec(fleet.specs[h.name], model_dest(fleet.specs[h.name], h.data), h.data)
+              for h in checked}
+    jobs = {h.name: gevent.spawn(gather_facts, h, wanted[h.name]) for h in checked}
+    gevent.joinall(list(jobs.values()), raise_error=True)
+    out = []
+    for h in checked:
+        verdict = evaluate(jobs[h.name].value, wanted[h.name], PreflightSettings.of(h))
+        if not verdict.go:
+            out.append(f"{h.name}'s own preflight refused it: " + "; ".join(verdict.reasons))
+    return out
+
+
 def replica_refusals(fleet: Any, replica: Any) -> list[str]:
-    """Every refusal of ``replica``, from facts read on its members in parallel (reads only): each worker's
-    reach of the head's ports over its interface (``fleet.rollout.roles``), the members' drivers and, when
-    the recipe names ``ib_hcas``, their InfiniBand devices.
+    """Every refusal of ``replica``, from facts read on its members in parallel (reads only): each member's
+    own preflight (:func:`member_refusals`), each worker's reach of the head's ports over its interface
+    (``fleet.rollout.roles``), the members' drivers and, when the recipe names ``ib_hcas``, their
+    InfiniBand devices.
 
     + fleet: the run's ``tasks.fleet.FleetPlan``
     + replica: one of its ``replicas`` (``tasks.fleet.replicas.Replica``)
@@ -311,8 +344,9 @@ def replica_refusals(fleet: Any, replica: Any) -> list[str]:
             "address": roles[h.name].master_addr, "port": port, "interface": roles[h.name].interface})
         for name, value in found.items():
             reached[name][port] = value
-    refusals = [r for h in workers for r in reach_refusals(h.name, roles[h.name].master_addr,
-                                                            roles[h.name].interface, reached[h.name])]
+    refusals = member_refusals(fleet, members)
+    refusals += [r for h in workers for r in reach_refusals(h.name, roles[h.name].master_addr,
+                                                             roles[h.name].interface, reached[h.name])]
     if spec.accelerator in ("nvidia", "ascend"):
         fact = NvidiaGpus if spec.accelerator == "nvidia" else AscendNpus
         refusals += driver_refusals(replica.name, read_fleet(members, fact, lambda h: {}), spec.accelerator)
@@ -359,5 +393,5 @@ def preflight_replica(fleet: Any, host_name: str) -> bool:
 
 
 __all__ = ["InfinibandDevices", "PATH_WORKS", "REACH_TIMEOUT_S", "TcpReach", "driver_branch", "driver_refusals",
-           "infiniband_refusals", "member_driver", "preflight_replica", "reach_refusals", "replica_ports",
+           "infiniband_refusals", "member_driver", "member_refusals", "preflight_replica", "reach_refusals", "replica_ports",
            "replica_refusals"]

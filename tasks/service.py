@@ -64,7 +64,7 @@ from pyinfra.api import StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from tasks.converge import UnitStates, files_synced, owned_by, units_running, units_stopped
+from tasks.converge import UnitStates, files_synced, owned_by, unit_removed, units_running, units_stopped
 from tasks.facts.planned import declaring, read
 from tasks.secrets import env_file_content, local_secret, secret_file
 from tasks.spec import ServingSpec, SpecError
@@ -326,8 +326,8 @@ class Desired:
         lay = self.layout
         out = [lay.etc_dir, lay.cache_dir, lay.verify_config, PROBE_DIR, PROBE_PATH,
                lay.env_file, self.unit_file]
-        if self.watch_text:
-            out += [HEAD_WATCH_PATH, self.watch_file]
+        # the head watch's unit always: a host that is no longer a headless worker must lose it
+        out += [HEAD_WATCH_PATH, self.watch_file] if self.watch_text else [self.watch_file]
         if self.templates:
             out += [lay.template_dir, *sorted(self.templates)]
         return out
@@ -425,6 +425,8 @@ def pending(want: Desired, observed: dict[str, Any]) -> list[str]:
     if want.watch_text:
         same(HEAD_WATCH_PATH, HEAD_WATCH_SRC.read_bytes(), "755")
         same(want.watch_file, want.watch_text, "644")
+    elif want.watch_file in files:
+        reasons.append(f"{want.watch_file} left from a replica this host is no longer a worker of")
     unit = observed.get("unit") or {}
     if unit.get("ActiveState") != "active":
         reasons.append(f"{want.unit} is {unit.get('ActiveState') or 'unknown'}")
@@ -514,6 +516,10 @@ def serve(spec: ServingSpec, image_ref: str, model_dir: str, restart: bool = Fal
         files_synced(name=f"{tag}: head watch script", files={HEAD_WATCH_PATH: HEAD_WATCH_SRC}, mode="755")
         watch.append(files_synced(name=f"{tag}: unit {want.watch_unit}", files={want.watch_file: want.watch_text}))
         units.append(want.watch_unit)
+    else:
+        # No longer a headless worker (its replica changed): the old head watch would restart this unit
+        # whenever that head went away.
+        unit_removed(name=f"{tag}: no head watch (not a worker)", unit=want.watch_unit, unit_file=want.watch_file)
 
     changed = any_changed(unit, env, *templates, *watch)
     unit_files_changed = any_changed(unit, *watch)

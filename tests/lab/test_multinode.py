@@ -6,6 +6,8 @@ same model (tp 8, nodes 1); mr-h4 the nginx gateway). One lab for every proof, i
   namespace drops TCP 29501) is refused at preflight: both members refused, naming the worker, the port
   and the worker's interface, nothing installed on either (the next test's run, the rule gone, passes the
   same preflight and converges);
+- a worker whose own preflight refuses it (it asks for more RAM than it has) refuses its replica the same
+  way: both members refused, naming the worker and its reason, nothing installed;
 - the two-host replica converges through the stand-in vLLM's real-TCP rendezvous, verifies through its
   head (the worker: its unit running and the head healthy), and a second run changes nothing;
 - a rolling image upgrade (v0.18.0 -> v0.32.0) under a bounded client loop through the gateway fails no
@@ -13,7 +15,9 @@ same model (tp 8, nodes 1); mr-h4 the nginx gateway). One lab for every proof, i
 - a worker-only flag its vLLM refuses at start (``--api-server-count`` with ``--headless``, vLLM 0.32.0's
   serve.py) fails the worker's gate: every member rolls back and the old version serves again;
 - the head's container killed: systemd restarts the head, the worker's head watch restarts the worker,
-  the replica verifies again.
+  the replica verifies again;
+- the replica split into two one-host replicas under a client loop through the gateway: no request fails,
+  the former worker loses its head watch unit, a second run changes nothing.
 
 Lab limitations as in test_serving.py (memlock at the lab's hard limit; stand-in checkpoints).
 """
@@ -51,6 +55,15 @@ del h100x8, cpu
 BROKEN_WORKER = """
 bf16[1][1]["serve_extra_args"] = ["--api-server-count", "1"]
 """
+# The replica split into two one-host replicas (what an operator does to free a host, or after a failure).
+SPLIT = """
+bf16 = [(n, {k: v for k, v in d.items() if k not in ("replica", "replica_rank")} | {
+    "serve_nodes": 1, "serve_pipeline_parallel_size": 1}) for n, d in bf16]
+"""
+# The worker alone asks for more RAM than it has: its own preflight refuses it.
+SHORT_WORKER = """
+bf16[1][1]["preflight_min_ram_gib"] = 100000
+"""
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +76,12 @@ def mr_lab(tmp_path_factory):
         inv.write_text(open(state["inventory"]).read() + REGROUP)
         broken = work / "broken.py"
         broken.write_text(inv.read_text() + BROKEN_WORKER)
+        short = work / "short.py"
+        short.write_text(inv.read_text() + SHORT_WORKER)
+        split = work / "split.py"
+        split.write_text(inv.read_text() + SPLIT)
         ips = {h["name"]: h["ip"] for h in state["hosts"]}
-        yield {"inventory": inv, "broken": broken, "ips": ips, "key": key,
+        yield {"inventory": inv, "broken": broken, "short": short, "split": split, "ips": ips, "key": key,
                "index": {h["name"]: h["index"] for h in state["hosts"]}}
 
 
@@ -142,6 +159,22 @@ def test_a_worker_that_cannot_reach_the_heads_port_is_refused_at_preflight_nothi
         assert left.strip() == "", f"{member} was touched: {left}"
 
 
+def test_a_worker_its_own_preflight_refuses_fails_the_whole_replica_nothing_installed(mr_lab):
+    # Refused alone, the worker would leave the head to start a replica that waits for it for ten minutes.
+    run = deploy(mr_lab, OLD, "--limit", "bf16", inventory=mr_lab["short"], check=False)
+    assert run.returncode != 0
+    said = run.stdout + run.stderr
+    # The worker refuses itself; the head, whose own preflight passes, is refused by the replica's check.
+    assert "[mr-h2] preflight refused qwen235b_bf16: ram: " in said and "100000.0 GiB required" in said, said[-4000:]
+    assert "[mr-h1] refused: preflight of replica mr-a" in said, said[-4000:]
+    assert "mr-h2's own preflight refused it: ram: " in said and "mr-h1's own preflight" not in said
+    assert not run.changed()
+    for member in ("mr-h1", "mr-h2"):
+        left = ssh(mr_lab["ips"][member], "command -v docker; ls /etc/systemd/system | grep llmfleet; ls /srv/models",
+                   check=False).stdout
+        assert left.strip() == "", f"{member} was touched: {left}"
+
+
 def test_two_host_replica_converges_verifies_through_its_head_then_no_changes(mr):
     first = mr["first"].stdout + mr["first"].stderr  # the drop rule gone, the replica's preflight passes
     assert f"preflight of replica mr-a: every worker reaches {mr['ips']['mr-h1']}:29501" in first
@@ -208,3 +241,19 @@ def test_the_heads_container_killed_restarts_both_members_and_the_replica_verifi
     assert "head gone" in log
     verify = pyinfra(mr["inventory"], "deploys/verify.py", "--limit", "bf16", data={"verify_wait_s": 60}, timeout=300)
     assert verify.errors() == {}
+
+
+def test_a_replica_split_into_one_host_replicas_loses_the_head_watch_then_no_changes(mr):
+    watch = f"{CONTAINER}-headwatch.service"
+    assert on(mr, "mr-h2", f"systemctl is-active {watch}") == "active"
+    with loop(mr, threads=2, max_requests=20000, max_seconds=300) as client:
+        run = deploy(mr, NEW, inventory=mr["split"])
+    assert client.result.failed == 0, dict(client.result.errors)
+    removed = {h for name, hosts in run.changed().items() if name.endswith("no head watch (not a worker)") for h in hosts}
+    assert removed == {"mr-h2"}, sorted(run.changed())
+    left = ssh(mr["ips"]["mr-h2"], f"systemctl is-active {watch}; ls /etc/systemd/system | grep -c headwatch",
+               check=False).stdout.split()
+    assert left == ["inactive", "0"], left
+    for host in ("mr-h1", "mr-h2"):
+        assert "--nnodes" not in unit(mr, host) and "--headless" not in unit(mr, host)
+    assert deploy(mr, NEW, inventory=mr["split"]).changed() == {}

@@ -21,7 +21,7 @@ from pyinfra.connectors.fake import FakeConnector
 
 from tasks.converge import (DPKG_REPAIR_SH, DebPackages, DpkgInterrupted, FileDigests, UnitStates, apt_source,
                             deb_packages, dpkg_repaired, files_synced, parse_pins, units_running,
-                            units_stopped)
+                            unit_removed, units_stopped)
 from tests.unit.conftest import digest_lines, run_sh
 
 SCRIPT = b"print('hello')\n"
@@ -339,6 +339,17 @@ def test_units_stopped_stops_only_what_runs():
     idle = {"systemctl": unit_lines(**{"a": ("inactive", "enabled")})}
     commands, changed = run_op(units_stopped, idle, units=["a.service"])
     assert len(commands) == 1 and not changed
+
+
+def test_unit_removed_only_when_its_file_is_there():
+    watch = "/etc/systemd/system/a-headwatch.service"
+    there = {"sha256sum": digest_lines({watch: ("file", sha(b"[Unit]\n"), "644 root root")})}
+    commands, changed = run_op(unit_removed, there, unit="a-headwatch.service", unit_file=watch)
+    assert changed and commands[-1] == (f"systemctl disable --now a-headwatch.service && rm -f {watch} && "
+                                        "systemctl daemon-reload && { systemctl reset-failed a-headwatch.service "
+                                        "2>/dev/null || true; }")
+    commands, changed = run_op(unit_removed, {"sha256sum": []}, unit="a-headwatch.service", unit_file=watch)
+    assert len(commands) == 1 and "sha256sum" in commands[0] and not changed
 
 
 # --- round trips of the runtime on a converged host ------------------------------------------------

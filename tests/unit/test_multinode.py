@@ -257,6 +257,22 @@ def test_a_worker_unit_comes_with_a_head_watch_and_verifies_through_the_head():
     assert worker.watch_file in worker.paths() and "/usr/local/lib/llmfleet/head_watch.py" in worker.paths()
 
 
+def test_a_host_no_longer_a_worker_is_pending_until_its_head_watch_is_gone():
+    from tasks.service import pending
+
+    spec = load_spec("qwen235b_bf16", {"serve_api_key_secret": None})
+    was_worker = desired(spec, spec.image.ref, "/srv/models/x", {}, _role(1))
+    solo = load_spec("qwen235b_bf16", {"serve_api_key_secret": None, "serve_nodes": 1,
+                                       "serve_pipeline_parallel_size": 1})
+    now_solo = desired(solo, solo.image.ref, "/srv/models/x", {}, None)  # its replica became one-host ones
+    assert now_solo.watch_text == b"" and now_solo.watch_file in now_solo.paths()
+    left = {"files": {was_worker.watch_file: {"type": "file", "sha256": "0" * 64, "mode": "644", "user": "root",
+                                              "group": "root"}}}
+    assert (f"{now_solo.watch_file} left from a replica this host is no longer a worker of"
+            in pending(now_solo, left))
+    assert not any("no longer a worker" in r for r in pending(now_solo, {"files": {}}))
+
+
 def test_the_plan_batches_a_replica_as_one_unit_and_restarts_every_member_together():
     from tasks.rollout.plan import together
 

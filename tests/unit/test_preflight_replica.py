@@ -236,3 +236,39 @@ def test_driver_branches_differing_fail_the_replica(caplog):
     assert not went["@fake/m0"] and not went["@fake/m1"]
     assert any("@fake/m0 580.95.05, @fake/m1 570.133.20" in r.getMessage() for r in caplog.records)
 
+
+
+def _checked_members(worker_gpus: int = 8, worker_preflight: bool = True) -> dict:
+    """Members whose own preflight runs (the fleet tests' base turns it off): an H100 x8 host each."""
+    from tests.unit.test_facts_host import CANNED
+
+    groups = _members(["reach=open", "via=device"], model_preflight=True, preflight_weights_bytes=1_000_000)
+    for _, data in groups["bf16"]:
+        data["fake_responses"]["@@llmfleet meminfo"] = CANNED
+    worker = groups["bf16"][1][1]
+    lines = worker["fake_responses"]["nvidia-smi --query-gpu"]
+    worker["fake_responses"]["nvidia-smi --query-gpu"] = lines[:worker_gpus] + ["LLMFLEET_RC=0"]
+    worker["model_preflight"] = worker_preflight
+    return groups
+
+
+def test_members_whose_own_preflight_passes_go_on():
+    _, went = _preflight_in_parallel(_checked_members())
+    assert went == {"@fake/gw": True, "@fake/m0": True, "@fake/m1": True}
+
+
+def test_a_member_its_own_preflight_refuses_fails_the_whole_replica(caplog):
+    # The worker has 4 of the 8 GPUs its share needs: alone it would be refused and the head would start
+    # a replica that waits for it; the replica check refuses both, naming the worker and its reason.
+    state, went = _preflight_in_parallel(_checked_members(worker_gpus=4))
+    assert went == {"@fake/gw": True, "@fake/m0": False, "@fake/m1": False}
+    assert {h.name for h in state.failed_hosts} == {"@fake/m0", "@fake/m1"}
+    refusals = [r.getMessage() for r in caplog.records if "refused it" in r.getMessage()]
+    assert len(refusals) == 2 and all("@fake/m1's own preflight refused it: " in r and "8" in r
+                                      for r in refusals), refusals
+    assert not any("@fake/m0's own preflight" in r for r in refusals)
+
+
+def test_a_member_without_preflight_is_not_checked_for_the_replica():
+    _, went = _preflight_in_parallel(_checked_members(worker_gpus=4, worker_preflight=False))
+    assert went == {"@fake/gw": True, "@fake/m0": True, "@fake/m1": True}
