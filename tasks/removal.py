@@ -7,7 +7,8 @@ inventory) removes that recipe's service from the host and from the fleet's gate
    (``gateway_drain_timeout_s``), as a rolling upgrade drains a batch;
 2. on the host: the unit is stopped and disabled; the unit file, env file (secrets), verification
    config, chat templates, rollback point, rollout record, last verification and the service's
-   compile cache are removed; systemd reloads its units;
+   compile cache are removed (and a former multi-node worker's head-watch unit, stopped and disabled
+   first); systemd reloads its units;
 3. the gateways' upstream is written without it.
 
 The weights stay (``<weights_root>/<owner>--<name>``): other recipes may serve them, and fetching
@@ -21,10 +22,13 @@ replica (``tasks.rollout.ServiceVersion`` with :func:`leaving_paths`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
+
+from tasks.converge import unit_removed
 
 if TYPE_CHECKING:  # both import this module's callers' modules; only their types are used here
     from tasks.rollout import Paths
@@ -36,8 +40,8 @@ ABSENT = "absent"
 def leaving_paths(want: "Desired", paths: "Paths") -> list[str]:
     """Every host path of a service that removal deletes (the weights are not among them)."""
     lay = want.layout
-    return [paths.unit_file, paths.env_file, paths.verify_config, paths.template_dir, paths.previous,
-            paths.record, paths.last_verify, lay.cache_dir]
+    return [paths.unit_file, want.watch_file, paths.env_file, paths.verify_config, paths.template_dir,
+            paths.previous, paths.record, paths.last_verify, lay.cache_dir]
 
 
 def leftovers(observed: dict[str, Any], candidates: list[str]) -> list[str]:
@@ -72,6 +76,9 @@ def remove_service(name: str, unit: str, unit_file: str, left: list[str]) -> Non
     removed = {}
     for path in left:
         if path == "unit":
+            continue
+        if path.endswith("-headwatch.service"):  # a former multi-node worker's head watch: a unit of its own
+            unit_removed(name=f"{name}: remove head watch {Path(path).name}", unit=Path(path).name, unit_file=path)
             continue
         # Files by their names (unit, env, json); the rest are directories (templates, rollback point, cache).
         op = files.file if path == unit_file or path.endswith((".env", ".json")) else files.directory

@@ -99,13 +99,14 @@ def cli_order(monkeypatch):
     monkeypatch.setattr(pyinfra, "is_cli", True)
 
 
-def _plan_fleet(n: int, converged: tuple[int, ...] = (), absent: tuple[int, ...] = (), **data) -> State:
+def _plan_fleet(n: int, converged: tuple[int, ...] = (), absent: tuple[int, ...] = (), watch: tuple[int, ...] = (),
+                **data) -> State:
     from tasks.model import deploy_model
 
     fd = {"fake_delay": 0, "fake_delay_jitter": 0, "model_preflight": False, "serve_api_key_secret": None, **data}
     replicas = [(f"@fake/r{i}", dict(fd, ssh_hostname=f"10.0.0.{i + 1}")) for i in range(n)]
     for i in converged:  # these replicas answer the plan's service read as a host serve() already ran on
-        replicas[i][1]["fake_responses"] = {"@unit_file=": _converged_service(replicas[i][1])}
+        replicas[i][1]["fake_responses"] = {"@unit_file=": _converged_service(replicas[i][1], i in watch)}
     for i in absent:  # these are being taken off
         replicas[i][1]["serve_state"] = "absent"
     state = State(Inventory((replicas + [("@fake/gw", dict(fd))], fd), gateway=(["@fake/gw"], {})), Config())
@@ -118,13 +119,16 @@ def _plan_fleet(n: int, converged: tuple[int, ...] = (), absent: tuple[int, ...]
     return state
 
 
-def _converged_service(data: dict) -> list[str]:
+def _converged_service(data: dict, head_watch: bool = False) -> list[str]:
+    """``head_watch``: the host also keeps a head-watch unit from when it was a multi-node worker."""
     from tasks.spec import load_spec
 
     from .test_service_converged import converged_host, digest_output
 
     want, paths = rollout.desired_service(load_spec("qwen30b", data), _Data(data))
     files = converged_host(want)
+    if head_watch:
+        files[want.watch_file] = ("file", "644", b"[Unit]\n")
     files[f"{paths.previous}/unit"] = files[want.unit_file]  # its rollback point is this version
     return [f"@unit_file={paths.unit_file}", f"@saved_unit={paths.previous}/unit", *digest_output(files),
             "ActiveState=active", "UnitFileState=enabled", "NeedDaemonReload=no",
@@ -302,6 +306,11 @@ def test_a_removed_replica_is_drained_first_then_its_service_removed(cli_order):
     # The others are converged: no batch, no service operation, no removal.
     assert not [n for n in names if "batch" in n or "| Service |" in n]
     assert all(h == ["@fake/r2"] for n, h in order if "Remove model" in n)
+
+
+def test_a_removed_former_worker_loses_its_head_watch_too(cli_order):
+    order = dict(_order(_plan_fleet(3, converged=(0, 1, 2), absent=(2,), watch=(2,))))
+    assert order["Model | Remove model | qwen30b: remove head watch llmfleet-qwen30b-headwatch.service"] == ["@fake/r2"]
 
 
 def test_a_removed_replica_with_nothing_left_gets_no_operation(cli_order):
