@@ -72,8 +72,10 @@ def measure(state: dict, work: Path, release: str) -> list[tuple[str, str]]:
                  str(start_to_health(ip, "systemctl start llmfleet-cpu.service"))))
     rows.append(("warm start to /health (compile cache kept) s",
                  str(start_to_health(ip, "systemctl restart llmfleet-cpu.service"))))
-    rss = ssh(ip, "docker stats --no-stream --format '{{.MemUsage}}' llmfleet-cpu").stdout.split("/")[0].strip()
-    rows.append(("server memory after start", rss))
+    # The RSS of the container's processes (shared pages counted in each): `docker stats` reads the memory
+    # cgroup, which the lab's nspawn hosts do not account (it printed 0B).
+    rss_kb = ssh(ip, "docker top llmfleet-cpu -eo rss").stdout.split()[1:]
+    rows.append(("server RSS after start (sum over its processes) GB", f"{sum(map(int, rss_kb)) / 1e6:.2f}"))
     pyinfra(inv, "deploys/bench.py", data={**BENCH, "bench_local_dir": str(work)}, timeout=900)
     raw = json.loads(next(work.glob("*/*__llmfleet-cpu.json")).read_text())
     n = BENCH["bench_num_prompts"]
