@@ -393,5 +393,5 @@ def preflight_replica(fleet: Any, host_name: str) -> bool:
 
 
 __all__ = ["InfinibandDevices", "PATH_WORKS", "REACH_TIMEOUT_S", "TcpReach", "driver_branch", "driver_refusals",
-           "infiniband_refusals", "member_driver", "member_refusals", "preflight_replica", "reach_refusals", "replica_ports",
-           "replica_refusals"]
+           "infiniband_refusals", "member_driver", "member_refusals", "preflight_replica", "reach_refusals",
+           "replica_ports", "replica_refusals"]

@@ -249,7 +249,8 @@ def test_a_replica_split_into_one_host_replicas_loses_the_head_watch_then_no_cha
     with loop(mr, threads=2, max_requests=20000, max_seconds=300) as client:
         run = deploy(mr, NEW, inventory=mr["split"])
     assert client.result.failed == 0, dict(client.result.errors)
-    removed = {h for name, hosts in run.changed().items() if name.endswith("no head watch (not a worker)") for h in hosts}
+    removed = {h for name, hosts in run.changed().items() if name.endswith("no head watch (not a worker)")
+               for h in hosts}
     assert removed == {"mr-h2"}, sorted(run.changed())
     left = ssh(mr["ips"]["mr-h2"], f"systemctl is-active {watch}; ls /etc/systemd/system | grep -c headwatch",
                check=False).stdout.split()
