@@ -15,6 +15,13 @@ Why opt-in: on this project's 2-core CI machine the module takes ~30 minutes alo
 suite; tests/lab/test_01_realvllm.py (one host, one build) runs in CI. Run it with
 ``sudo LLMFLEET_LAB_UPGRADE=1 .venv/bin/python -m pytest -q -s tests/lab/test_realvllm_upgrade.py``.
 
+Not yet repeatable here: these tests passed once (2026-11-30, as the fleet version of the real-vLLM
+module, 1528 s, 2362 requests, 0 failed); two reruns as this module failed at the first replica's
+restart, the rollout rolling it back as designed: its new server got ~0.3% CPU for minutes. vLLM pins a
+server's own processes to the cores its OpenMP threads leave free, here the core the other replica's
+busy worker runs on (seen with taskset); ``OMP_WAIT_POLICY=PASSIVE`` did not help. Next to try:
+``threads_bind: nobind`` on both replicas.
+
 Lab accommodations, each because the lab's hosts share one 2-core machine (real servers have their own):
 each replica's OpenMP threads are bound to a core of their own (``threads_bind: auto`` binds every
 server to the first core, and a replica starting beside one serving starved for minutes), the client
