@@ -545,6 +545,14 @@ def gather_facts(host: Any, req: Requirement) -> dict:
     return dict(zip(wanted, host.get_fact(Together, facts=tuple(wanted.values()))))
 
 
+def verdict_of(host: Any, req: Requirement) -> tuple[dict, Verdict]:
+    """``host``'s facts (one round trip, cached by pyinfra) and their verdict for ``req`` under its settings:
+    what :func:`preflight` decides on, for a host that is not the current one too
+    (``tasks.preflight_replica.member_refusals``)."""
+    facts = gather_facts(host, req)
+    return facts, evaluate(facts, req, PreflightSettings.of(host))
+
+
 def write_report(report_dir: str, host_name: str, facts: dict, verdict: Verdict) -> str:
     """Write ``<report_dir>/<host>.json`` on the control machine (facts + verdict); return its path."""
     from pathlib import Path
@@ -585,10 +593,8 @@ def preflight(requirement: Requirement) -> bool:
 
     host = ctx_host.get()  # the Host itself, not the context proxy: state.fail_hosts keys on it
 
-    options = PreflightSettings.of(host)
-    facts = gather_facts(host, requirement)
-    verdict = evaluate(facts, requirement, options)
-    path = write_report(options.preflight_report_dir, host.name, facts, verdict)
+    facts, verdict = verdict_of(host, requirement)
+    path = write_report(PreflightSettings.of(host).preflight_report_dir, host.name, facts, verdict)
     text = "\n".join(f"{host.print_prefix}{line}" for line in verdict.table().splitlines())
     logger.info(f"{text}\n{host.print_prefix}report: {path}")
     if not verdict.go:

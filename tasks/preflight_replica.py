@@ -300,23 +300,17 @@ def member_refusals(fleet: Any, members: Sequence[Any]) -> list[str]:
     """
     import gevent
 
-    from tasks.preflight import evaluate, gather_facts
+    from tasks.preflight import verdict_of
     from tasks.requirement import requirement_from_spec
     from tasks.settings.model import ModelSettings
-    from tasks.settings.preflight import PreflightSettings
     from tasks.weights.deploy import model_dest
 
     checked = [h for h in members if ModelSettings.value(h, "model_preflight")]
-    wanted = {h.name: requirement_from_spec(fleet.specs[h.name], model_dest(fleet.specs[h.name], h.data), h.data)
-              for h in checked}
-    jobs = {h.name: gevent.spawn(gather_facts, h, wanted[h.name]) for h in checked}
+    jobs = {h.name: gevent.spawn(verdict_of, h, requirement_from_spec(
+        fleet.specs[h.name], model_dest(fleet.specs[h.name], h.data), h.data)) for h in checked}
     gevent.joinall(list(jobs.values()), raise_error=True)
-    out = []
-    for h in checked:
-        verdict = evaluate(jobs[h.name].value, wanted[h.name], PreflightSettings.of(h))
-        if not verdict.go:
-            out.append(f"{h.name}'s own preflight refused it: " + "; ".join(verdict.reasons))
-    return out
+    verdicts = {name: job.value[1] for name, job in jobs.items()}
+    return [f"{name}'s own preflight refused it: " + "; ".join(v.reasons) for name, v in verdicts.items() if not v.go]
 
 
 def replica_refusals(fleet: Any, replica: Any) -> list[str]:
