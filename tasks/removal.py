@@ -55,13 +55,15 @@ def leftovers(observed: dict[str, Any], candidates: list[str]) -> list[str]:
 
 
 @deploy("Remove model")
-def remove_service(name: str, unit: str, unit_file: str, left: list[str]) -> None:
+def remove_service(name: str, unit: str, unit_file: str, watch_file: str, left: list[str]) -> None:
     """
     Stop, disable and delete one model's service on the current host (what ``left`` names).
 
     + name: the recipe name (operation names)
     + unit: ``llmfleet-<name>.service``
     + unit_file: its file under /etc/systemd/system
+    + watch_file: the head-watch unit's file a multi-node worker has (``Desired.watch_file``): a unit of
+      its own, stopped and disabled before it is deleted
     + left: :func:`leftovers` of the plan's read (paths, and ``"unit"`` while systemd has it)
 
     Example:
@@ -69,6 +71,7 @@ def remove_service(name: str, unit: str, unit_file: str, left: list[str]) -> Non
     .. code:: python
 
         remove_service("qwen30b", "llmfleet-qwen30b.service", "/etc/systemd/system/llmfleet-qwen30b.service",
+                       "/etc/systemd/system/llmfleet-qwen30b-headwatch.service",
                        ["unit", "/etc/systemd/system/llmfleet-qwen30b.service"])
     """
     if "unit" in left or unit_file in left:
@@ -77,7 +80,7 @@ def remove_service(name: str, unit: str, unit_file: str, left: list[str]) -> Non
     for path in left:
         if path == "unit":
             continue
-        if path.endswith("-headwatch.service"):  # a former multi-node worker's head watch: a unit of its own
+        if path == watch_file:  # a former multi-node worker's head watch
             unit_removed(name=f"{name}: remove head watch {Path(path).name}", unit=Path(path).name, unit_file=path)
             continue
         # Files by their names (unit, env, json); the rest are directories (templates, rollback point, cache).

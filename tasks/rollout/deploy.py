@@ -114,8 +114,8 @@ def rolling(plan: Plan, spec: ServingSpec | None, image_ref: str | None, model_d
             barrier(name=f"{plan.name}: removed replicas drained", label=f"{plan.name}: removed replicas drained")
     if spec is not None and spec.state == ABSENT:
         if me in plan.leaving:
-            paths = desired_service(spec, host.data, plan.roles.get(me))[1]
-            removal.remove_service(spec.name, paths.unit_name, paths.unit_file, plan.leaving[me])
+            want, paths = desired_service(spec, host.data, plan.roles.get(me))
+            removal.remove_service(spec.name, paths.unit_name, paths.unit_file, want.watch_file, plan.leaving[me])
         else:
             logger.info(f"{host.print_prefix}{spec.name}: absent, nothing of it left on this host")
         return

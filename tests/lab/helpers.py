@@ -94,6 +94,11 @@ def ssh(ip: str, command: str, timeout: float = 60, check: bool = True) -> subpr
     return proc
 
 
+def running_image(ip: str, container: str) -> str:
+    """The image reference the host's container was started from."""
+    return ssh(ip, f"docker inspect -f '{{{{.Config.Image}}}}' {container}").stdout.strip()
+
+
 def wait_for(check, seconds: float, every: float = 2.0):
     """``check()`` until it returns something truthy (bounded in time); the last value otherwise."""
     deadline, value = time.monotonic() + seconds, None

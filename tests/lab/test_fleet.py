@@ -22,7 +22,7 @@ import pytest
 
 from bench.client_loop import ClientLoop
 
-from .helpers import Run, pyinfra, ssh, own_lab, secrets_env, wait_for
+from .helpers import Run, own_lab, pyinfra, running_image, secrets_env, ssh, wait_for
 
 PROFILES = ["rtx4090x2", "rtx4090x2", "rtx4090x2", "cpu"]
 REPLICAS = ["fl-h1", "fl-h2", "fl-h3"]
@@ -30,7 +30,8 @@ SECRET = "fl_api_key"
 OLD, NEW = "vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:v0.19.0"
 BAD = "vllm/vllm-openai:v0.19.0-standin-unhealthy"
 COMMON = {"preflight_weights_bytes": 1_000_000, "serve_api_key_secret": SECRET, "rollout_gate_wait_s": 15}
-UNIT = "/etc/systemd/system/llmfleet-qwen30b_fp8.service"
+CONTAINER = "llmfleet-qwen30b_fp8"
+UNIT = f"/etc/systemd/system/{CONTAINER}.service"
 UPSTREAM_LOG = "/var/log/nginx/llmfleet-qwen30b_fp8.upstreams.log"
 
 
@@ -56,12 +57,8 @@ def gateway_url(fl) -> str:
     return f"http://{fl['ips']['fl-h4']}:8000"
 
 
-def running_image(fl, host: str) -> str:
-    return ssh(fl["ips"][host], "docker inspect -f '{{.Config.Image}}' llmfleet-qwen30b_fp8").stdout.strip()
-
-
 def started_at(fl, host: str) -> str:
-    return ssh(fl["ips"][host], "docker inspect -f '{{.State.StartedAt}}' llmfleet-qwen30b_fp8").stdout.strip()
+    return ssh(fl["ips"][host], f"docker inspect -f '{{{{.State.StartedAt}}}}' {CONTAINER}").stdout.strip()
 
 
 def test_fleet_converged_behind_the_gateway_with_key_checking(fl):
@@ -142,7 +139,7 @@ def test_rolling_image_upgrade_fails_no_request(fl):
     for b, host in enumerate(REPLICAS, 1):
         assert changed[f"Model | qwen30b_fp8: drain batch {b}/3"] == ["fl-h4"]
         assert changed[f"Model | qwen30b_fp8: put back batch {b}/3"] == ["fl-h4"]
-        assert running_image(fl, host) == NEW
+        assert running_image(fl["ips"][host], CONTAINER) == NEW
         record = json.loads(ssh(fl["ips"][host], "cat /etc/llmfleet/qwen30b_fp8.rollout.json").stdout)
         assert record["outcome"] == "upgraded" and record["batch"] == f"{b}/3"
     # The batches really ran one after another: each host restarted after the previous one.
@@ -161,7 +158,7 @@ def test_unhealthy_image_rolls_back_first_host_and_stops(fl):
     assert "/health: not healthy within the wait (HTTP 500)" in text
     assert f"rolled back to {NEW} and verified again" in text and "not upgraded (still on the old version): fl-h2, fl-h3" in text
     assert f"its change (image {NEW} -> {BAD}; weights Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master unchanged" in text
-    assert running_image(fl, "fl-h1") == NEW
+    assert running_image(fl["ips"]["fl-h1"], CONTAINER) == NEW
     verified = json.loads(ssh(fl["ips"]["fl-h1"], "cat /etc/llmfleet/qwen30b_fp8.last-verify.json").stdout)
     assert verified["ok"] is True  # the rolled-back version passed the probe again
     for h in REPLICAS[1:]:  # untouched: same container, same unit file
@@ -216,7 +213,7 @@ def test_failed_unit_change_is_named_as_such(fl):
     assert (f"stopped at fl-h1 (batch 1/3): its change (image {NEW} unchanged; weights "
             "Qwen/Qwen3-30B-A3B-Instruct-2507-FP8@master unchanged; unit changed) failed its verification") in text
     assert "new version" not in text
-    assert running_image(fl, "fl-h1") == NEW
+    assert running_image(fl["ips"]["fl-h1"], CONTAINER) == NEW
     assert deploy(fl, NEW).changed() == {}  # the rolled-back unit is the converged one
 
 
