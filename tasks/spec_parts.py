@@ -252,6 +252,8 @@ class CpuServing(_Strict):
     kvcache_space_gib: int = Field(default=4, ge=1, le=4096)
     #: VLLM_CPU_OMP_THREADS_BIND: "auto" (one OpenMP thread per physical core of a NUMA node),
     #: "nobind", or a core list such as "0-31" / "0-15|16-31" (one range per tensor parallel rank).
+    #: "nobind" where servers share cores (VMs of one machine, the lab): bound, a server starting
+    #: beside a busy one on the core vLLM picked for it starved for minutes.
     threads_bind: str = Field(default="auto", pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*"
                                                       r"(\|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)*)$")
     #: VLLM_CPU_NUM_OF_RESERVED_CPU: cores left to the API server and the host (with threads_bind auto).

