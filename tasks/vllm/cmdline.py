@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from tasks.spec import ServingSpec, SpecError
 from tasks.vllm import multinode
 from tasks.vllm import versions as vv
+from tasks.vllm.harvested import DEVICE_TYPE
 from tasks.vllm.multinode import Role
 
 #: Where the service mounts the model directory inside the container.
@@ -63,6 +64,8 @@ class _Builder:
             raise SpecError("vllm_version", str(exc)) from None
         self.flags = table.flags_for(self.v)
         self.harvest = table.harvest_for(self.v)
+        #: vLLM's device type on the spec's accelerator: some choices follow the platform
+        self.device = DEVICE_TYPE[spec.accelerator]
         self.args: list[str] = []
         self.env: dict[str, str] = {}
         self.secret_env: list[str] = []
@@ -83,7 +86,7 @@ class _Builder:
     def check_values(self, fld: str, flag: str, values: list[str]) -> None:
         """Refuse values the harvested parser of this release would refuse (kind, choices)."""
         opt = self.harvest.option(flag) if self.harvest else None
-        problem = opt.check(values) if opt else None
+        problem = opt.check(values, self.device) if opt else None
         if problem:
             raise SpecError(fld, f"vLLM {self.v} refuses it: {problem}")
 
@@ -152,7 +155,8 @@ def render(spec: ServingSpec, *, model_dir: str = MODEL_DIR, role: "Role | None"
         launcher = list(vv.SERVE_LAUNCHER)
         positional = b.args[:len(launcher)] == launcher
         try:
-            b.harvest.parse(b.args[len(launcher):] if positional else b.args, positional_model=positional)
+            b.harvest.parse(b.args[len(launcher):] if positional else b.args, positional_model=positional,
+                            device=b.device)
         except ValueError as exc:
             raise SpecError("extra_args", str(exc)) from None
     return Rendered(args=b.args, env=b.env, secret_env_names=b.secret_env, warnings=b.warnings,

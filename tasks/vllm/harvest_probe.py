@@ -7,7 +7,11 @@ release (never imported by llmfleet itself: it imports vLLM). It asks vLLM, not 
   ``parse_args`` intercepted, so the subcommand's parser is the one vLLM builds), and the
   OpenAI server module's ``make_arg_parser`` (the entrypoint of images up to 0.11.x);
 * the reasoning and tool parser registries (their managers' names, lazy ones included);
-* which fields of the chat message models carry reasoning text.
+* which fields of the chat message models carry reasoning text;
+* the choices that follow the platform: the parser is built again with the platform's device
+  type set to each of :data:`DEVICE_TYPES` (0.32.0's ``--mm-processor-device`` offers the
+  platform's own device beside ``auto`` and ``cpu``), and options whose choices differ record
+  them per device: the venv runs vLLM's CPU platform, the fleet's GPUs and NPUs do not.
 
 Standard library and vLLM only. Output: one JSON object (see tasks/vllm/harvest.py).
 """
@@ -20,6 +24,9 @@ import json
 import sys
 
 REASONING_FIELDS = ("reasoning", "reasoning_content")
+#: The device types of the platforms llmfleet serves on besides the CPU (vLLM's CudaPlatform and
+#: vllm-ascend's NPUPlatform name theirs so).
+DEVICE_TYPES = ("cuda", "npu")
 #: Sample values the real ``type`` callables are tried on to classify an option's value.
 _SAMPLES = (("int", "7"), ("float", "0.5"), ("json", '{"a": 1}'))
 
@@ -118,6 +125,28 @@ def options(parser: argparse.ArgumentParser) -> dict[str, dict]:
     return dict(sorted(out.items()))
 
 
+def on_devices(cpu_opts: dict[str, dict]) -> tuple[dict[str, dict[str, list[str]]], dict[str, list[str]]]:
+    """The serve parser built as on each of :data:`DEVICE_TYPES`, against this venv's CPU one:
+    option -> {device type -> choices} where that device's choices differ, and device type ->
+    options the CPU parser lacks or has in addition (both empty where nothing differs)."""
+    from vllm.platforms import current_platform
+
+    choices: dict[str, dict[str, list[str]]] = {}
+    differs: dict[str, list[str]] = {}
+    own = current_platform.device_type
+    try:
+        for device in DEVICE_TYPES:
+            current_platform.device_type = device  # what the parser's builders read
+            opts = options(serve_parser())
+            differs[device] = sorted(set(opts) ^ set(cpu_opts))
+            for name in set(opts) & set(cpu_opts):
+                if opts[name].get("choices") != cpu_opts[name].get("choices"):
+                    choices.setdefault(name, {})[device] = opts[name].get("choices")
+    finally:
+        current_platform.device_type = own
+    return choices, differs
+
+
 def _names(manager) -> list[str]:
     names: set[str] = set()
     if hasattr(manager, "list_registered"):
@@ -155,12 +184,18 @@ def main() -> int:
     utils = _first("vllm.utils.argparse_utils", "vllm.utils")
     module_parser = cli_args.make_arg_parser(utils.FlexibleArgumentParser(prog="api_server"))
     serve_opts, module_opts = options(serve), options(module_parser)
+    by_device, device_differs = on_devices(serve_opts)
+    for name, choices in by_device.items():
+        serve_opts[name]["device_choices"] = choices
     result = {
         "version": vllm.version.__version__,
         "options": serve_opts,
         # Options the api_server module parser has and `vllm serve` lacks (or the reverse):
         # empty in every release read so far, recorded so a difference would show.
         "module_parser_differs": sorted(set(serve_opts) ^ set(module_opts)),
+        # Per device type: options a parser built as on that platform has and the CPU one lacks
+        # (or the reverse), recorded so a difference would show.
+        "device_parser_differs": device_differs,
         "positionals": [a.dest for a in serve._actions if not a.option_strings],
         **registries(),
         "reasoning_fields": reasoning_fields(),

@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # versions imports this module
     from tasks.vllm.versions import Version
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "vllm-flags"
+#: The device type vLLM's platform has on each of llmfleet's accelerators (CudaPlatform,
+#: vllm-ascend's NPUPlatform, CpuPlatform): the key of an option's ``device_choices``.
+DEVICE_TYPE = {"nvidia": "cuda", "ascend": "npu", "cpu": "cpu"}
 _HUMAN_INT = re.compile(r"^-?\d+(?:\.\d+)?[kKmMgGtT]?$")
 
 
@@ -34,6 +37,8 @@ class Option:
     + choices: the values allowed, as strings; None when any value of its kind is
     + negative: the ``--no-`` form of a boolean option, if it has one
     + aliases: further option strings (``-tp``)
+    + device_choices: (device type, choices) where the parser built on that platform ("cuda",
+      "npu") offers other choices than the CPU build the record was read from
     """
 
     name: str
@@ -42,18 +47,24 @@ class Option:
     choices: tuple[str, ...] | None = None
     negative: str | None = None
     aliases: tuple[str, ...] = ()
+    device_choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
-    def check(self, values: list[str]) -> str | None:
-        """Why ``values`` are not valid for this option, or None when they are."""
+    def choices_on(self, device: str | None) -> tuple[str, ...] | None:
+        """The choices on platform ``device`` ("cuda", "npu"; None or "cpu": the record's own)."""
+        return dict(self.device_choices).get(device, self.choices) if device else self.choices
+
+    def check(self, values: list[str], device: str | None = None) -> str | None:
+        """Why ``values`` are not valid for this option on platform ``device``, or None when they are."""
         if self.value is None:
             return f"{self.name} takes no value, got {' '.join(values)}" if values else None
         if self.nargs is None and len(values) != 1:
             return f"{self.name} takes one value, got {len(values)}"
         if self.nargs == "+" and not values:
             return f"{self.name} takes at least one value"
+        choices = self.choices_on(device)
         for value in values:
-            if self.choices is not None and value not in self.choices:
-                return f"{self.name} {value!r}: invalid choice (choose from {', '.join(self.choices)})"
+            if choices is not None and value not in choices:
+                return f"{self.name} {value!r}: invalid choice (choose from {', '.join(choices)})"
             try:
                 _convert(self.value, value)
             except ValueError:
@@ -111,8 +122,9 @@ class Harvest:
         opt = self.options.get(flag)
         return opt.negative if opt else None
 
-    def parser(self, positional_model: bool) -> argparse.ArgumentParser:
-        """An argparse parser with this release's options (values checked by kind and choices)."""
+    def parser(self, positional_model: bool, device: str | None = None) -> argparse.ArgumentParser:
+        """An argparse parser with this release's options (values checked by kind and by the
+        choices on platform ``device``)."""
         p = argparse.ArgumentParser(prog=f"vllm-{self.release}", add_help=False, allow_abbrev=False,
                                     exit_on_error=False)
         if positional_model:
@@ -127,14 +139,15 @@ class Harvest:
             kw: dict = {"dest": opt.name, "type": _typer(opt.value)}
             if opt.nargs is not None:
                 kw["nargs"] = opt.nargs
-            if opt.choices is not None:
-                kw["choices"] = list(opt.choices)
+            if opt.choices_on(device) is not None:
+                kw["choices"] = list(opt.choices_on(device))
             p.add_argument(*names, **kw)
         return p
 
-    def parse(self, args: list[str], positional_model: bool = False) -> argparse.Namespace:
-        """Parse container args as this release would; ValueError with argparse's reason if not."""
-        p = self.parser(positional_model)
+    def parse(self, args: list[str], positional_model: bool = False, device: str | None = None) -> argparse.Namespace:
+        """Parse container args as this release would on platform ``device``; ValueError with
+        argparse's reason if not."""
+        p = self.parser(positional_model, device)
         try:
             ns, rest = p.parse_known_args(args)
         except argparse.ArgumentError as exc:
@@ -160,7 +173,8 @@ def parse_record(text: str) -> Harvest:
     options = {
         name: Option(name=name, value=e["value"], nargs=e.get("nargs"),
                      choices=tuple(e["choices"]) if e.get("choices") is not None else None,
-                     negative=e.get("negative"), aliases=tuple(e.get("aliases", ())))
+                     negative=e.get("negative"), aliases=tuple(e.get("aliases", ())),
+                     device_choices=tuple((d, tuple(c)) for d, c in sorted(e.get("device_choices", {}).items())))
         for name, e in data["options"].items()
     }
     provenance = {k: str(data[k]) for k in ("package", "torch", "torch_source", "harvested") if k in data}

@@ -288,3 +288,16 @@ def test_every_rendered_flag_exists_for_version(name):
     assert rendered >= 3, f"{name}: rendered for only {rendered} versions"
     own = render(load_spec(name))
     assert set(own.flags()) <= table.flags_for(load_spec(name).version)
+
+
+def test_the_standin_offers_its_platforms_choices_from_the_record(capsys):
+    """The stand-in serves for a GPU (cuda) or an Ascend image (npu): where the harvested record says
+    a choice follows the platform (0.32.0's --mm-processor-device), it offers that platform's."""
+    standin = _standin()
+    st = standin.Standin("0.32.0", vv.FLAG_TABLE_PATH, harvest_record("0.32.0"))
+    for device, own, other in (("cuda", "cuda", "npu"), ("npu", "npu", "cuda")):
+        top, _ = standin.build_parser(st, True, device)
+        assert top.parse_args(["serve", "--mm-processor-device", own]).mm_processor_device == own
+        with pytest.raises(SystemExit):
+            top.parse_args(["serve", "--mm-processor-device", other])
+        assert f"invalid choice: '{other}'" in capsys.readouterr().err

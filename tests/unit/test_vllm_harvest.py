@@ -186,3 +186,55 @@ def test_probe_reads_an_argparse_parser():
         "--tensor-parallel-size": {"value": "int", "aliases": ["-tp"]},
         "--util": {"value": "float"},
     }
+
+
+def test_choices_that_follow_the_platform_are_checked_per_accelerator():
+    """0.32.0's --mm-processor-device offers the platform's own device type beside auto and cpu
+    (its arg_utils.py; the CUDA wheel's sources are otherwise the CPU wheel's). The record, read on
+    the CPU build, holds the choices of the parser built as on cuda and npu; a GPU recipe may ask for
+    cuda, a CPU recipe may not."""
+    harvest = HARVESTS[vv.V("0.32.0")]
+    opt = harvest.option("--mm-processor-device")
+    assert opt.choices == ("auto", "cpu")
+    assert opt.choices_on("cuda") == ("auto", "cpu", "cuda") and opt.choices_on("npu") == ("auto", "cpu", "npu")
+    assert vars(harvest.parse(["--mm-processor-device", "cuda"], device="cuda"))["--mm-processor-device"] == "cuda"
+    with pytest.raises(ValueError, match="invalid choice: 'cuda'"):
+        harvest.parse(["--mm-processor-device", "cuda"], device="cpu")
+    assert opt.check(["npu"], "cuda") == "--mm-processor-device 'npu': invalid choice (choose from auto, cpu, cuda)"
+    gpu = {"model": {"hub": "modelscope", "repo_id": "Qwen/Qwen3-8B", "revision": "abc"},
+           "served_model_name": "m", "image": "vllm/vllm-openai:v0.32.0",
+           "extra_args": ["--mm-processor-device", "cuda"]}
+    assert render(load_spec(gpu)).args[-2:] == ["--mm-processor-device", "cuda"]
+    with pytest.raises(SpecError) as exc:
+        load_spec("cpu", {"serve_extra_args": ["--mm-processor-device", "cuda"]})
+    assert exc.value.field == "extra_args" and "invalid choice (choose from auto, cpu)" in str(exc.value)
+    for release in RELEASES:  # read with the probe that builds the parser per device
+        record = json.loads((DATA_DIR / f"{release}.json").read_text())
+        if "device_parser_differs" in record:
+            assert record["device_parser_differs"] == {"cuda": [], "npu": []}, release
+
+
+def test_probe_builds_the_parser_as_on_each_device(monkeypatch):
+    """on_devices: the serve parser rebuilt with the platform's device type set to cuda and npu;
+    choices that differ are recorded per device, the platform is put back."""
+    import sys
+    import types
+
+    spec = importlib.util.spec_from_file_location("harvest_probe", hv.PROBE)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    platform = types.SimpleNamespace(device_type="cpu")
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", types.SimpleNamespace(current_platform=platform))
+
+    def serve_parser():  # as vLLM 0.32.0 builds --mm-processor-device
+        p = argparse.ArgumentParser()
+        extra = [platform.device_type] if platform.device_type not in ("", "cpu") else []
+        p.add_argument("--mm-processor-device", choices=["auto", "cpu", *extra])
+        p.add_argument("--dtype", choices=["auto", "half"])
+        return p
+
+    monkeypatch.setattr(probe, "serve_parser", serve_parser)
+    choices, differs = probe.on_devices(probe.options(serve_parser()))
+    assert choices == {"--mm-processor-device": {"cuda": ["auto", "cpu", "cuda"], "npu": ["auto", "cpu", "npu"]}}
+    assert differs == {"cuda": [], "npu": []} and platform.device_type == "cpu"

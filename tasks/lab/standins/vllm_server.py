@@ -168,8 +168,8 @@ def loads(text: str):  # named like json.loads so argparse says "invalid loads v
     return json.loads(text)
 
 
-def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """(top-level parser, parser holding the flags) for this version."""
+def build_parser(st: Standin, serve_mode: bool, device: str = "cuda") -> tuple[argparse.ArgumentParser, ...]:
+    """(top-level parser, parser holding the flags) for this version on platform ``device``."""
     desc = "vLLM OpenAI-Compatible RESTful API server. (llmfleet stand-in)"
     if serve_mode:
         top = argparse.ArgumentParser(prog="vllm", description="vLLM CLI (llmfleet stand-in)")
@@ -179,7 +179,7 @@ def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser
     else:
         top = p = argparse.ArgumentParser(prog="api_server.py", description=desc)
     if st.harvest is not None:
-        add_harvested_options(p, st.harvest["options"])
+        add_harvested_options(p, st.harvest["options"], device)
         return top, p
     for flag in sorted(st.flags):
         names = [flag] + (["-tp"] if flag == "--tensor-parallel-size" else [])
@@ -208,8 +208,9 @@ def build_parser(st: Standin, serve_mode: bool) -> tuple[argparse.ArgumentParser
     return top, p
 
 
-def add_harvested_options(p: argparse.ArgumentParser, options: dict[str, dict]) -> None:
-    """The options of a harvested record, as the release's parser declares them.
+def add_harvested_options(p: argparse.ArgumentParser, options: dict[str, dict], device: str) -> None:
+    """The options of a harvested record, as the release's parser declares them on platform
+    ``device`` ("cuda", "npu": an option's ``device_choices`` where the record has them).
 
     llmfleet rebuilds the same parser in tasks/vllm/harvested.py; the stand-in keeps its own
     copy because it runs inside lab images and imports nothing from llmfleet."""
@@ -227,8 +228,9 @@ def add_harvested_options(p: argparse.ArgumentParser, options: dict[str, dict]) 
             kw["type"] = convert
         if opt.get("nargs") is not None:
             kw["nargs"] = opt["nargs"]
-        if opt.get("choices") is not None:
-            kw["choices"] = [convert(c) if convert else c for c in opt["choices"]]
+        choices = (opt.get("device_choices") or {}).get(device, opt.get("choices"))
+        if choices is not None:
+            kw["choices"] = [convert(c) if convert else c for c in choices]
         p.add_argument(*names, **kw)
 
 
@@ -269,7 +271,7 @@ def parse_args(st: Standin, argv: list[str], ascend: bool) -> argparse.Namespace
     args_list, serve_mode = strip_launcher(argv, ascend)
     if serve_mode is None:
         serve_mode = st.serve_entrypoint
-    top, _ = build_parser(st, serve_mode)
+    top, _ = build_parser(st, serve_mode, "npu" if ascend else "cuda")
     args = top.parse_args((["serve"] if serve_mode else []) + args_list)
     args.serve_mode = serve_mode
     model_tag = getattr(args, "model_tag", None)
