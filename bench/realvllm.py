@@ -73,8 +73,8 @@ def measure(state: dict, work: Path, release: str) -> list[tuple[str, str]]:
     rows.append(("warm start to /health (compile cache kept) s",
                  str(start_to_health(ip, "systemctl restart llmfleet-cpu.service"))))
     # The RSS of the container's processes (shared pages counted in each): `docker stats` reads the memory
-    # cgroup, which the lab's nspawn hosts do not account (it printed 0B).
-    rss_kb = ssh(ip, "docker top llmfleet-cpu -eo rss").stdout.split()[1:]
+    # cgroup, which the lab's nspawn hosts do not account (it printed 0B). `docker top` needs a pid column.
+    rss_kb = [line.split()[1] for line in ssh(ip, "docker top llmfleet-cpu -eo pid,rss").stdout.splitlines()[1:]]
     rows.append(("server RSS after start (sum over its processes) GB", f"{sum(map(int, rss_kb)) / 1e6:.2f}"))
     pyinfra(inv, "deploys/bench.py", data={**BENCH, "bench_local_dir": str(work)}, timeout=900)
     raw = json.loads(next(work.glob("*/*__llmfleet-cpu.json")).read_text())
