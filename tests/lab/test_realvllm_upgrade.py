@@ -10,7 +10,7 @@ loop through the gateway that must see no failed request: each replica builds 0.
 shared with 0.31.0's), is drained, restarted, gated on its verification and put back; each then reports
 0.32.0 and a last run changes nothing.
 
-Why opt-in: on this project's 2-core CI machine the module takes ~25 minutes alone (four image builds of
+Why opt-in: on this project's 2-core CI machine the module takes ~24 minutes alone (four image builds of
 ~3 GB, four cold starts with torch.compile), which the 40-minute CI cannot hold beside the rest of the
 suite; tests/lab/test_01_realvllm.py (one host, one build) runs in CI. Run it with
 ``sudo LLMFLEET_LAB_UPGRADE=1 .venv/bin/python -m pytest -q -s tests/lab/test_realvllm_upgrade.py``.
@@ -43,7 +43,7 @@ from .helpers import Run, own_lab, pyinfra, running_image, secrets_env, ssh
 from .realvllm import DATA, DEPLOY_TIMEOUT_S, LIST_DISTS, SECRET_NAME, UNIT, api, build_seconds, built_image
 
 pytestmark = pytest.mark.skipif(os.environ.get("LLMFLEET_LAB_UPGRADE") != "1",
-                                reason="opt-in (LLMFLEET_LAB_UPGRADE=1): ~25 min on a 2-core machine")
+                                reason="opt-in (LLMFLEET_LAB_UPGRADE=1): ~24 min on a 2-core machine")
 
 OLD_RELEASE, RELEASE = "0.31.0", "0.32.0"
 #: ru-h1 and ru-h2 serve, ru-h3 balances them (taken out of the profile group into ``gateway``)
